@@ -1,10 +1,106 @@
 //! The state store on sled: consumer offsets, per-plugin key-value state, cursors and
 //! metadata (edge id, format version).
 //!
-//! SKELETON: the public API below is the contract other modules code against; what is durable
-//! when is documented here once implemented.
+//! The log (`crate::log`) is the source of truth; this store only remembers how far each
+//! consumer got and what plugins derived from what they read. Everything here can be rebuilt by
+//! re-reading the log from an older offset, and the design leans on that: losing sled's newest
+//! writes is safe as long as a consumer's offset and its state roll back *together*.
+//!
+//! # On-disk layout (format version 1)
+//!
+//! One sled database in its own directory (`<data dir>/state/`), sled's default tree unused,
+//! three named trees. A *name* (consumer or namespace) is encoded as a 2-byte big-endian length
+//! followed by its UTF-8 bytes, so a prefix scan of one name never sees another name's entries.
+//!
+//! | tree      | key                                   | value                          |
+//! |-----------|---------------------------------------|--------------------------------|
+//! | `offsets` | name(consumer) ++ topic (UTF-8)       | next offset to read, `u64` BE  |
+//! | `state`   | name(namespace) ++ key bytes          | value bytes, as given          |
+//! | `meta`    | `format_version`                      | `u32` BE (currently 1)         |
+//! | `meta`    | `edge_id`                             | UTF-8                          |
+//!
+//! **Cursors** of the forwarder are consumer offsets: the forwarder commits as consumer
+//! `forward:<destination>` with the next offset to send per topic (a [`Commit`] without ops).
+//! There is no separate cursor tree; one mechanism, one set of guarantees.
+//!
+//! **Versions.** `open` writes [`FORMAT_VERSION`] into a new store and refuses to open a store
+//! whose version is newer ([`StateError::NewerFormat`]), so a downgraded binary never
+//! misreads state written by a newer one. A future version that changes the layout migrates
+//! old stores on open and then bumps the stored version.
+//!
+//! # What is durable when
+//!
+//! - **[`StateStore::commit`] returns** once the change is in sled's in-memory log buffer:
+//!   visible to every reader at once, *not yet durable*. All offsets and state ops of one
+//!   commit are one sled transaction over the `offsets` and `state` trees; sled seals the
+//!   transaction's writes as one batch in its log, recovery replays a batch whole or not at
+//!   all, and it stops at the first missing or torn write. After a crash the store therefore
+//!   holds the result of some *prefix* of the commits, each fully applied or not at all.
+//! - **Every [`FLUSH_EVERY_MS`] (500 ms)** sled's flusher thread writes its buffers to the `db`
+//!   file and then fsyncs it. A `kill -9` loses at most the commits still in process memory
+//!   (the last flush interval); a power loss can also lose what was written but not yet
+//!   fsynced.
+//! - **[`StateStore::sync`]** makes everything committed before it durable against power
+//!   loss: `Db::flush()` (on Linux sled writes with `sync_file_range`, which does not persist
+//!   file metadata such as the grown size and does not flush the device cache), then an
+//!   explicit `fsync` of every file in the directory (`db`, `conf`, `blobs/*`, `snap.*`) and
+//!   of the directories themselves.
+//! - **The edge id** is synced before [`StateStore::edge_id`] first returns it, and a stored id
+//!   is synced once more per process before it is handed out, so an id anyone has seen never
+//!   changes or regresses. The format version is synced when a store is created.
+//! - **Retention:** the store is a [`RetentionGuard`]; before the log deletes segments it calls
+//!   `sync()`. Without it, a consumer could have read and committed past a segment, the
+//!   segment be deleted, and a crash roll the consumer's offset back into the deleted range:
+//!   the records would be lost to it. With it, no offset that pointed past a deleted segment
+//!   can regress behind the log start. Consumers do not *block* retention in this version
+//!   (`protected_from` is `None`); the forwarder's eviction policy adds that.
+//! - **[`StateStore::reset`]** is atomic and synced before it returns (an operator's reset
+//!   must not come back after a crash).
+//!
+//! **Why a rollback is safe.** A crash rolls a consumer's offset and the state it derived back
+//! to the same earlier commit. The inputs after that offset are still in the durable log, so
+//! the consumer re-reads and re-applies them to the old state: no input is ever applied to
+//! state twice, and none is lost. Records a plugin *emitted* into other topics are in the log,
+//! not here, so re-processing may emit them again: state is exactly-once per input, emitted
+//! records are at-least-once. A consumer whose offset fell below the log start (retention
+//! removed records it never read) resumes at the start and says so ([`StateStore::resume`]).
 
-use std::path::Path;
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod files;
+mod keys;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+use crate::log::RetentionGuard;
+use crate::metrics::{Counter, Gauge};
+
+pub use keys::MAX_NAME_BYTES;
+
+/// The on-disk format version this binary writes and understands.
+pub const FORMAT_VERSION: u32 = 1;
+/// How often sled's flusher thread writes and fsyncs its buffers, in milliseconds.
+pub const FLUSH_EVERY_MS: u64 = 500;
+/// sled's page cache size, in bytes (sled's default of 1 GiB is too much for a store box).
+pub const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+/// The longest key of a plugin's state, in bytes.
+pub const MAX_STATE_KEY_BYTES: usize = 4 * 1024;
+/// The largest value of a plugin's state, in bytes.
+pub const MAX_STATE_VALUE_BYTES: usize = 4 * 1024 * 1024;
+/// The longest explicit edge id, in bytes.
+pub const MAX_EDGE_ID_BYTES: usize = 128;
+
+const TREE_OFFSETS: &str = "offsets";
+const TREE_STATE: &str = "state";
+const TREE_META: &str = "meta";
+const META_FORMAT_VERSION: &str = "format_version";
+const META_EDGE_ID: &str = "edge_id";
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +117,24 @@ pub enum StateError {
     },
     #[error("corrupt state entry {key:?}: {detail}")]
     Corrupt { key: String, detail: String },
+    /// A consumer, namespace or edge id that cannot be stored.
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+    /// The store was written by a newer Outpost.
+    #[error(
+        "the state store at {dir} has format version {found}, but this Outpost understands \
+         versions up to {supported}; run the newer Outpost that wrote it, or move the \
+         directory away to start with empty state"
+    )]
+    NewerFormat {
+        dir: PathBuf,
+        found: u32,
+        supported: u32,
+    },
 }
 
 /// One change to a plugin's key-value state.
@@ -42,53 +156,602 @@ pub struct Commit {
     pub ops: Vec<StateOp>,
 }
 
+/// One (key, value) of a namespace's state, as [`StateStore::state_iter`] yields it.
+pub type StateEntry = (Vec<u8>, Vec<u8>);
+
 /// Where a consumer resumes on a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resume {
     pub offset: u64,
-    /// True when the stored offset was below the log start and the consumer skips ahead.
+    /// Set to the stored offset (0 when there was none) when it was below the log start and
+    /// the consumer skips ahead.
     pub skipped_from: Option<u64>,
 }
 
 /// The state store. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StateStore {
-    _db: sled::Db,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    db: sled::Db,
+    offsets: sled::Tree,
+    state: sled::Tree,
+    meta: sled::Tree,
+    /// Commits take it shared, `reset` exclusively, so a reset's scan and delete see no
+    /// concurrent commit.
+    reset_lock: RwLock<()>,
+    /// Serialises edge id reads and changes.
+    edge_lock: Mutex<()>,
+    /// Whether this process has synced the stored edge id.
+    edge_synced: AtomicBool,
+    /// Completed `sync()` calls on this store.
+    syncs: AtomicU64,
+    metrics: Metrics,
+}
+
+// sled's own Debug prints every tree's contents; print where the store lives instead.
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Metrics {
+    commits: Counter,
+    commit_failures: Counter,
+    ops: Counter,
+    syncs: Counter,
+    sync_failures: Counter,
+    sync_seconds: Gauge,
+    resume_skips: Counter,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = crate::metrics::global();
+        Metrics {
+            commits: r.counter(
+                "outpost_state_commits_total",
+                "State store commits (offsets and state ops applied atomically).",
+                &[],
+            ),
+            commit_failures: r.counter(
+                "outpost_state_commit_failures_total",
+                "State store commits that failed and applied nothing.",
+                &[],
+            ),
+            ops: r.counter(
+                "outpost_state_ops_total",
+                "Plugin state puts and deletes committed.",
+                &[],
+            ),
+            syncs: r.counter(
+                "outpost_state_syncs_total",
+                "Full syncs of the state store (sled flush plus fsync of its files).",
+                &[],
+            ),
+            sync_failures: r.counter(
+                "outpost_state_sync_failures_total",
+                "State store syncs that failed.",
+                &[],
+            ),
+            sync_seconds: r.gauge(
+                "outpost_state_last_sync_seconds",
+                "Duration of the last state store sync, in seconds.",
+                &[],
+            ),
+            resume_skips: r.counter(
+                "outpost_state_resume_skips_total",
+                "Consumers that resumed at the log start because retention removed records \
+                 they had not read.",
+                &[],
+            ),
+        }
+    }
+}
+
+fn lock_read(lock: &RwLock<()>) -> std::sync::RwLockReadGuard<'_, ()> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn lock_write(lock: &RwLock<()>) -> std::sync::RwLockWriteGuard<'_, ()> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Maps a sled error at open to one that names the directory.
+fn open_error(dir: &Path, e: sled::Error) -> StateError {
+    match e {
+        sled::Error::Io(source) => StateError::Io {
+            context: format!(
+                "opening the state store at {} (is another Outpost using this data dir?)",
+                dir.display()
+            ),
+            source,
+        },
+        other => StateError::Sled(other),
+    }
+}
+
+/// Checks one op against the size limits (inside the transaction, so a bad op aborts it all).
+fn check_op(namespace: &str, op: &StateOp) -> Result<(), StateError> {
+    let (key, value_len) = match op {
+        StateOp::Put { key, value } => (key, value.len()),
+        StateOp::Delete { key } => (key, 0),
+    };
+    if key.len() > MAX_STATE_KEY_BYTES {
+        return Err(StateError::Aborted(format!(
+            "a state key of namespace {namespace:?} is {} bytes, over the limit of \
+             {MAX_STATE_KEY_BYTES}; nothing of the commit was applied",
+            key.len()
+        )));
+    }
+    if value_len > MAX_STATE_VALUE_BYTES {
+        return Err(StateError::Aborted(format!(
+            "the state value of key {:?} in namespace {namespace:?} is {value_len} bytes, over \
+             the limit of {MAX_STATE_VALUE_BYTES}; nothing of the commit was applied",
+            String::from_utf8_lossy(key)
+        )));
+    }
+    Ok(())
 }
 
 impl StateStore {
     /// Opens (or creates) the store under `dir` (its own sub-directory of the data dir).
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
-        unimplemented!("{dir:?}")
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(FLUSH_EVERY_MS))
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .open()
+            .map_err(|e| open_error(dir, e))?;
+        let offsets = db.open_tree(TREE_OFFSETS)?;
+        let state = db.open_tree(TREE_STATE)?;
+        let meta = db.open_tree(TREE_META)?;
+        let store = StateStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                db,
+                offsets,
+                state,
+                meta,
+                reset_lock: RwLock::new(()),
+                edge_lock: Mutex::new(()),
+                edge_synced: AtomicBool::new(false),
+                syncs: AtomicU64::new(0),
+                metrics: Metrics::new(),
+            }),
+        };
+        store.check_format()?;
+        Ok(store)
     }
+
+    /// Reads the stored format version: refuses newer ones, writes (and syncs) it in a new store.
+    fn check_format(&self) -> Result<(), StateError> {
+        let inner = &self.inner;
+        match inner.meta.get(META_FORMAT_VERSION)? {
+            Some(raw) => {
+                let found = keys::decode_u32(META_FORMAT_VERSION, &raw)?;
+                if found > FORMAT_VERSION {
+                    return Err(StateError::NewerFormat {
+                        dir: inner.dir.clone(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                if found == 0 {
+                    return Err(StateError::Corrupt {
+                        key: format!("meta/{META_FORMAT_VERSION}"),
+                        detail: "format version 0 does not exist".to_string(),
+                    });
+                }
+                tracing::debug!(
+                    dir = %inner.dir.display(),
+                    format_version = found,
+                    "Opened the state store."
+                );
+            }
+            None => {
+                if !inner.offsets.is_empty() || !inner.state.is_empty() {
+                    // Every store this code writes gets a version first; entries without one
+                    // can only come from a crash between creation and the first sync.
+                    tracing::warn!(
+                        dir = %inner.dir.display(),
+                        "The state store has entries but no format version; assuming version 1."
+                    );
+                }
+                inner
+                    .meta
+                    .insert(META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+                self.sync()?;
+                // Make the new directory's own entry durable in the data dir.
+                if let Some(parent) = inner.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    files::fsync_dir(parent)?;
+                }
+                tracing::info!(
+                    dir = %inner.dir.display(),
+                    format_version = FORMAT_VERSION,
+                    "Created a new state store."
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory the store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
     /// This box's edge id: generated once (or set from `OUTPOST_EDGE_ID`) and fsynced; it never
     /// changes afterwards unless an explicit id is given.
+    ///
+    /// A generated id is `edge-` followed by 12 hex digits from `/dev/urandom`. An explicit id
+    /// that differs from the stored one replaces it (and is synced); it must be non-empty, at
+    /// most [`MAX_EDGE_ID_BYTES`] long and free of whitespace and control characters.
     pub fn edge_id(&self, explicit: Option<&str>) -> Result<String, StateError> {
-        unimplemented!("{explicit:?}")
+        let inner = &self.inner;
+        let _guard = inner
+            .edge_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let stored = match inner.meta.get(META_EDGE_ID)? {
+            Some(raw) => {
+                Some(
+                    String::from_utf8(raw.to_vec()).map_err(|_| StateError::Corrupt {
+                        key: format!("meta/{META_EDGE_ID}"),
+                        detail: "edge id is not UTF-8".to_string(),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        if let Some(explicit) = explicit {
+            if stored.as_deref() != Some(explicit) {
+                check_edge_id(explicit)?;
+                inner.meta.insert(META_EDGE_ID, explicit.as_bytes())?;
+                self.sync()?;
+                inner.edge_synced.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    edge_id = explicit,
+                    previous = stored.as_deref().unwrap_or("none"),
+                    "The explicit edge id (OUTPOST_EDGE_ID) replaces the stored one and is now durable."
+                );
+                return Ok(explicit.to_string());
+            }
+        }
+        if let Some(stored) = stored {
+            // The process that stored it may have crashed before its sync finished; make sure
+            // once per process that what we hand out is durable.
+            if !inner.edge_synced.load(Ordering::SeqCst) {
+                self.sync()?;
+                inner.edge_synced.store(true, Ordering::SeqCst);
+            }
+            return Ok(stored);
+        }
+        let id = files::random_edge_id()?;
+        inner.meta.insert(META_EDGE_ID, id.as_bytes())?;
+        self.sync()?;
+        inner.edge_synced.store(true, Ordering::SeqCst);
+        tracing::info!(edge_id = %id, "Generated this box's edge id and made it durable.");
+        Ok(id)
     }
+
     /// The stored offset of `consumer` on `topic`.
     pub fn offset(&self, consumer: &str, topic: &str) -> Result<Option<u64>, StateError> {
-        unimplemented!("{consumer} {topic}")
+        keys::check_name("consumer", consumer)?;
+        match self.inner.offsets.get(keys::offset_key(consumer, topic))? {
+            Some(raw) => {
+                keys::decode_offset(|| format!("{TREE_OFFSETS}/{consumer}/{topic}"), &raw).map(Some)
+            }
+            None => Ok(None),
+        }
     }
+
+    /// Every stored (topic, next offset) of `consumer`, sorted by topic.
+    pub fn offsets(&self, consumer: &str) -> Result<Vec<(String, u64)>, StateError> {
+        keys::check_name("consumer", consumer)?;
+        let mut out = Vec::new();
+        for entry in self
+            .inner
+            .offsets
+            .scan_prefix(keys::consumer_prefix(consumer))
+        {
+            let (key, value) = entry?;
+            let (_, topic) = keys::split_key(TREE_OFFSETS, &key)?;
+            let topic = String::from_utf8(topic.to_vec()).map_err(|_| StateError::Corrupt {
+                key: format!(
+                    "{TREE_OFFSETS}/{consumer}/{}",
+                    String::from_utf8_lossy(topic)
+                ),
+                detail: "topic is not UTF-8".to_string(),
+            })?;
+            let offset =
+                keys::decode_offset(|| format!("{TREE_OFFSETS}/{consumer}/{topic}"), &value)?;
+            out.push((topic, offset));
+        }
+        Ok(out)
+    }
+
+    /// Every stored (consumer, topic, next offset), sorted by consumer name length, then
+    /// name, then topic (the key order). For status pages and lag reports.
+    pub fn all_offsets(&self) -> Result<Vec<(String, String, u64)>, StateError> {
+        let mut out = Vec::new();
+        for entry in self.inner.offsets.iter() {
+            let (key, value) = entry?;
+            let (consumer, topic) = keys::split_key(TREE_OFFSETS, &key)?;
+            let topic = String::from_utf8(topic.to_vec()).map_err(|_| StateError::Corrupt {
+                key: format!(
+                    "{TREE_OFFSETS}/{consumer}/{}",
+                    String::from_utf8_lossy(topic)
+                ),
+                detail: "topic is not UTF-8".to_string(),
+            })?;
+            let offset =
+                keys::decode_offset(|| format!("{TREE_OFFSETS}/{consumer}/{topic}"), &value)?;
+            out.push((consumer.to_string(), topic, offset));
+        }
+        Ok(out)
+    }
+
     /// Where `consumer` resumes on `topic` given the log's current start offset; logs a warning
     /// when it has to skip ahead.
-    pub fn resume(&self, consumer: &str, topic: &str, log_start: u64) -> Result<Resume, StateError> {
-        unimplemented!("{consumer} {topic} {log_start}")
+    ///
+    /// The stored offset (0 when there is none) is used as is unless it is below `log_start`:
+    /// then retention removed records the consumer never read, and it resumes at `log_start`
+    /// with `skipped_from` set to the stored offset. Nothing is written; the consumer's next
+    /// commit moves its offset.
+    pub fn resume(
+        &self,
+        consumer: &str,
+        topic: &str,
+        log_start: u64,
+    ) -> Result<Resume, StateError> {
+        let stored = self.offset(consumer, topic)?;
+        let offset = stored.unwrap_or(0);
+        if offset >= log_start {
+            return Ok(Resume {
+                offset,
+                skipped_from: None,
+            });
+        }
+        self.inner.metrics.resume_skips.inc();
+        tracing::warn!(
+            consumer,
+            topic,
+            from_offset = offset,
+            to_offset = log_start,
+            skipped_records = log_start - offset,
+            had_stored_offset = stored.is_some(),
+            "Consumer resumes at the log start; records were removed by retention before it read them."
+        );
+        Ok(Resume {
+            offset: log_start,
+            skipped_from: Some(offset),
+        })
     }
+
     /// Applies offsets and state ops in one atomic step.
+    ///
+    /// Either everything is applied or nothing: a state key over [`MAX_STATE_KEY_BYTES`] or
+    /// value over [`MAX_STATE_VALUE_BYTES`] aborts the whole commit with
+    /// [`StateError::Aborted`]. Not durable on return; see the module doc.
     pub fn commit(&self, commit: &Commit) -> Result<(), StateError> {
-        unimplemented!("{commit:?}")
+        let result = self.commit_inner(commit);
+        match &result {
+            Ok(()) => {
+                self.inner.metrics.commits.inc();
+                self.inner.metrics.ops.add(commit.ops.len() as u64);
+            }
+            Err(e) => {
+                self.inner.metrics.commit_failures.inc();
+                tracing::debug!(
+                    consumer = %commit.consumer,
+                    error = %e,
+                    "A state commit failed and applied nothing."
+                );
+            }
+        }
+        result
     }
+
+    fn commit_inner(&self, commit: &Commit) -> Result<(), StateError> {
+        if !commit.offsets.is_empty() {
+            keys::check_name("consumer", &commit.consumer)?;
+        }
+        if !commit.ops.is_empty() {
+            keys::check_name("namespace", &commit.namespace)?;
+        }
+        if commit.offsets.is_empty() && commit.ops.is_empty() {
+            return Ok(());
+        }
+        let offsets: Vec<(Vec<u8>, [u8; 8])> = commit
+            .offsets
+            .iter()
+            .map(|(topic, offset)| {
+                (
+                    keys::offset_key(&commit.consumer, topic),
+                    keys::encode_offset(*offset),
+                )
+            })
+            .collect();
+        let namespace = commit.namespace.as_str();
+        let inner = &self.inner;
+        let _shared = lock_read(&inner.reset_lock);
+        let result = (&inner.offsets, &inner.state).transaction(|(offsets_tx, state_tx)| {
+            for (key, value) in &offsets {
+                offsets_tx.insert(key.as_slice(), &value[..])?;
+            }
+            for op in &commit.ops {
+                check_op(namespace, op).map_err(ConflictableTransactionError::Abort)?;
+                match op {
+                    StateOp::Put { key, value } => {
+                        state_tx.insert(keys::state_key(namespace, key), value.as_slice())?;
+                    }
+                    StateOp::Delete { key } => {
+                        state_tx.remove(keys::state_key(namespace, key))?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        result.map_err(from_transaction)
+    }
+
     /// Reads one key of a namespace's state.
     pub fn get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
-        unimplemented!("{namespace} {key:?}")
+        keys::check_name("namespace", namespace)?;
+        Ok(self
+            .inner
+            .state
+            .get(keys::state_key(namespace, key))?
+            .map(|v| v.to_vec()))
     }
+
+    /// Every (key, value) of a namespace's state in key order, read lazily.
+    pub fn state_iter(
+        &self,
+        namespace: &str,
+    ) -> Result<impl Iterator<Item = Result<StateEntry, StateError>>, StateError> {
+        keys::check_name("namespace", namespace)?;
+        let prefix_len = keys::namespace_prefix(namespace).len();
+        Ok(self
+            .inner
+            .state
+            .scan_prefix(keys::namespace_prefix(namespace))
+            .map(move |entry| {
+                let (key, value) = entry?;
+                let user_key = key.get(prefix_len..).unwrap_or_default().to_vec();
+                Ok((user_key, value.to_vec()))
+            }))
+    }
+
     /// Deletes all state and offsets of a namespace/consumer (plugin upgrade with `--reset`).
+    ///
+    /// One transaction removes the namespace's keys and the consumer's offsets together; no
+    /// commit runs between the scan and the delete. Synced before it returns.
     pub fn reset(&self, namespace: &str, consumer: &str) -> Result<(), StateError> {
-        unimplemented!("{namespace} {consumer}")
+        keys::check_name("namespace", namespace)?;
+        keys::check_name("consumer", consumer)?;
+        let inner = &self.inner;
+        {
+            let _exclusive = lock_write(&inner.reset_lock);
+            let state_keys = inner
+                .state
+                .scan_prefix(keys::namespace_prefix(namespace))
+                .keys()
+                .collect::<Result<Vec<_>, _>>()?;
+            let offset_keys = inner
+                .offsets
+                .scan_prefix(keys::consumer_prefix(consumer))
+                .keys()
+                .collect::<Result<Vec<_>, _>>()?;
+            let result = (&inner.offsets, &inner.state).transaction(|(offsets_tx, state_tx)| {
+                for key in &offset_keys {
+                    offsets_tx.remove(key.clone())?;
+                }
+                for key in &state_keys {
+                    state_tx.remove(key.clone())?;
+                }
+                Ok::<(), ConflictableTransactionError<StateError>>(())
+            });
+            result.map_err(from_transaction)?;
+            tracing::info!(
+                namespace,
+                consumer,
+                state_keys = state_keys.len(),
+                offsets = offset_keys.len(),
+                "Reset a namespace's state and its consumer's offsets."
+            );
+        }
+        self.sync()
     }
+
     /// Makes everything written so far durable: sled flush, then fsync of its files.
     pub fn sync(&self) -> Result<(), StateError> {
-        unimplemented!()
+        let inner = &self.inner;
+        let started = Instant::now();
+        let result = inner
+            .db
+            .flush()
+            .map_err(StateError::from)
+            .and_then(|_| files::fsync_tree(&inner.dir));
+        match result {
+            Ok(files) => {
+                inner.syncs.fetch_add(1, Ordering::SeqCst);
+                inner.metrics.syncs.inc();
+                let seconds = started.elapsed().as_secs_f64();
+                inner.metrics.sync_seconds.set(seconds);
+                tracing::trace!(files, seconds, "Synced the state store.");
+                Ok(())
+            }
+            Err(e) => {
+                inner.metrics.sync_failures.inc();
+                tracing::error!(
+                    dir = %inner.dir.display(),
+                    error = %e,
+                    "Syncing the state store failed."
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// How many `sync()` calls completed on this store since it was opened.
+    pub fn sync_count(&self) -> u64 {
+        self.inner.syncs.load(Ordering::SeqCst)
     }
 }
+
+fn from_transaction(e: TransactionError<StateError>) -> StateError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StateError::Sled(e),
+    }
+}
+
+fn check_edge_id(id: &str) -> Result<(), StateError> {
+    let reason = if id.is_empty() {
+        "it is empty"
+    } else if id.len() > MAX_EDGE_ID_BYTES {
+        "it is longer than 128 bytes"
+    } else if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "it contains whitespace or a control character"
+    } else {
+        return Ok(());
+    };
+    Err(StateError::InvalidName {
+        what: "edge id (OUTPOST_EDGE_ID)",
+        name: id.chars().take(80).collect(),
+        reason,
+    })
+}
+
+/// Retention asks the store before deleting segments: the store makes every committed offset
+/// durable first, so no offset that pointed past a deleted segment can roll back into it after
+/// a crash. Consumers do not hold back retention in this version (`protected_from` is `None`):
+/// a consumer that falls behind the log start skips ahead and says so (see `resume`).
+impl RetentionGuard for StateStore {
+    fn protected_from(&self, _topic: &str) -> Option<u64> {
+        None
+    }
+
+    fn before_delete(&self, topic: &str, end_offset: u64) -> Result<(), String> {
+        tracing::debug!(
+            topic,
+            end_offset,
+            "Syncing the state store before retention deletes segments."
+        );
+        self.sync().map_err(|e| {
+            format!("state store could not be made durable before deleting segments: {e}")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
