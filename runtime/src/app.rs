@@ -1,4 +1,360 @@
 //! Wiring of `outpost run`: opens the log and state, starts every component, and shuts them
 //! down in order on SIGTERM/SIGINT.
 //!
-//! SKELETON: filled in by the foundation work.
+//! Start-up order: bind the HTTP listener (a busy port fails before any data is touched),
+//! create the data directory, open the state store (`<data_dir>/state`) and the log
+//! (`<data_dir>/log`, recovering every topic's tail), register the state store as a retention
+//! guard, resolve the edge id, then start the components. Every long-running part is a
+//! *component*: a task spawned in [`App::start`] that runs until the shutdown flag turns true.
+//! Later components (MQTT ingest, plugins, forwarder) are added there, in one place.
+//!
+//! Shutdown: the flag turns true, components get [`SHUTDOWN_GRACE`] to finish (the HTTP server
+//! stops accepting, ends long polls and finishes in-flight requests), then the log is closed
+//! (fsyncs everything) and the state store synced. A component that stops on its own before
+//! shutdown is requested stops the whole process with an error.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::api::{self, ApiState};
+use crate::config::{Config, ConfigError};
+use crate::log::{Log, LogError};
+use crate::state::{StateError, StateStore};
+
+/// How long components may take to stop once shutdown is requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Errors that stop `outpost run`.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr} (`http.listen`): {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log failed to open or close.
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    /// The state store failed to open or sync.
+    #[error("state store: {0}")]
+    State(#[from] StateError),
+    /// The signal handlers could not be installed.
+    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
+    Signal(#[source] std::io::Error),
+    /// A component failed or stopped on its own.
+    #[error("component `{name}` failed: {message}")]
+    Component { name: &'static str, message: String },
+    /// A blocking start-up or shutdown step panicked or was cancelled.
+    #[error("{step} did not finish: {message}")]
+    Task { step: &'static str, message: String },
+}
+
+type ComponentResult = (&'static str, Result<(), AppError>);
+
+/// A running Outpost: storage open, components started.
+#[derive(Debug)]
+pub struct App {
+    local_addr: SocketAddr,
+    data_dir: PathBuf,
+    log: Log,
+    state: StateStore,
+    edge_id: String,
+    shutdown: watch::Sender<bool>,
+    components: JoinSet<ComponentResult>,
+}
+
+/// Runs Outpost until SIGTERM or SIGINT, then shuts down cleanly.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    let signal = shutdown_signal()?;
+    let app = App::start(config).await?;
+    app.run_until(signal).await
+}
+
+/// Resolves on the first SIGTERM or SIGINT (Ctrl-C); the handlers are installed immediately.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "Shutdown requested."),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "Shutdown requested."),
+        }
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    step: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AppError::Task {
+            step,
+            message: e.to_string(),
+        })
+}
+
+fn open_storage(data_dir: &Path, config: &Config) -> Result<(Log, StateStore), AppError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| AppError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let state = StateStore::open(&data_dir.join("state"))?;
+    let log = Log::open(&data_dir.join("log"), config.log.clone())?;
+    Ok((log, state))
+}
+
+impl App {
+    /// Opens storage and starts every component; returns once the API is accepting requests.
+    pub async fn start(config: Config) -> Result<App, AppError> {
+        let addr = config.http.listen_addr()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| AppError::Bind { addr, source })?;
+
+        let config = Arc::new(config);
+        let data_dir = config.edge.data_dir.clone();
+        let (log, state) = {
+            let config = config.clone();
+            let dir = data_dir.clone();
+            blocking("opening the log and state store", move || {
+                open_storage(&dir, &config)
+            })
+            .await??
+        };
+        log.add_retention_guard(Arc::new(state.clone()));
+        let edge_id = {
+            let state = state.clone();
+            let explicit = config.edge.edge_id.clone();
+            blocking("reading the edge id", move || {
+                state.edge_id(explicit.as_deref())
+            })
+            .await?
+        };
+        let edge_id = match edge_id {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = log.close();
+                return Err(e.into());
+            }
+        };
+
+        // Plugins: the registry serves the /plugins endpoints; its runners start below.
+        let plugins = {
+            let (config, log, state) = (config.clone(), log.clone(), state.clone());
+            blocking("opening the plugin registry", move || {
+                crate::plugins::registry::open_for_box(&config, log, state)
+            })
+            .await?
+        };
+        let plugins = match plugins {
+            Ok(plugins) => plugins,
+            Err(e) => {
+                let _ = log.close();
+                return Err(AppError::Component {
+                    name: "plugins",
+                    message: e.to_string(),
+                });
+            }
+        };
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut components = JoinSet::new();
+
+        // HTTP API.
+        let api_state = ApiState::new(log.clone(), state.clone(), config.clone(), edge_id.clone())
+            .with_shutdown(shutdown_rx.clone());
+        components.spawn(serve_http(
+            listener,
+            api::plugins::with_plugins(api::router(api_state), plugins.clone()),
+            shutdown_rx.clone(),
+        ));
+
+        // Retention runs on the log's own background thread (every `log.retention_check_ms`).
+
+        // Later components (MQTT ingest, plugins, forwarder) are spawned here.
+        if let Some(registry) = plugins {
+            components.spawn(run_plugins(registry, shutdown_rx.clone()));
+        }
+
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            listen = %local_addr,
+            edge_id = %edge_id,
+            store_id = %config.edge.store_id,
+            topics = log.topics().len(),
+            version = env!("CARGO_PKG_VERSION"),
+            "Outpost is running."
+        );
+        Ok(App {
+            local_addr,
+            data_dir,
+            log,
+            state,
+            edge_id,
+            shutdown,
+            components,
+        })
+    }
+
+    /// The address the HTTP API listens on (the real port when `http.listen` asked for 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This box's edge id.
+    pub fn edge_id(&self) -> &str {
+        &self.edge_id
+    }
+
+    /// The open log.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Runs until `signal` resolves or a component stops, then shuts down.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), AppError> {
+        let early = tokio::select! {
+            _ = signal => None,
+            Some(joined) = self.components.join_next() => Some(component_outcome(joined)),
+        };
+        let failure = early.map(|(name, outcome)| {
+            let error = outcome.err().unwrap_or(AppError::Component {
+                name,
+                message: "stopped on its own before shutdown was requested".into(),
+            });
+            tracing::error!(component = name, error = %error, "A component stopped; shutting down.");
+            error
+        });
+        let shut = self.shutdown().await;
+        match failure {
+            Some(error) => Err(error),
+            None => shut,
+        }
+    }
+
+    /// Stops every component, closes the log and syncs the state store.
+    pub async fn shutdown(mut self) -> Result<(), AppError> {
+        let _ = self.shutdown.send(true);
+        let mut first_error = None;
+        let deadline = tokio::time::sleep(SHUTDOWN_GRACE);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                joined = self.components.join_next() => match joined {
+                    None => break,
+                    Some(joined) => {
+                        let (name, outcome) = component_outcome(joined);
+                        if let Err(error) = outcome {
+                            tracing::error!(component = name, error = %error, "A component failed while stopping.");
+                            first_error.get_or_insert(error);
+                        }
+                    }
+                },
+                _ = &mut deadline => {
+                    tracing::warn!(
+                        remaining = self.components.len(),
+                        grace_ms = SHUTDOWN_GRACE.as_millis() as u64,
+                        "Components did not stop in time; aborting them."
+                    );
+                    self.components.abort_all();
+                    while self.components.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        let log = self.log.clone();
+        let state = self.state.clone();
+        let closed = blocking("closing the log", move || -> Result<(), AppError> {
+            let log_result = log.close();
+            let state_result = state.sync();
+            log_result?;
+            state_result?;
+            Ok(())
+        })
+        .await
+        .and_then(|r| r);
+        match &closed {
+            Ok(()) => {
+                tracing::info!(data_dir = %self.data_dir.display(), "Outpost stopped cleanly; the log is closed.")
+            }
+            Err(e) => tracing::error!(error = %e, "Closing the log or state store failed."),
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => closed,
+        }
+    }
+}
+
+fn component_outcome(joined: Result<ComponentResult, tokio::task::JoinError>) -> ComponentResult {
+    match joined {
+        Ok(result) => result,
+        Err(e) => (
+            "unknown",
+            Err(AppError::Component {
+                name: "unknown",
+                message: format!("task ended abnormally: {e}"),
+            }),
+        ),
+    }
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> ComponentResult {
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { api::shutdown_requested(&mut shutdown).await })
+        .await;
+    let result = served.map_err(|e| AppError::Component {
+        name: "http",
+        message: e.to_string(),
+    });
+    ("http", result)
+}
+
+/// Installs the bundled plugins on first run and starts every installed plugin; stops them all
+/// at shutdown (each finishes and commits its current batch before the log closes).
+async fn run_plugins(
+    registry: crate::plugins::registry::PluginRegistry,
+    mut shutdown: watch::Receiver<bool>,
+) -> ComponentResult {
+    // A registry error (e.g. the bundled plugins could not be written) must not take ingestion
+    // down: it is logged and the plugins that did start keep running.
+    if let Err(e) = registry.start_all().await {
+        tracing::error!(error = %e, "Starting the plugins failed; the box runs without the ones that did not start.");
+    }
+    let plugins = registry.list();
+    tracing::info!(
+        installed = plugins.len(),
+        running = plugins.iter().filter(|p| p.state == "running").count(),
+        "Plugins started."
+    );
+    api::shutdown_requested(&mut shutdown).await;
+    registry.stop_all().await;
+    ("plugins", Ok(()))
+}

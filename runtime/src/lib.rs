@@ -14,4 +14,5 @@ pub mod cli;
 pub mod config;
 pub mod log;
 pub mod metrics;
+pub mod plugins;
 pub mod state;

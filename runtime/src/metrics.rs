@@ -115,7 +115,9 @@ impl Registry {
 
     /// Registers (or finds) a gauge series.
     pub fn gauge(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Gauge {
-        match self.series(name, help, "gauge", labels, || Handle::Gauge(Gauge::default())) {
+        match self.series(name, help, "gauge", labels, || {
+            Handle::Gauge(Gauge::default())
+        }) {
             Handle::Gauge(g) => g,
             Handle::Counter(_) => Gauge::default(),
         }
@@ -148,7 +150,11 @@ fn format_f64(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         v.to_string()
     }
@@ -169,10 +175,14 @@ mod tests {
         let r = Registry::default();
         let c = r.counter("outpost_x_total", "Things.", &[("topic", "a\"b")]);
         c.add(3);
-        r.counter("outpost_x_total", "Things.", &[("topic", "a\"b")]).inc();
+        r.counter("outpost_x_total", "Things.", &[("topic", "a\"b")])
+            .inc();
         let text = r.render();
         assert!(text.contains("# TYPE outpost_x_total counter"));
-        assert!(text.contains("outpost_x_total{topic=\"a\\\"b\"} 4"), "{text}");
+        assert!(
+            text.contains("outpost_x_total{topic=\"a\\\"b\"} 4"),
+            "{text}"
+        );
     }
 
     #[test]

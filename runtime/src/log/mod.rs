@@ -1,14 +1,121 @@
 //! The durable local log: named topics, each a totally ordered sequence of records with dense
 //! `u64` offsets, stored as append-only segment files of CRC32C-checked batches.
 //!
-//! SKELETON: the public API below is the contract other modules code against; the on-disk
-//! format, group commit, recovery and retention are documented here once implemented.
+//! # Layout on disk
+//! ```text
+//! <log dir>/<topic>/<base offset, 20 digits>.log     batches, appended only
+//! <log dir>/<topic>/<base offset, 20 digits>.index   sparse offset index of that segment
+//! ```
+//! A topic name is `[a-z0-9._-]{1,128}` (not `.` or `..`), so it is its own directory name.
+//! The segment with the highest base offset is the *active* one; all others are *sealed* and
+//! never written again. A segment's last offset is the next segment's base minus one.
+//!
+//! # Batch format (version 1)
+//! One `append` call makes one batch. All integers are little-endian.
+//! ```text
+//! byte  size  field
+//!  0     4    magic "OPLB"
+//!  4     4    length: bytes after this field (the batch is 8 + length bytes)
+//!  8     4    crc32c (Castagnoli) of bytes 12 .. 8+length, i.e. everything below
+//! 12     1    format version = 1
+//! 13     1    attributes = 0 (reserved; any set bit is rejected)
+//! 14     2    reserved = 0
+//! 16     8    base offset (offset of the first record)
+//! 24     4    record count (>= 1); record i has offset base + i
+//! 28     8    append time, ms since the epoch (drives roll and retention by age)
+//! 36     8    base timestamp, ms (the first record's timestamp)
+//! 44     …    records
+//! ```
+//! A record is a sequence of unsigned LEB128 varints and bytes:
+//! ```text
+//! length (of the rest of the record)
+//! timestamp delta (zigzag-encoded, wrapping `timestamp - base timestamp`)
+//! key length + 1 (0 = no key), key bytes
+//! value length, value bytes
+//! header count, then per header: name length, name (UTF-8), value length, value bytes
+//! ```
+//! Header order is kept. A batch is served only after its checksum matched and its records
+//! parsed to exactly fill it; a batch failing either is never turned into records.
+//!
+//! # Index format
+//! `<base>.index` holds 8-byte entries `(u32 offset - base, u32 byte position)`, one for the
+//! first batch and then for the first batch starting at least 4 KiB after the previous entry.
+//! Both fields strictly increase. The index is a cache and no source of truth: entries are
+//! written (not fsynced) as batches are appended; a read checks that the batch an entry points
+//! at has that base offset and rebuilds the index from the log when it does not; a missing or
+//! unparsable index is rebuilt on first use. Segments are at most 1 GiB (`segment_bytes`), so
+//! positions fit 32 bits.
+//!
+//! # Torn tails and recovery
+//! On open only the last segment is scanned: from its last index entry that points at a
+//! plausible batch (or from byte 0). Each batch must have the magic, a sane length that fits
+//! the file, the expected base offset (dense from the previous batch), a matching checksum and
+//! well-formed records. The first batch that fails — a torn write, zeros from preallocation,
+//! garbage — and everything after it is cut off (`ftruncate`), with a warning naming the
+//! position, bytes and offset; the rest is fsynced before it becomes visible. Sealed segments
+//! are not scanned on open (only their file names and sizes are read). A corrupt batch in a
+//! sealed segment is found when read and reported as [`LogError::Corrupt`]; a sealed segment
+//! that ends early (its tail lost to power loss on a `never` topic: end of file, a partial
+//! batch, or only zeros) is logged once and readers continue at the next segment.
+//!
+//! # Durability and visibility
+//! Per topic (`fsync`): `always` acknowledges an append only after an `fdatasync` covering its
+//! batch. Appenders encode their batch outside any lock, then under the topic's write lock
+//! get their offsets and queue the batch bytes, and wait for `durable >= their end`. If no
+//! fsync is under way the appender becomes the *leader*: it writes every queued batch with one
+//! `pwrite`, fsyncs, wakes each covered waiter on its own (`unpark`, so they do not file
+//! through one mutex), and while others still wait it runs the next round at once (up to 8 in
+//! a row) before passing the role to a waiter (group commit). No lock is held during an
+//! fsync, so the next group queues meanwhile, and no write competes with a running fsync.
+//! `interval_ms` and `never` topics write each batch with its own `pwrite` under the lock. `{ interval_ms = N }` acknowledges
+//! after the write; a background thread fsyncs at most every N ms. `never` leaves write-back
+//! to the OS; only [`Log::close`] fsyncs it. Readers see records up to the *visible end*: the
+//! durable end for `always`, the written end otherwise. Before a segment is sealed it is
+//! fsynced (unless `never`), and the topic directory is fsynced when a segment file is
+//! created. A failed write or fsync poisons the topic: further appends fail with
+//! [`LogError::Poisoned`] until restart; reads go on.
+//!
+//! # Versions
+//! Readers accept only the format versions they know and report any other as corrupt data with
+//! a message naming the version. A new layout gets a new version number; a build that writes
+//! version N+1 keeps reading version N batches, and old segments age out by retention.
+//!
+//! # Retention and budget
+//! Retention (see `retention.rs`) deletes whole sealed segments, oldest first, by age
+//! (`retention_ms`, judged by the newest *append* time in the segment, so a device with a
+//! wrong clock cannot make records expire early or never) and by size (`retention_bytes`),
+//! never at or above an offset a [`RetentionGuard`] protects, and only after every guard's
+//! `before_delete` agreed. An idle active segment older than `segment_ms` is rolled by the
+//! retention pass so that it can age out too. The global budget (`max_bytes`,
+//! `min_free_bytes`) refuses appends with [`LogError::StorageFull`] before anything is
+//! written.
+//!
+//! # Threads
+//! Each open [`Log`] runs two background threads: `outpost-log-sync` (the `interval_ms`
+//! fsyncs) and `outpost-log-retention` (retention every `retention_check_ms`). They stop when
+//! the log is closed or its last handle is dropped.
 
-use std::path::Path;
-use std::sync::Arc;
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod budget;
+mod config;
+mod format;
+mod index;
+mod retention;
+mod segment;
+mod topic;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::{self, Counter, Gauge};
+use topic::TopicInner;
 
 /// Errors of the log store.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +149,12 @@ pub enum LogError {
     /// The log has been closed.
     #[error("the log is closed")]
     Closed,
+    /// `append` was called with no records.
+    #[error("an append needs at least one record")]
+    EmptyAppend,
+    /// The configuration given to [`Log::open`] failed [`LogConfig::validate`].
+    #[error("invalid log configuration: {0}")]
+    InvalidConfig(String),
     /// An I/O error, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -174,17 +287,6 @@ impl Default for LogConfig {
     }
 }
 
-impl LogConfig {
-    /// Checks the settings; the error names the offending key (`log.topics."x".segment_bytes`).
-    pub fn validate(&self) -> Result<(), String> {
-        unimplemented!()
-    }
-    /// The settings that apply to `topic` (exact name, then longest matching prefix pattern).
-    pub fn topic_config(&self, topic: &str) -> TopicConfig {
-        unimplemented!("{topic}")
-    }
-}
-
 /// A record to append. The timestamp defaults to now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewRecord {
@@ -267,85 +369,475 @@ pub struct RetentionReport {
 /// The log: a set of topics under one directory. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Log {
-    _inner: Arc<()>,
+    inner: Arc<LogInner>,
 }
 
 /// One topic. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Topic {
-    _inner: Arc<()>,
+    inner: Arc<TopicInner>,
+}
+
+/// Where the log gets the time (ms since the epoch) it stamps on batches and judges roll and
+/// retention by age with. Tests inject a [`ManualClock`].
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// A clock that moves only when told to (for tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `now_ms`.
+    pub fn new(now_ms: u64) -> ManualClock {
+        ManualClock(AtomicU64::new(now_ms))
+    }
+    /// Sets the time.
+    pub fn set(&self, now_ms: u64) {
+        self.0.store(now_ms, Ordering::SeqCst);
+    }
+    /// Moves the time forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Locks a mutex, carrying on if a panicking thread poisoned it: every critical section
+/// leaves its state consistent at each step, and the topic's own poisoning covers I/O failure.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn write_lock<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn io_error(context: String, source: std::io::Error) -> LogError {
+    LogError::Io { context, source }
+}
+
+/// What every topic of one log shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    dir: PathBuf,
+    config: LogConfig,
+    clock: Arc<dyn Clock>,
+    closed: AtomicBool,
+    budget: budget::Budget,
+    guards: RwLock<Vec<Arc<dyn RetentionGuard>>>,
+    /// Segment files of all topics.
+    segments: AtomicU64,
+    segments_gauge: Gauge,
+    truncated: Counter,
+    retention_deleted: Counter,
+    fsync_nanos: Mutex<u64>,
+    fsync_seconds: Gauge,
+}
+
+impl Shared {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn guards(&self) -> Vec<Arc<dyn RetentionGuard>> {
+        read_lock(&self.guards).clone()
+    }
+
+    fn add_fsync_time(&self, d: Duration) {
+        let mut total = lock(&self.fsync_nanos);
+        *total = total.saturating_add(d.as_nanos() as u64);
+        self.fsync_seconds.set(*total as f64 / 1e9);
+    }
+}
+
+/// Wakes the background threads when the log closes or goes away.
+#[derive(Debug, Default)]
+struct Stop {
+    stopped: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Stop {
+    fn stop(&self) {
+        *lock(&self.stopped) = true;
+        self.cv.notify_all();
+    }
+    fn is_stopped(&self) -> bool {
+        *lock(&self.stopped)
+    }
+    /// Sleeps up to `timeout`; true if the log stopped.
+    fn wait(&self, timeout: Duration) -> bool {
+        let guard = lock(&self.stopped);
+        let (guard, _) = self
+            .cv
+            .wait_timeout_while(guard, timeout, |stopped| !*stopped)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+}
+
+#[derive(Debug)]
+struct LogInner {
+    shared: Arc<Shared>,
+    topics: RwLock<BTreeMap<String, Arc<TopicInner>>>,
+    stop: Arc<Stop>,
+}
+
+impl Drop for LogInner {
+    fn drop(&mut self) {
+        self.stop.stop();
+    }
+}
+
+impl LogInner {
+    fn topic_list(&self) -> Vec<Arc<TopicInner>> {
+        read_lock(&self.topics).values().cloned().collect()
+    }
+
+    fn open_topic(&self, name: &str) -> Result<Arc<TopicInner>, LogError> {
+        let mut topics = write_lock(&self.topics);
+        if let Some(t) = topics.get(name) {
+            return Ok(Arc::clone(t));
+        }
+        let config = self.shared.config.topic_config(name);
+        let t = Arc::new(TopicInner::open(Arc::clone(&self.shared), name, config)?);
+        topics.insert(name.to_string(), Arc::clone(&t));
+        Ok(t)
+    }
+}
+
+/// Interval fsyncs of `interval_ms` topics.
+fn sync_loop(log: Weak<LogInner>, stop: Arc<Stop>) {
+    loop {
+        let mut sleep = Duration::from_secs(1);
+        {
+            let Some(inner) = log.upgrade() else { return };
+            if inner.shared.is_closed() {
+                return;
+            }
+            for t in inner.topic_list() {
+                let Some(mut due) = t.interval_sync_due() else {
+                    continue;
+                };
+                if due.is_zero() {
+                    if let Err(e) = t.sync_all() {
+                        tracing::error!(topic = %t.name, error = %e, "A background fsync failed.");
+                    }
+                    due = t.interval_sync_due().unwrap_or(sleep);
+                }
+                sleep = sleep.min(due);
+            }
+        }
+        if stop.wait(sleep.max(Duration::from_millis(1))) {
+            return;
+        }
+    }
+}
+
+/// Periodic retention.
+fn retention_loop(log: Weak<LogInner>, stop: Arc<Stop>, every: Duration) {
+    loop {
+        if stop.wait(every) {
+            return;
+        }
+        let Some(inner) = log.upgrade() else { return };
+        for t in inner.topic_list() {
+            // The log may have been closed or dropped while this pass was under way.
+            if inner.shared.is_closed() || stop.is_stopped() {
+                return;
+            }
+            if let Err(e) = t.enforce_retention() {
+                tracing::warn!(topic = %t.name, error = %e, "Retention failed; it is tried again next round.");
+            }
+        }
+    }
 }
 
 impl Log {
     /// Opens (or creates) the log under `dir`, recovering every topic's tail.
     pub fn open(dir: &Path, config: LogConfig) -> Result<Log, LogError> {
-        unimplemented!("{dir:?} {config:?}")
+        Log::open_with_clock(dir, config, Arc::new(SystemClock))
     }
+
+    /// [`Log::open`] with a clock of the caller's choosing (tests).
+    pub fn open_with_clock(
+        dir: &Path,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Log, LogError> {
+        config.validate().map_err(LogError::InvalidConfig)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io_error(format!("creating log directory {}", dir.display()), e))?;
+        let reg = metrics::global();
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            budget: budget::Budget::new(
+                dir.to_path_buf(),
+                config.max_bytes,
+                config.min_free_bytes,
+                reg.counter(
+                    "outpost_log_storage_full_total",
+                    "Appends refused because the disk budget was exhausted.",
+                    &[],
+                ),
+            ),
+            clock,
+            closed: AtomicBool::new(false),
+            guards: RwLock::new(Vec::new()),
+            segments: AtomicU64::new(0),
+            segments_gauge: reg.gauge("outpost_log_segments", "Segment files of all topics.", &[]),
+            truncated: reg.counter(
+                "outpost_log_recovery_truncated_bytes_total",
+                "Bytes of torn or corrupt tails cut off by recovery.",
+                &[],
+            ),
+            retention_deleted: reg.counter(
+                "outpost_log_retention_deleted_bytes_total",
+                "Bytes of segments deleted by retention.",
+                &[],
+            ),
+            fsync_nanos: Mutex::new(0),
+            fsync_seconds: reg.gauge(
+                "outpost_log_fsync_seconds_total",
+                "Time spent in fsyncs of log files, in seconds.",
+                &[],
+            ),
+            config,
+        });
+        let inner = Arc::new(LogInner {
+            shared: Arc::clone(&shared),
+            topics: RwLock::new(BTreeMap::new()),
+            stop: Arc::new(Stop::default()),
+        });
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| io_error(format!("listing log directory {}", dir.display()), e))?;
+        for entry in entries {
+            let entry = entry
+                .map_err(|e| io_error(format!("listing log directory {}", dir.display()), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir && config::topic_name_problem(&name).is_none() {
+                inner.open_topic(&name)?;
+            }
+        }
+        let configured: Vec<String> = shared
+            .config
+            .topics
+            .keys()
+            .filter(|k| !k.ends_with('*'))
+            .cloned()
+            .collect();
+        for name in configured {
+            inner.open_topic(&name)?;
+        }
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(f)
+                .map(drop)
+                .map_err(|e| io_error(format!("starting thread {name}"), e))
+        };
+        let (weak, stop) = (Arc::downgrade(&inner), Arc::clone(&inner.stop));
+        spawn("outpost-log-sync", Box::new(move || sync_loop(weak, stop)))?;
+        let (weak, stop) = (Arc::downgrade(&inner), Arc::clone(&inner.stop));
+        let every = Duration::from_millis(shared.config.retention_check_ms.max(1));
+        spawn(
+            "outpost-log-retention",
+            Box::new(move || retention_loop(weak, stop, every)),
+        )?;
+        Ok(Log { inner })
+    }
+
     /// The topic if it exists.
     pub fn topic(&self, name: &str) -> Result<Topic, LogError> {
-        unimplemented!("{name}")
+        validate_topic_name(name)?;
+        read_lock(&self.inner.topics)
+            .get(name)
+            .map(|t| Topic {
+                inner: Arc::clone(t),
+            })
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))
     }
+
     /// The topic, created if it does not exist and creation is allowed.
     pub fn topic_or_create(&self, name: &str) -> Result<Topic, LogError> {
-        unimplemented!("{name}")
+        validate_topic_name(name)?;
+        if let Some(t) = read_lock(&self.inner.topics).get(name) {
+            return Ok(Topic {
+                inner: Arc::clone(t),
+            });
+        }
+        let config = &self.inner.shared.config;
+        if !config.auto_create_topics && config.configured(name).is_none() {
+            return Err(LogError::CreationRefused(name.to_string()));
+        }
+        if self.inner.shared.is_closed() {
+            return Err(LogError::Closed);
+        }
+        Ok(Topic {
+            inner: self.inner.open_topic(name)?,
+        })
     }
+
     /// All topics, sorted by name.
     pub fn topics(&self) -> Vec<Topic> {
-        unimplemented!()
+        self.inner
+            .topic_list()
+            .into_iter()
+            .map(|inner| Topic { inner })
+            .collect()
     }
+
     /// Adds a guard that retention consults before deleting segments.
     pub fn add_retention_guard(&self, guard: Arc<dyn RetentionGuard>) {
-        unimplemented!("{guard:?}")
+        write_lock(&self.inner.shared.guards).push(guard);
     }
-    /// Runs retention now over every topic.
+
+    /// Runs retention now over every topic. Every topic is tried; the first error is returned.
     pub fn enforce_retention(&self) -> Result<RetentionReport, LogError> {
-        unimplemented!()
+        let mut report = RetentionReport::default();
+        let mut first_error = None;
+        for t in self.inner.topic_list() {
+            match t.enforce_retention() {
+                Ok(r) => {
+                    report.segments_deleted += r.segments_deleted;
+                    report.bytes_deleted += r.bytes_deleted;
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %t.name, error = %e, "Retention failed for a topic.");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
-    /// Fsyncs everything and refuses further appends.
+
+    /// Fsyncs everything and refuses further appends. Every topic is tried; the first error
+    /// is returned.
     pub fn close(&self) -> Result<(), LogError> {
-        unimplemented!()
+        self.inner.shared.closed.store(true, Ordering::Release);
+        self.inner.stop.stop();
+        let mut first_error = None;
+        for t in self.inner.topic_list() {
+            if let Err(e) = t.close() {
+                tracing::error!(topic = %t.name, error = %e, "Closing a topic failed.");
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Bytes of all segment files of all topics (what `max_bytes` limits).
+    pub fn total_bytes(&self) -> u64 {
+        self.inner.shared.budget.total()
     }
 }
 
 impl Topic {
     /// The topic's name.
     pub fn name(&self) -> &str {
-        unimplemented!()
+        &self.inner.name
+    }
+    /// The settings this topic runs with.
+    pub fn config(&self) -> &TopicConfig {
+        &self.inner.config
     }
     /// Appends records; returns once they are acknowledged under the topic's fsync policy
     /// (`always`: after the fsync that covers them). Blocking: call from a blocking context.
+    /// All records go into one batch with one write.
     pub fn append(&self, records: Vec<NewRecord>) -> Result<AppendAck, LogError> {
-        unimplemented!("{records:?}")
+        self.inner.append(records)
     }
     /// [`Topic::append`] from async code (runs on the blocking pool).
     pub async fn append_async(&self, records: Vec<NewRecord>) -> Result<AppendAck, LogError> {
-        unimplemented!("{records:?}")
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.append(records))
+            .await
+            .map_err(|e| {
+                io_error(
+                    "the append task failed".into(),
+                    std::io::Error::other(e.to_string()),
+                )
+            })?
     }
     /// Reads up to `max_records` records and about `max_bytes` bytes (at least one record if
-    /// any) from `offset`. Only acknowledged records are returned.
-    pub fn read(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<Fetch, LogError> {
-        unimplemented!("{offset} {max_records} {max_bytes}")
+    /// any) from `offset`. Only acknowledged records are returned. Bytes count keys, values
+    /// and header names and values. An `offset` below the log start reads from the start
+    /// ([`Fetch::start_offset`]); one at or past the end returns no records and `next_offset`
+    /// = `offset` clamped to the end.
+    pub fn read(
+        &self,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Fetch, LogError> {
+        self.inner.read(offset, max_records, max_bytes)
     }
     /// Waits until a record at `offset` or later is readable, or `timeout` passes. Returns the
     /// next offset at that moment. Never busy-polls.
     pub async fn wait_for(&self, offset: u64, timeout: Duration) -> u64 {
-        unimplemented!("{offset} {timeout:?}")
+        let mut rx = self.inner.visible_tx.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|end| *end > offset)).await;
+        self.inner.next_offset()
     }
     /// First offset still stored.
     pub fn start_offset(&self) -> u64 {
-        unimplemented!()
+        self.inner.start_offset()
     }
     /// Offset the next appended record will get (visible records end here).
     pub fn next_offset(&self) -> u64 {
-        unimplemented!()
+        self.inner.next_offset()
     }
     /// The topic's numbers.
     pub fn stats(&self) -> TopicStats {
-        unimplemented!()
+        self.inner.stats()
+    }
+    /// Fsyncs everything appended so far, whatever the topic's policy.
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.inner.sync_all()
     }
 }
 
-/// Checks a topic name: `[a-z0-9._-]`, 1 to 128 characters.
+/// Checks a topic name: `[a-z0-9._-]`, 1 to 128 characters, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), LogError> {
-    unimplemented!("{name}")
+    match config::topic_name_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(LogError::InvalidTopicName {
+            name: name.to_string(),
+            reason,
+        }),
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,577 @@
+//! `fraud-score`: scores every card payment on `pos.payments` for fraud risk and emits the
+//! score to `fraud.scores` (and to `fraud.alerts` when it reaches the threshold), keyed by
+//! `card_id`. Blocklist updates arrive on `ref.blocklist`.
+//!
+//! Signals, per card: velocity (sales count and amount in a short and a long sliding window),
+//! amount outliers against the card's running mean and deviation, blocklist hits,
+//! card-not-present bursts, and refund abuse (refund count or refunds per sale). The card's
+//! history is one compact binary state value under `c/<card_id>` (see [`card`]); blocklist
+//! entries live under `bl/<card_id>` with the reason as value, and their flag is copied into
+//! the card's state. A payment that does not parse fails its call, so the host dead-letters it.
+//!
+//! Per payment the plugin makes one state read (two for a card it has no state for), one
+//! write and one or two emits, and allocates nothing once its buffers have grown.
+
+pub mod card;
+pub mod config;
+pub mod score;
+
+use std::borrow::Cow;
+
+use outpost_sdk::{export_plugin, Config, Context, Error, Level, Plugin, Record};
+use serde::{Deserialize, Serialize};
+
+use crate::card::CardState;
+use crate::config::FraudConfig;
+use crate::score::PaymentFacts;
+
+/// Output topic for every payment's score.
+pub const SCORES_TOPIC: &str = "fraud.scores";
+/// Output topic for scores at or above the threshold.
+pub const ALERTS_TOPIC: &str = "fraud.alerts";
+
+/// `channel` of a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Channel {
+    CardPresent,
+    Contactless,
+    CardNotPresent,
+}
+
+/// `kind` of a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Sale,
+    Refund,
+}
+
+/// A `pos.payments` value (fields this plugin reads; others are ignored).
+#[derive(Debug, Deserialize)]
+struct Payment<'a> {
+    #[serde(borrow)]
+    payment_id: Cow<'a, str>,
+    ts_ms: Option<u64>,
+    #[serde(borrow)]
+    store_id: Cow<'a, str>,
+    #[serde(borrow)]
+    terminal_id: Cow<'a, str>,
+    #[serde(borrow)]
+    card_id: Cow<'a, str>,
+    amount: f64,
+    channel: Channel,
+    kind: Kind,
+}
+
+/// `action` of a blocklist update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Action {
+    Add,
+    Remove,
+}
+
+/// A `ref.blocklist` value.
+#[derive(Debug, Deserialize)]
+struct BlocklistUpdate<'a> {
+    #[serde(borrow, default)]
+    card_id: Option<Cow<'a, str>>,
+    action: Action,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+}
+
+/// A `fraud.scores` / `fraud.alerts` value.
+#[derive(Debug, Serialize)]
+struct ScoreOut<'a> {
+    payment_id: &'a str,
+    ts_ms: u64,
+    store_id: &'a str,
+    terminal_id: &'a str,
+    card_id: &'a str,
+    score: u32,
+    reasons: &'a [&'static str],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threshold: Option<u32>,
+}
+
+/// The fraud-score plugin.
+#[derive(Debug, Default)]
+pub struct FraudScore {
+    config: FraudConfig,
+    buckets: usize,
+    /// Reused buffers: state key, state value read, state value written, decoded card.
+    key: Vec<u8>,
+    read: Vec<u8>,
+    write: Vec<u8>,
+    card: CardState,
+}
+
+impl Plugin for FraudScore {
+    fn init(&mut self, _ctx: &mut dyn Context, config: &Config) -> Result<(), Error> {
+        let config: FraudConfig = config.parse()?;
+        config.validate()?;
+        self.buckets = config.buckets() as usize;
+        self.config = config;
+        Ok(())
+    }
+
+    fn on_record(&mut self, ctx: &mut dyn Context, record: &Record<'_>) -> Result<(), Error> {
+        if record.topic == self.config.payments_topic {
+            self.payment(ctx, record)
+        } else if record.topic == self.config.blocklist_topic {
+            self.blocklist(ctx, record)
+        } else {
+            Err(Error::new(format!(
+                "unexpected input topic {}: fraud-score reads {} and {}",
+                record.topic, self.config.payments_topic, self.config.blocklist_topic
+            )))
+        }
+    }
+}
+
+impl FraudScore {
+    fn set_key(&mut self, prefix: &[u8], card_id: &str) {
+        self.key.clear();
+        self.key.extend_from_slice(prefix);
+        self.key.extend_from_slice(card_id.as_bytes());
+    }
+
+    /// Loads the card's state into `self.card` (key left in `self.key`). A card without
+    /// readable state starts empty, with its blocklist flag read from `bl/<card_id>`.
+    fn load_card(&mut self, ctx: &mut dyn Context, card_id: &str) -> Result<(), Error> {
+        let (buckets, bucket_ms) = (self.buckets, self.config.bucket_ms);
+        self.set_key(b"c/", card_id);
+        if ctx.state_get_into(&self.key, &mut self.read)? {
+            if self.card.load(&self.read, buckets, bucket_ms) {
+                return Ok(());
+            }
+            ctx.log(
+                Level::Warn,
+                &format!("card state for {card_id} was unreadable; starting it afresh"),
+            );
+        }
+        self.card.reset(buckets, bucket_ms);
+        self.set_key(b"bl/", card_id);
+        self.card.blocklisted = ctx.state_get_into(&self.key, &mut self.read)?;
+        self.set_key(b"c/", card_id);
+        Ok(())
+    }
+
+    fn payment(&mut self, ctx: &mut dyn Context, record: &Record<'_>) -> Result<(), Error> {
+        let p: Payment<'_> = record.json()?;
+        if p.card_id.is_empty() {
+            return Err(Error::new("payment has an empty card_id"));
+        }
+        if !p.amount.is_finite() {
+            return Err(Error::new("payment amount is not a finite number"));
+        }
+        let ts_ms = p.ts_ms.unwrap_or(record.timestamp_ms);
+        let amount = p.amount.abs();
+        let refund = p.kind == Kind::Refund;
+        let cnp = p.channel == Channel::CardNotPresent;
+
+        self.load_card(ctx, &p.card_id)?;
+        self.card.record(ts_ms, amount, refund, cnp);
+        let short = self.card.window(ts_ms, self.config.short_window_ms);
+        let long = self.card.window(ts_ms, self.config.long_window_ms);
+        let facts = PaymentFacts {
+            amount,
+            refund,
+            cnp,
+            blocklisted: self.card.blocklisted,
+        };
+        let verdict = score::score(&self.config, &self.card, &short, &long, &facts);
+        if !refund {
+            self.card.add_sale_amount(amount);
+        }
+        self.card.store(&mut self.write);
+        ctx.state_put(&self.key, &self.write)?;
+
+        let mut out = ScoreOut {
+            payment_id: &p.payment_id,
+            ts_ms,
+            store_id: &p.store_id,
+            terminal_id: &p.terminal_id,
+            card_id: &p.card_id,
+            score: verdict.score,
+            reasons: verdict.reasons(),
+            threshold: None,
+        };
+        let key = Some(p.card_id.as_bytes());
+        ctx.emit_json(SCORES_TOPIC, key, &out)?;
+        if verdict.score >= self.config.alert_threshold {
+            out.threshold = Some(self.config.alert_threshold);
+            ctx.emit_json(ALERTS_TOPIC, key, &out)?;
+        }
+        Ok(())
+    }
+
+    fn blocklist(&mut self, ctx: &mut dyn Context, record: &Record<'_>) -> Result<(), Error> {
+        let update: BlocklistUpdate<'_> = record.json()?;
+        let card_id: Cow<'_, str> = match (update.card_id, record.key_str()?) {
+            (Some(id), _) if !id.is_empty() => id,
+            (_, Some(key)) if !key.is_empty() => Cow::Borrowed(key),
+            _ => {
+                return Err(Error::new(
+                    "blocklist update names no card_id (value or key)",
+                ))
+            }
+        };
+        let blocked = update.action == Action::Add;
+        self.load_card(ctx, &card_id)?;
+        self.card.blocklisted = blocked;
+        self.card.store(&mut self.write);
+        ctx.state_put(&self.key, &self.write)?;
+        self.set_key(b"bl/", &card_id);
+        if blocked {
+            let reason = update.reason.unwrap_or(Cow::Borrowed(""));
+            ctx.state_put(&self.key, reason.as_bytes())
+        } else {
+            ctx.state_delete(&self.key)
+        }
+    }
+}
+
+export_plugin!(FraudScore);
+
+#[cfg(test)]
+mod tests {
+    use outpost_sdk::testing::{Emitted, Harness};
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000;
+    const MIN: u64 = 60_000;
+
+    fn harness(config: &str) -> Harness<FraudScore> {
+        Harness::<FraudScore>::start(config)
+            .unwrap()
+            .allow_outputs(&[SCORES_TOPIC, ALERTS_TOPIC])
+    }
+
+    fn pay(
+        h: &mut Harness<FraudScore>,
+        card: &str,
+        ts_ms: u64,
+        amount: f64,
+        channel: &str,
+        kind: &str,
+    ) -> Value {
+        let id = format!("p-{}", h.emitted_count());
+        let value = json!({
+            "payment_id": id, "ts_ms": ts_ms, "store_id": "s1", "terminal_id": "t1",
+            "card_id": card, "amount": amount, "currency": "EUR", "channel": channel, "kind": kind,
+        });
+        h.send_json("pos.payments", card, &value).unwrap();
+        let last: &Emitted = h.emitted_to(SCORES_TOPIC).last().copied().unwrap();
+        assert_eq!(last.key_str(), Some(card));
+        last.json().unwrap()
+    }
+
+    fn sale(h: &mut Harness<FraudScore>, card: &str, ts_ms: u64, amount: f64) -> Value {
+        pay(h, card, ts_ms, amount, "card_present", "sale")
+    }
+
+    fn reasons(v: &Value) -> Vec<String> {
+        v["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn block(h: &mut Harness<FraudScore>, card: &str, action: &str) {
+        let value = json!({"card_id": card, "action": action, "reason": "stolen"});
+        h.send_json("ref.blocklist", card, &value).unwrap();
+    }
+
+    #[test]
+    fn every_payment_gets_a_score_with_the_contract_fields() {
+        let mut h = harness("{}");
+        let v = sale(&mut h, "card-1", T0, 23.5);
+        assert_eq!(v["payment_id"], "p-0");
+        assert_eq!(v["ts_ms"], T0);
+        assert_eq!(v["store_id"], "s1");
+        assert_eq!(v["terminal_id"], "t1");
+        assert_eq!(v["card_id"], "card-1");
+        assert_eq!(v["score"], 0);
+        assert_eq!(v["reasons"], json!([]));
+        assert!(v.get("threshold").is_none());
+        assert!(h.emitted_to(ALERTS_TOPIC).is_empty());
+    }
+
+    #[test]
+    fn card_on_blocklist_scores_high_and_raises_an_alert() {
+        let mut h = harness("{}");
+        block(&mut h, "card-9", "add");
+        assert_eq!(h.state(b"bl/card-9"), Some(&b"stolen"[..]));
+        let v = sale(&mut h, "card-9", T0, 10.0);
+        assert_eq!(v["score"], 100);
+        assert_eq!(reasons(&v), ["blocklisted"]);
+        let alerts = h.emitted_to(ALERTS_TOPIC);
+        assert_eq!(alerts.len(), 1);
+        let alert: Value = alerts[0].json().unwrap();
+        assert_eq!(alert["threshold"], 70);
+        assert_eq!(alert["score"], 100);
+    }
+
+    #[test]
+    fn card_with_history_blocklisted_later_scores_high() {
+        let mut h = harness("{}");
+        assert_eq!(sale(&mut h, "card-h", T0, 10.0)["score"], 0);
+        block(&mut h, "card-h", "add");
+        let v = sale(&mut h, "card-h", T0 + 60 * MIN, 10.0);
+        assert_eq!(reasons(&v), ["blocklisted"]);
+    }
+
+    #[test]
+    fn blocklist_entry_without_card_state_is_still_honoured() {
+        let mut h = harness("{}");
+        h.set_state(b"bl/card-old", b"from an older version");
+        assert_eq!(sale(&mut h, "card-old", T0, 10.0)["score"], 100);
+        // The flag now travels in the card's own state.
+        h.set_state(b"bl/card-old", b"");
+        assert_eq!(sale(&mut h, "card-old", T0 + MIN, 10.0)["score"], 100);
+    }
+
+    #[test]
+    fn card_removed_from_blocklist_scores_normally_again() {
+        let mut h = harness("{}");
+        block(&mut h, "card-9", "add");
+        block(&mut h, "card-9", "remove");
+        assert_eq!(h.state(b"bl/card-9"), None);
+        assert_eq!(sale(&mut h, "card-9", T0, 10.0)["score"], 0);
+    }
+
+    #[test]
+    fn many_sales_in_ten_minutes_trigger_velocity() {
+        let mut h = harness("{}");
+        let mut last = Value::Null;
+        for i in 0..6 {
+            last = sale(&mut h, "card-v", T0 + i * MIN, 20.0);
+            if i < 4 {
+                assert_eq!(last["score"], 0, "sale {i}");
+            }
+        }
+        // Sixth sale within ten minutes: 0.5 + 0.5 * 1/5 of the 35-point weight.
+        assert_eq!(reasons(&last), ["velocity_count"]);
+        assert_eq!(last["score"], 21);
+    }
+
+    #[test]
+    fn velocity_forgets_sales_outside_the_window() {
+        let mut h = harness("{}");
+        for i in 0..6 {
+            sale(&mut h, "card-w", T0 + i * MIN, 20.0);
+        }
+        let later = sale(&mut h, "card-w", T0 + 30 * MIN, 20.0);
+        assert_eq!(later["score"], 0);
+    }
+
+    #[test]
+    fn big_spend_within_the_hour_triggers_amount_velocity() {
+        let mut h = harness(r#"{"outlier_min_history": 1000}"#);
+        for i in 0..3 {
+            sale(&mut h, "card-a", T0 + i * 15 * MIN, 1100.0);
+        }
+        let v = sale(&mut h, "card-a", T0 + 50 * MIN, 1100.0);
+        assert_eq!(reasons(&v), ["velocity_amount"]);
+    }
+
+    #[test]
+    fn amount_far_above_the_cards_usual_is_an_outlier() {
+        let mut h = harness("{}");
+        for i in 0..8 {
+            sale(&mut h, "card-o", T0 + i * 60 * MIN, 20.0 + (i % 3) as f64);
+        }
+        let v = sale(&mut h, "card-o", T0 + 9 * 60 * MIN, 480.0);
+        assert_eq!(reasons(&v), ["amount_outlier"]);
+        assert_eq!(v["score"], 40);
+        let normal = sale(&mut h, "card-o", T0 + 10 * 60 * MIN, 22.0);
+        assert_eq!(normal["score"], 0);
+    }
+
+    #[test]
+    fn new_card_is_never_an_outlier() {
+        let mut h = harness("{}");
+        let v = sale(&mut h, "card-n", T0, 5000.0);
+        // Big enough for amount velocity, but a card with no history has no usual amount.
+        assert_eq!(reasons(&v), ["velocity_amount"]);
+        assert_eq!(sale(&mut h, "card-m", T0, 200.0)["score"], 0);
+    }
+
+    #[test]
+    fn card_not_present_burst_is_flagged() {
+        let mut h = harness("{}");
+        let mut last = Value::Null;
+        for i in 0..4 {
+            last = pay(
+                &mut h,
+                "card-c",
+                T0 + i * MIN,
+                15.0,
+                "card_not_present",
+                "sale",
+            );
+        }
+        assert_eq!(reasons(&last), ["cnp_burst"]);
+        // A card-present payment in the same burst is not a card-not-present burst.
+        let present = pay(&mut h, "card-c", T0 + 5 * MIN, 15.0, "contactless", "sale");
+        assert!(
+            !reasons(&present).contains(&"cnp_burst".to_owned()),
+            "{present}"
+        );
+    }
+
+    #[test]
+    fn repeated_refunds_are_refund_abuse() {
+        let mut h = harness("{}");
+        sale(&mut h, "card-r", T0, 50.0);
+        let first = pay(&mut h, "card-r", T0 + MIN, 50.0, "card_present", "refund");
+        assert_eq!(first["score"], 0);
+        let second = pay(
+            &mut h,
+            "card-r",
+            T0 + 2 * MIN,
+            50.0,
+            "card_present",
+            "refund",
+        );
+        // Two refunds for one sale: ratio 2 is four times the 0.5 limit.
+        assert_eq!(reasons(&second), ["refund_abuse"]);
+        assert_eq!(second["score"], 45);
+    }
+
+    #[test]
+    fn combined_signals_cross_the_alert_threshold() {
+        let mut h = harness("{}");
+        for i in 0..6 {
+            sale(&mut h, "card-x", T0 + i * 60 * MIN, 20.0);
+        }
+        let base = T0 + 7 * 60 * MIN;
+        for i in 0..3 {
+            pay(
+                &mut h,
+                "card-x",
+                base + i * MIN,
+                20.0,
+                "card_not_present",
+                "sale",
+            );
+        }
+        assert!(h.emitted_to(ALERTS_TOPIC).is_empty());
+        let v = pay(
+            &mut h,
+            "card-x",
+            base + 3 * MIN,
+            2000.0,
+            "card_not_present",
+            "sale",
+        );
+        // 40 (outlier) + 30 (2060 spent in ten minutes) + 23.3 (fourth card-not-present).
+        assert_eq!(v["score"], 93);
+        assert_eq!(
+            reasons(&v),
+            ["amount_outlier", "velocity_amount", "cnp_burst"]
+        );
+        let alerts = h.emitted_to(ALERTS_TOPIC);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(
+            alerts[0].json::<Value>().unwrap()["payment_id"],
+            v["payment_id"]
+        );
+    }
+
+    #[test]
+    fn threshold_is_configurable() {
+        let mut h = harness(r#"{"alert_threshold": 20}"#);
+        for i in 0..6 {
+            sale(&mut h, "card-t", T0 + i * MIN, 20.0);
+        }
+        let alerts = h.emitted_to(ALERTS_TOPIC);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].json::<Value>().unwrap()["threshold"], 20);
+    }
+
+    #[test]
+    fn cards_do_not_share_history() {
+        let mut h = harness("{}");
+        for i in 0..6 {
+            sale(&mut h, "card-p", T0 + i * MIN, 20.0);
+        }
+        assert_eq!(sale(&mut h, "card-q", T0 + 6 * MIN, 20.0)["score"], 0);
+        assert_eq!(h.state_len(), 2);
+    }
+
+    #[test]
+    fn card_state_stays_small() {
+        let mut h = harness("{}");
+        for i in 0..50 {
+            sale(&mut h, "card-s", T0 + i * MIN, 20.0);
+        }
+        assert_eq!(h.state(b"c/card-s").unwrap().len(), 166);
+    }
+
+    #[test]
+    fn bad_json_fails_the_record_without_touching_state() {
+        let mut h = harness("{}");
+        let err = h.send("pos.payments", "card-1", "{not json").unwrap_err();
+        assert!(err.message().contains("pos.payments"), "{err}");
+        let err = h
+            .send("pos.payments", "card-1", r#"{"card_id":"c"}"#)
+            .unwrap_err();
+        assert!(err.message().contains("missing field"), "{err}");
+        assert_eq!(h.dead_letters().len(), 2);
+        assert_eq!(h.state_len(), 0);
+        assert!(h.emitted().is_empty());
+    }
+
+    #[test]
+    fn unknown_channel_is_rejected() {
+        let mut h = harness("{}");
+        let value = json!({
+            "payment_id": "p", "ts_ms": T0, "store_id": "s", "terminal_id": "t",
+            "card_id": "c", "amount": 1.0, "channel": "telepathy", "kind": "sale",
+        });
+        assert!(h.send_json("pos.payments", "c", &value).is_err());
+    }
+
+    #[test]
+    fn blocklist_entry_may_name_the_card_only_in_the_key() {
+        let mut h = harness("{}");
+        h.send("ref.blocklist", "card-k", r#"{"action":"add"}"#)
+            .unwrap();
+        assert_eq!(h.state(b"bl/card-k"), Some(&b""[..]));
+        assert!(h.send("ref.blocklist", "", r#"{"action":"add"}"#).is_err());
+    }
+
+    #[test]
+    fn record_from_another_topic_is_an_error() {
+        let mut h = harness("{}");
+        assert!(h.send("pos.baskets", "b", "{}").is_err());
+    }
+
+    #[test]
+    fn invalid_config_is_refused_at_init() {
+        let err = Harness::<FraudScore>::start(r#"{"alert_threshold": 300}"#).unwrap_err();
+        assert!(err.message().contains("alert_threshold"), "{err}");
+        let err = Harness::<FraudScore>::start(r#"{"treshold": 3}"#).unwrap_err();
+        assert!(err.message().contains("treshold"), "{err}");
+    }
+
+    #[test]
+    fn escaped_strings_in_ids_are_accepted() {
+        let mut h = harness("{}");
+        let body = format!(
+            r#"{{"payment_id":"p\"1","ts_ms":{T0},"store_id":"s","terminal_id":"t","card_id":"c\u00e9","amount":5,"channel":"contactless","kind":"sale"}}"#
+        );
+        h.send("pos.payments", "cé", body).unwrap();
+        let v: Value = h.emitted()[0].json().unwrap();
+        assert_eq!(v["payment_id"], "p\"1");
+        assert_eq!(v["card_id"], "cé");
+    }
+}

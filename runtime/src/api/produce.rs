@@ -1,0 +1,271 @@
+//! `POST /topics/{topic}`: the Confluent REST Proxy v2 produce request.
+//!
+//! Body: `{"records":[{"key":…,"value":…,"partition":0,"headers":{"name":"value"}}]}`.
+//! The `Content-Type` picks how keys, values and header values are read:
+//! - `application/vnd.kafka.json.v2+json` or `application/json` (JSON embedded): a value is
+//!   stored as its compact JSON serialization; a string key is stored as the string's bytes,
+//!   any other key as its JSON serialization; header values are strings stored as UTF-8.
+//! - `application/vnd.kafka.binary.v2+json`: keys, values and header values are base64
+//!   strings (standard alphabet, padded); a `null` value is stored as zero bytes.
+//!
+//! `key`, `partition` and `headers` are optional; `partition` may only be 0 (or null);
+//! `headers` is an Outpost extension (Confluent's v2 API has none). The whole batch is checked
+//! before anything is appended, and the 200 goes out only after the append is acknowledged
+//! under the topic's fsync policy, so an acknowledged record on an `always` topic is durable.
+//! Answer: `{"key_schema_id":null,"value_schema_id":null,"offsets":[{"partition":0,"offset":N,
+//! "error_code":null,"error":null}]}` as `application/vnd.kafka.v2+json`.
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use serde_json::{json, Map, Value};
+
+use super::{ApiError, ApiState};
+use crate::log::{validate_topic_name, NewRecord};
+
+/// The content type of produce answers.
+pub const KAFKA_V2_JSON: &str = "application/vnd.kafka.v2+json";
+
+/// How keys, values and header values are embedded in the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddedFormat {
+    /// JSON values (`application/vnd.kafka.json.v2+json`, `application/json`).
+    Json,
+    /// Base64 bytes (`application/vnd.kafka.binary.v2+json`).
+    Binary,
+}
+
+/// Reads the embedded format from a `Content-Type` value (parameters such as `charset` are
+/// ignored).
+pub fn embedded_format(content_type: Option<&str>) -> Result<EmbeddedFormat, ApiError> {
+    let raw = content_type.unwrap_or("");
+    let media = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "application/vnd.kafka.json.v2+json" | "application/json" => Ok(EmbeddedFormat::Json),
+        "application/vnd.kafka.binary.v2+json" => Ok(EmbeddedFormat::Binary),
+        _ if raw.is_empty() => Err(ApiError::UnsupportedMediaType("(none)".into())),
+        _ => Err(ApiError::UnsupportedMediaType(raw.to_string())),
+    }
+}
+
+/// Collects the body, refusing more than `limit` bytes.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(ApiError::InvalidRequest(format!(
+            "the request body could not be read: {e}"
+        ))),
+    }
+}
+
+/// Turns a parsed produce request into records; nothing is appended here.
+pub fn parse_produce(body: &Value, format: EmbeddedFormat) -> Result<Vec<NewRecord>, ApiError> {
+    let invalid = |m: String| ApiError::InvalidRequest(m);
+    let object = body
+        .as_object()
+        .ok_or_else(|| invalid("the body must be a JSON object with a `records` array".into()))?;
+    for (field, value) in object {
+        match field.as_str() {
+            "records" => {}
+            "key_schema" | "value_schema" | "key_schema_id" | "value_schema_id" => {
+                if !value.is_null() {
+                    return Err(invalid(format!(
+                        "`{field}` is not supported: Outpost has no schema registry; use the \
+                         JSON or binary embedded format"
+                    )));
+                }
+            }
+            other => {
+                return Err(invalid(format!(
+                    "unknown field `{other}` in the body; expected `records`"
+                )))
+            }
+        }
+    }
+    let records = match object.get("records") {
+        Some(Value::Array(records)) => records,
+        Some(_) => return Err(invalid("`records` must be an array".into())),
+        None => return Err(invalid("the body has no `records` array".into())),
+    };
+    if records.is_empty() {
+        return Err(invalid(
+            "`records` is empty; send at least one record".into(),
+        ));
+    }
+    records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| parse_record(index, record, format))
+        .collect()
+}
+
+fn parse_record(
+    index: usize,
+    record: &Value,
+    format: EmbeddedFormat,
+) -> Result<NewRecord, ApiError> {
+    let invalid = |m: String| ApiError::InvalidRequest(format!("records[{index}]: {m}"));
+    let fields = record
+        .as_object()
+        .ok_or_else(|| invalid("a record must be a JSON object".into()))?;
+    for field in fields.keys() {
+        if !matches!(field.as_str(), "key" | "value" | "partition" | "headers") {
+            return Err(invalid(format!(
+                "unknown field `{field}`; a record has `key`, `value`, `partition` and `headers`"
+            )));
+        }
+    }
+    match fields.get("partition") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(0) => {}
+            Some(partition) => return Err(ApiError::UnknownPartition { index, partition }),
+            None => return Err(invalid("`partition` must be the integer 0".into())),
+        },
+        Some(_) => return Err(invalid("`partition` must be the integer 0".into())),
+    }
+    let key = match (fields.get("key"), format) {
+        (None | Some(Value::Null), _) => None,
+        (Some(Value::String(s)), EmbeddedFormat::Json) => Some(s.as_bytes().to_vec()),
+        (Some(other), EmbeddedFormat::Json) => Some(other.to_string().into_bytes()),
+        (Some(Value::String(s)), EmbeddedFormat::Binary) => {
+            Some(decode_base64(s).map_err(|e| invalid(format!("`key` is not valid base64: {e}")))?)
+        }
+        (Some(_), EmbeddedFormat::Binary) => {
+            return Err(invalid(
+                "`key` must be a base64 string or null in the binary format".into(),
+            ))
+        }
+    };
+    let value = match (fields.get("value"), format) {
+        (None, _) => return Err(invalid("the record has no `value`".into())),
+        (Some(v), EmbeddedFormat::Json) => v.to_string().into_bytes(),
+        (Some(Value::Null), EmbeddedFormat::Binary) => Vec::new(),
+        (Some(Value::String(s)), EmbeddedFormat::Binary) => {
+            decode_base64(s).map_err(|e| invalid(format!("`value` is not valid base64: {e}")))?
+        }
+        (Some(_), EmbeddedFormat::Binary) => {
+            return Err(invalid(
+                "`value` must be a base64 string or null in the binary format".into(),
+            ))
+        }
+    };
+    let mut headers = Vec::new();
+    match fields.get("headers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (name, v) in map {
+                if name.is_empty() {
+                    return Err(invalid("header names must not be empty".into()));
+                }
+                let bytes = match (v, format) {
+                    (Value::String(s), EmbeddedFormat::Json) => s.as_bytes().to_vec(),
+                    (Value::String(s), EmbeddedFormat::Binary) => {
+                        decode_base64(s).map_err(|e| {
+                            invalid(format!("header {name:?} is not valid base64: {e}"))
+                        })?
+                    }
+                    _ => return Err(invalid(format!("header {name:?} must have a string value"))),
+                };
+                headers.push((name.clone(), bytes));
+            }
+        }
+        Some(_) => {
+            return Err(invalid(
+                "`headers` must be an object of name to string value".into(),
+            ))
+        }
+    }
+    Ok(NewRecord {
+        key,
+        value,
+        headers,
+        timestamp_ms: None,
+    })
+}
+
+fn decode_base64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    base64::engine::general_purpose::STANDARD.decode(s)
+}
+
+/// Bytes a record counts against `log.max_record_bytes`: key + value + header names and values.
+pub fn record_size(record: &NewRecord) -> usize {
+    record.key.as_ref().map_or(0, Vec::len)
+        + record.value.len()
+        + record
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+}
+
+/// The handler.
+pub(super) async fn produce(
+    State(api): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::InvalidTopic(e.body_text()))?;
+    validate_topic_name(&name).map_err(|e| ApiError::InvalidTopic(e.to_string()))?;
+    let format = embedded_format(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    )?;
+    let bytes = read_body(&headers, body, api.config.http.max_body_bytes).await?;
+    let request: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    let records = parse_produce(&request, format)?;
+    let limit = api.config.log.max_record_bytes;
+    if let Some((index, size)) = records
+        .iter()
+        .map(record_size)
+        .enumerate()
+        .find(|(_, size)| *size > limit)
+    {
+        return Err(ApiError::RecordTooLarge { index, size, limit });
+    }
+    let count = records.len();
+    let log = api.log.clone();
+    let topic_name = name.clone();
+    let topic = tokio::task::spawn_blocking(move || log.topic_or_create(&topic_name))
+        .await
+        .map_err(|e| ApiError::Internal(format!("topic lookup did not finish: {e}")))??;
+    let ack = topic.append_async(records).await?;
+    tracing::debug!(topic = %name, records = count, first_offset = ack.first_offset, "Records produced over HTTP.");
+    let offsets: Vec<Value> = (0..count as u64)
+        .map(|i| {
+            json!({"partition": 0, "offset": ack.first_offset + i, "error_code": null, "error": null})
+        })
+        .collect();
+    let mut answer = Map::new();
+    answer.insert("key_schema_id".into(), Value::Null);
+    answer.insert("value_schema_id".into(), Value::Null);
+    answer.insert("offsets".into(), Value::Array(offsets));
+    let mut response = axum::Json(Value::Object(answer)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(KAFKA_V2_JSON),
+    );
+    Ok(response)
+}

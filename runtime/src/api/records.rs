@@ -1,0 +1,146 @@
+//! `GET /topics/{topic}/records?offset=N&limit=M&wait_ms=W`: reading a topic.
+//!
+//! Answer: `{"records":[{"offset","ts_ms","key","value","headers"}],"next_offset":N}`.
+//! - `offset` defaults to the first stored offset; an offset below it (deleted by retention)
+//!   starts at the first stored record; an offset past the end is a 400.
+//! - `limit` defaults to, and is capped at, `http.max_fetch_records`; about
+//!   `http.max_fetch_bytes` of records are returned at most (always at least one if any).
+//! - `wait_ms`: when nothing is readable at `offset`, wait up to this long (capped at
+//!   `http.max_wait_ms`) for a record to arrive instead of answering empty at once.
+//!
+//! Encoding of each record, so that what the JSON produce format stored comes back as sent:
+//! - `value`: the stored bytes as JSON when they parse as JSON; otherwise a base64 string and
+//!   the record carries `"value_encoding":"base64"`.
+//! - `key`: `null` when absent; the stored bytes as a string when they are UTF-8 (a key
+//!   produced as a JSON string comes back as that string); otherwise base64 with
+//!   `"key_encoding":"base64"`.
+//! - `headers`: an object of name to UTF-8 string; if any value is not UTF-8, every value is
+//!   base64 and the record carries `"headers_encoding":"base64"`. A name that occurs more than
+//!   once maps to an array of its values in order.
+
+use std::time::Duration;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{ApiError, ApiState};
+use crate::log::{validate_topic_name, Record};
+
+/// Query parameters of a fetch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FetchParams {
+    offset: Option<u64>,
+    limit: Option<usize>,
+    wait_ms: Option<u64>,
+}
+
+/// Renders one stored record as the fetch answer shows it (see the module doc).
+pub fn record_to_json(record: &Record) -> Value {
+    let b64 = |bytes: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+    let mut out = Map::new();
+    out.insert("offset".into(), json!(record.offset));
+    out.insert("ts_ms".into(), json!(record.timestamp_ms));
+    let key = match &record.key {
+        None => Value::Null,
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(s) => Value::String(s.to_string()),
+            Err(_) => {
+                out.insert("key_encoding".into(), json!("base64"));
+                b64(bytes)
+            }
+        },
+    };
+    out.insert("key".into(), key);
+    let value = match serde_json::from_slice::<Value>(&record.value) {
+        Ok(v) => v,
+        Err(_) => {
+            out.insert("value_encoding".into(), json!("base64"));
+            b64(&record.value)
+        }
+    };
+    out.insert("value".into(), value);
+    let all_utf8 = record
+        .headers
+        .iter()
+        .all(|(_, v)| std::str::from_utf8(v).is_ok());
+    if !all_utf8 {
+        out.insert("headers_encoding".into(), json!("base64"));
+    }
+    let mut headers = Map::new();
+    for (name, bytes) in &record.headers {
+        let v = if all_utf8 {
+            Value::String(String::from_utf8_lossy(bytes).into_owned())
+        } else {
+            b64(bytes)
+        };
+        match headers.get_mut(name) {
+            None => {
+                headers.insert(name.clone(), v);
+            }
+            Some(Value::Array(values)) => values.push(v),
+            Some(first) => {
+                let first = first.take();
+                headers.insert(name.clone(), Value::Array(vec![first, v]));
+            }
+        }
+    }
+    out.insert("headers".into(), Value::Object(headers));
+    Value::Object(out)
+}
+
+/// The handler.
+pub(super) async fn fetch(
+    State(api): State<ApiState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<FetchParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path.map_err(|e| ApiError::InvalidTopic(e.body_text()))?;
+    validate_topic_name(&name).map_err(|e| ApiError::InvalidTopic(e.to_string()))?;
+    let Query(params) = query.map_err(|e| ApiError::BadQuery(e.body_text()))?;
+    let http = &api.config.http;
+    let limit = match params.limit {
+        Some(0) => return Err(ApiError::BadQuery("`limit` must be at least 1".into())),
+        Some(n) => n.min(http.max_fetch_records),
+        None => http.max_fetch_records,
+    };
+    let max_bytes = http.max_fetch_bytes;
+    let topic = api.log.topic(&name)?;
+    let offset = params.offset.unwrap_or_else(|| topic.start_offset());
+    let next = topic.next_offset();
+    if offset > next {
+        return Err(ApiError::OffsetPastEnd {
+            topic: name,
+            offset,
+            next_offset: next,
+        });
+    }
+
+    let read = |offset: u64| {
+        let topic = topic.clone();
+        async move {
+            tokio::task::spawn_blocking(move || topic.read(offset, limit, max_bytes))
+                .await
+                .map_err(|e| ApiError::Internal(format!("read did not finish: {e}")))?
+                .map_err(ApiError::from)
+        }
+    };
+    let mut fetched = read(offset).await?;
+    let wait_ms = params.wait_ms.unwrap_or(0).min(http.max_wait_ms);
+    if fetched.records.is_empty() && wait_ms > 0 {
+        let mut shutdown = api.shutdown.clone();
+        tokio::select! {
+            _ = topic.wait_for(fetched.next_offset, Duration::from_millis(wait_ms)) => {}
+            _ = super::shutdown_requested(&mut shutdown) => {}
+        }
+        fetched = read(fetched.next_offset).await?;
+    }
+    let records: Vec<Value> = fetched.records.iter().map(record_to_json).collect();
+    Ok(Json(
+        json!({ "records": records, "next_offset": fetched.next_offset }),
+    ))
+}

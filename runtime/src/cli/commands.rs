@@ -1,0 +1,340 @@
+//! The client commands: `topics`, `produce`, `tail` and `status`. Each talks to a running box
+//! through [`Client`] and writes its output to the writer it is given.
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::{json, Value};
+
+use super::client::Client;
+use super::CliError;
+use crate::log::validate_topic_name;
+
+/// Timeout of ordinary requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Long-poll duration `tail --follow` asks the server for (the server caps it further).
+const FOLLOW_WAIT_MS: u64 = 20_000;
+/// Records one `tail` request asks for.
+const TAIL_PAGE: usize = 1000;
+
+fn check_topic(topic: &str) -> Result<(), CliError> {
+    validate_topic_name(topic).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+fn field_u64(client: &Client, value: &Value, name: &str) -> Result<u64, CliError> {
+    value.get(name).and_then(Value::as_u64).ok_or_else(|| {
+        client
+            .bad_answer(format!("no integer `{name}` in {value}"))
+            .into()
+    })
+}
+
+/// `outpost topics`: one line per topic.
+pub async fn topics(client: &mut Client, out: &mut dyn Write) -> Result<(), CliError> {
+    let answer = client.get_json("/topics", REQUEST_TIMEOUT).await?;
+    let topics = answer
+        .get("topics")
+        .and_then(Value::as_array)
+        .ok_or_else(|| client.bad_answer("no `topics` array"))?;
+    let mut rows = vec![[
+        "TOPIC".to_string(),
+        "FIRST".into(),
+        "NEXT".into(),
+        "RECORDS".into(),
+        "BYTES".into(),
+        "SEGMENTS".into(),
+        "REC/S".into(),
+    ]];
+    for t in topics {
+        let first = field_u64(client, t, "first_offset")?;
+        let next = field_u64(client, t, "next_offset")?;
+        rows.push([
+            t.get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+            first.to_string(),
+            next.to_string(),
+            next.saturating_sub(first).to_string(),
+            field_u64(client, t, "bytes")?.to_string(),
+            field_u64(client, t, "segments")?.to_string(),
+            format!(
+                "{:.1}",
+                t.get("records_per_sec")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0)
+            ),
+        ]);
+    }
+    if topics.is_empty() {
+        writeln!(out, "no topics yet on {}", client.server())?;
+        return Ok(());
+    }
+    write_table(out, &rows)?;
+    Ok(())
+}
+
+/// Writes rows as a table: the first column left-aligned, the others right-aligned.
+fn write_table<const N: usize>(out: &mut dyn Write, rows: &[[String; N]]) -> std::io::Result<()> {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i == 0 {
+                line.push_str(&format!("{cell:<w$}"));
+            } else {
+                line.push_str(&format!("  {cell:>w$}"));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// Options of `outpost produce`.
+#[derive(Debug, Clone)]
+pub struct ProduceOptions {
+    /// The topic to append to.
+    pub topic: String,
+    /// Key of every record.
+    pub key: Option<String>,
+    /// Most records per request.
+    pub batch_records: usize,
+    /// About how many bytes per request.
+    pub batch_bytes: usize,
+}
+
+/// `outpost produce`: every non-empty input line is one record, a JSON line as JSON and any
+/// other line as a JSON string. Lines are sent in batches: whatever has arrived when the
+/// previous request finishes (up to the batch limits), so piped input goes in large requests
+/// and typed lines go out at once. Prints one summary line.
+pub async fn produce(
+    client: &mut Client,
+    options: &ProduceOptions,
+    input: Box<dyn BufRead + Send>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    check_topic(&options.topic)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<String, CliError>>(4096);
+    std::thread::Builder::new()
+        .name("outpost-stdin".into())
+        .spawn(move || {
+            for (n, line) in input.lines().enumerate() {
+                let item = line.map_err(|e| CliError::Input(format!("line {}: {e}", n + 1)));
+                let stop = item.is_err();
+                if tx.blocking_send(item).is_err() || stop {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| CliError::Input(format!("cannot start the input reader: {e}")))?;
+
+    let path = format!("/topics/{}", options.topic);
+    let mut produced = 0u64;
+    let mut offsets: Option<(u64, u64)> = None;
+    // Wait for one line, then take whatever else has already arrived, up to the batch limits.
+    while let Some(first) = rx.recv().await {
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            let line = item?;
+            let line = line.trim_end_matches('\r');
+            if !line.trim().is_empty() {
+                let value = serde_json::from_str::<Value>(line)
+                    .unwrap_or_else(|_| Value::String(line.to_string()));
+                let mut record = json!({ "value": value });
+                if let Some(key) = &options.key {
+                    record["key"] = json!(key);
+                }
+                bytes += line.len() + 16;
+                records.push(record);
+            }
+            if records.len() >= options.batch_records || bytes >= options.batch_bytes {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(item) => next = Some(item),
+                Err(_) => break,
+            }
+        }
+        if records.is_empty() {
+            continue;
+        }
+        let count = records.len() as u64;
+        let body = serde_json::to_vec(&json!({ "records": records }))
+            .map_err(|e| CliError::Input(e.to_string()))?;
+        let answer = client
+            .json(
+                Method::POST,
+                &path,
+                Some("application/vnd.kafka.json.v2+json"),
+                body,
+                REQUEST_TIMEOUT,
+            )
+            .await
+            .map_err(|e| CliError::Partial {
+                done: format!("{produced} records were produced before the error"),
+                source: Box::new(e.into()),
+            })?;
+        let listed = answer
+            .get("offsets")
+            .and_then(Value::as_array)
+            .ok_or_else(|| client.bad_answer("no `offsets` array"))?;
+        let first_offset = listed
+            .first()
+            .and_then(|o| o.get("offset"))
+            .and_then(Value::as_u64);
+        let last_offset = listed
+            .last()
+            .and_then(|o| o.get("offset"))
+            .and_then(Value::as_u64);
+        if let (Some(a), Some(b)) = (first_offset, last_offset) {
+            offsets = Some((offsets.map_or(a, |(first, _)| first), b));
+        }
+        produced += count;
+    }
+    match offsets {
+        Some((first, last)) => writeln!(
+            out,
+            "produced {produced} records to {} at offsets {first}..={last}",
+            options.topic
+        )?,
+        None => writeln!(out, "no input lines: nothing produced to {}", options.topic)?,
+    }
+    Ok(())
+}
+
+/// Options of `outpost tail`.
+#[derive(Debug, Clone)]
+pub struct TailOptions {
+    /// The topic to read.
+    pub topic: String,
+    /// First offset to read; `None` = the first stored record.
+    pub from: Option<u64>,
+    /// Keep waiting for new records instead of stopping at the end.
+    pub follow: bool,
+    /// Stop after this many records.
+    pub limit: Option<u64>,
+}
+
+/// `outpost tail`: prints one JSON record per line (the fetch answer's record objects). Without
+/// `--follow` it stops at the end of the topic; with it, it long-polls for new records.
+pub async fn tail(
+    client: &mut Client,
+    options: &TailOptions,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    check_topic(&options.topic)?;
+    let mut offset = options.from;
+    let mut printed = 0u64;
+    loop {
+        let want = match options.limit {
+            Some(limit) => limit.saturating_sub(printed).min(TAIL_PAGE as u64),
+            None => TAIL_PAGE as u64,
+        };
+        if want == 0 {
+            break;
+        }
+        let mut query = format!("/topics/{}/records?limit={want}", options.topic);
+        if let Some(offset) = offset {
+            query.push_str(&format!("&offset={offset}"));
+        }
+        let mut timeout = REQUEST_TIMEOUT;
+        if options.follow {
+            query.push_str(&format!("&wait_ms={FOLLOW_WAIT_MS}"));
+            timeout += Duration::from_millis(FOLLOW_WAIT_MS);
+        }
+        let page = client.get_json(&query, timeout).await?;
+        let records = page
+            .get("records")
+            .and_then(Value::as_array)
+            .ok_or_else(|| client.bad_answer("no `records` array"))?;
+        for record in records {
+            writeln!(out, "{record}")?;
+            printed += 1;
+        }
+        out.flush()?;
+        offset = Some(field_u64(client, &page, "next_offset")?);
+        if records.is_empty() && !options.follow {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `outpost status`: health and a summary of the topics.
+pub async fn status(client: &mut Client, out: &mut dyn Write) -> Result<(), CliError> {
+    let health = client.get_json("/health", REQUEST_TIMEOUT).await?;
+    let topics = client.get_json("/topics", REQUEST_TIMEOUT).await?;
+    let topics = topics
+        .get("topics")
+        .and_then(Value::as_array)
+        .ok_or_else(|| client.bad_answer("no `topics` array"))?;
+    let (mut records, mut bytes, mut rate) = (0u64, 0u64, 0f64);
+    for t in topics {
+        records += field_u64(client, t, "next_offset")?.saturating_sub(field_u64(
+            client,
+            t,
+            "first_offset",
+        )?);
+        bytes += field_u64(client, t, "bytes")?;
+        rate += t
+            .get("records_per_sec")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+    }
+    let text = |name: &str| {
+        health
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
+    let uptime = field_u64(client, &health, "uptime_s")?;
+    writeln!(out, "server:   {}", client.server())?;
+    writeln!(out, "status:   {}", text("status"))?;
+    writeln!(out, "edge id:  {}", text("edge_id"))?;
+    writeln!(out, "store id: {}", text("store_id"))?;
+    writeln!(out, "version:  {}", text("version"))?;
+    writeln!(
+        out,
+        "uptime:   {}h {:02}m {:02}s",
+        uptime / 3600,
+        uptime / 60 % 60,
+        uptime % 60
+    )?;
+    writeln!(
+        out,
+        "topics:   {} ({records} records stored, {bytes} bytes, {rate:.1} records/s)",
+        topics.len()
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_table;
+
+    #[test]
+    fn tables_align_the_first_column_left_and_the_rest_right() {
+        let rows = [
+            ["TOPIC".to_string(), "NEXT".to_string()],
+            ["pos.payments".to_string(), "7".to_string()],
+            ["a".to_string(), "12345".to_string()],
+        ];
+        let mut out = Vec::new();
+        write_table(&mut out, &rows).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "TOPIC          NEXT\npos.payments      7\na             12345\n"
+        );
+    }
+}

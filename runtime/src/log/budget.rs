@@ -1,0 +1,172 @@
+//! The global disk budget: the sum of all segment bytes against `log.max_bytes`, and the free
+//! space of the data directory's file system against `log.min_free_bytes`. Free space is
+//! asked of the kernel (`statvfs`) at most once a second or after every few MiB written, not
+//! per append; in between it is estimated from the bytes written since.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::LogError;
+use crate::metrics::Counter;
+
+/// Ask the file system again after this long…
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
+/// …or after this many bytes were written.
+const RECHECK_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Free bytes for an unprivileged writer on the file system holding `path`.
+pub(crate) fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path contains a NUL byte"))?;
+    // SAFETY: an all-zero `statvfs` is a valid value of this plain C struct.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` a valid, writable struct
+    // that outlives the call.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+#[derive(Debug)]
+pub(crate) struct Budget {
+    dir: PathBuf,
+    max_bytes: u64,
+    min_free_bytes: u64,
+    /// Bytes of every segment file of every topic.
+    total: AtomicU64,
+    free_at_check: AtomicU64,
+    written_since_check: AtomicU64,
+    last_check: Mutex<Option<Instant>>,
+    full: Counter,
+}
+
+impl Budget {
+    pub fn new(dir: PathBuf, max_bytes: u64, min_free_bytes: u64, full: Counter) -> Budget {
+        Budget {
+            dir,
+            max_bytes,
+            min_free_bytes,
+            total: AtomicU64::new(0),
+            free_at_check: AtomicU64::new(u64::MAX),
+            written_since_check: AtomicU64::new(0),
+            last_check: Mutex::new(None),
+            full,
+        }
+    }
+
+    /// Bytes of all segments.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Acquire)
+    }
+
+    /// Counts bytes found on disk at open.
+    pub fn add_existing(&self, bytes: u64) {
+        self.total.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Gives back bytes of deleted segments or of a write that failed.
+    pub fn release(&self, bytes: u64) {
+        let _ = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                Some(t.saturating_sub(bytes))
+            });
+    }
+
+    /// Reserves room for `bytes` about to be written, or says why there is none.
+    pub fn reserve(&self, bytes: u64) -> Result<(), LogError> {
+        let before = self.total.fetch_add(bytes, Ordering::AcqRel);
+        if self.max_bytes > 0 && before.saturating_add(bytes) > self.max_bytes {
+            self.release(bytes);
+            self.full.inc();
+            return Err(LogError::StorageFull(format!(
+                "the log holds {before} bytes and `log.max_bytes` is {}; a batch of {bytes} bytes does not fit",
+                self.max_bytes
+            )));
+        }
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let written = self.written_since_check.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        self.maybe_refresh(written);
+        let free = self
+            .free_at_check
+            .load(Ordering::Acquire)
+            .saturating_sub(self.written_since_check.load(Ordering::Acquire));
+        if free < self.min_free_bytes {
+            self.release(bytes);
+            let _ =
+                self.written_since_check
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                        Some(w.saturating_sub(bytes))
+                    });
+            self.full.inc();
+            return Err(LogError::StorageFull(format!(
+                "the file system of {} would have {free} bytes free after this batch and `log.min_free_bytes` is {}",
+                self.dir.display(),
+                self.min_free_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn maybe_refresh(&self, written: u64) {
+        let Ok(mut last) = self.last_check.try_lock() else {
+            return; // another appender is refreshing right now
+        };
+        let due = written >= RECHECK_BYTES || last.is_none_or(|t| t.elapsed() >= RECHECK_AFTER);
+        if !due {
+            return;
+        }
+        *last = Some(Instant::now());
+        match free_bytes(&self.dir) {
+            Ok(free) => {
+                self.written_since_check.store(0, Ordering::Release);
+                self.free_at_check.store(free, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "Asking the file system for free space failed; `log.min_free_bytes` is not enforced until it works again.");
+                self.written_since_check.store(0, Ordering::Release);
+                self.free_at_check.store(u64::MAX, Ordering::Release);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_bytes_refuses_what_does_not_fit_and_recovers_after_release() {
+        let b = Budget::new(PathBuf::from("/"), 1_000, 0, Counter::default());
+        b.reserve(600).unwrap();
+        let err = b.reserve(500).unwrap_err().to_string();
+        assert!(err.contains("`log.max_bytes` is 1000"), "{err}");
+        assert_eq!(b.total(), 600);
+        b.release(300);
+        b.reserve(500).unwrap();
+        assert_eq!(b.total(), 800);
+    }
+
+    #[test]
+    fn min_free_bytes_refuses_when_the_file_system_is_too_full() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+        let b = Budget::new(
+            dir.path().to_path_buf(),
+            0,
+            u64::MAX / 2,
+            Counter::default(),
+        );
+        let err = b.reserve(10).unwrap_err().to_string();
+        assert!(err.contains("`log.min_free_bytes`"), "{err}");
+        assert_eq!(b.total(), 0);
+    }
+}

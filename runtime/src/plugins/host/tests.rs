@@ -1,0 +1,161 @@
+//! Unit tests of the host: linking, load-time checks and the call path, with WAT modules.
+
+use super::*;
+
+#[test]
+fn every_wasi_preview1_function_is_defined() {
+    let host = Host::new(HostConfig::default()).unwrap();
+    for name in wasi::ALL_FUNCTIONS {
+        assert!(
+            host.inner
+                .imports
+                .contains_key(&(wasi::MODULE.to_string(), name.to_string())),
+            "wasi_snapshot_preview1.{name} is not defined"
+        );
+    }
+    let wasi_count = host
+        .inner
+        .imports
+        .keys()
+        .filter(|(m, _)| m == wasi::MODULE)
+        .count();
+    assert_eq!(wasi_count, wasi::ALL_FUNCTIONS.len());
+}
+
+/// Reads the state under the record's key and emits what it found (`none` when absent), then
+/// writes the record's value there; fails the call (after the write) when the value is `!`.
+const KV: &str = r#"(module
+  (import "outpost" "emit" (func $emit (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "outpost" "state_get" (func $get (param i32 i32 i32 i32) (result i32)))
+  (import "outpost" "state_put" (func $put (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "kv.out")
+  (data (i32.const 32) "none")
+  (func (export "outpost_abi_version") (result i32) (i32.const 1))
+  (func (export "outpost_alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "outpost_on_record") (param $p i32) (param $len i32) (result i32)
+    (local $q i32) (local $kp i32) (local $kl i32) (local $vp i32) (local $vl i32) (local $n i32)
+    (local.set $q (i32.add (i32.add (local.get $p) (i32.const 4)) (i32.load (local.get $p))))
+    (local.set $q (i32.add (local.get $q) (i32.const 16)))
+    (local.set $kl (i32.load (local.get $q)))
+    (local.set $kp (i32.add (local.get $q) (i32.const 4)))
+    (local.set $q (i32.add (local.get $kp) (local.get $kl)))
+    (local.set $vl (i32.load (local.get $q)))
+    (local.set $vp (i32.add (local.get $q) (i32.const 4)))
+    (local.set $n (call $get (local.get $kp) (local.get $kl) (i32.const 1024) (i32.const 64)))
+    (if (i32.lt_s (local.get $n) (i32.const 0))
+      (then (drop (call $emit (i32.const 16) (i32.const 6) (i32.const 0) (i32.const -1)
+                     (i32.const 32) (i32.const 4) (i32.const 0) (i32.const 0))))
+      (else (drop (call $emit (i32.const 16) (i32.const 6) (i32.const 0) (i32.const -1)
+                     (i32.const 1024) (local.get $n) (i32.const 0) (i32.const 0)))))
+    (drop (call $put (local.get $kp) (local.get $kl) (local.get $vp) (local.get $vl)))
+    (if (i32.eq (i32.load8_u (local.get $vp)) (i32.const 33)) (then (return (i32.const 1))))
+    (i32.const 0)))"#;
+
+fn kv_instance(host: &Host) -> Instance {
+    let manifest = crate::plugins::manifest::Manifest::parse(
+        "name = \"kv\"\nversion = \"1\"\ninputs = [\"kv.in\"]\noutputs = [\"kv.out\"]\nstate = true\n",
+    )
+    .unwrap();
+    let module = host.compile_named("kv", KV.as_bytes()).unwrap();
+    host.instantiate(&manifest, &module).unwrap()
+}
+
+fn put_get(instance: &mut Instance, value: &[u8]) -> Result<Vec<u8>, CallFailure> {
+    let record = crate::log::Record {
+        offset: 0,
+        timestamp_ms: 0,
+        key: Some(b"a".to_vec()),
+        value: value.to_vec(),
+        headers: Vec::new(),
+    };
+    instance.call("kv.in", &record)?;
+    let emits: Vec<Emitted> = instance.drain_emits().collect();
+    assert_eq!(emits.len(), 1);
+    Ok(emits[0].value.clone())
+}
+
+#[test]
+fn calls_see_earlier_writes_of_the_batch_but_not_those_of_failed_calls() {
+    let host = Host::new(HostConfig::default()).unwrap();
+    let mut kv = kv_instance(&host);
+    assert_eq!(put_get(&mut kv, b"1").unwrap(), b"none");
+    assert_eq!(put_get(&mut kv, b"2").unwrap(), b"1");
+    let failure = put_get(&mut kv, b"!").unwrap_err();
+    assert_eq!(failure.kind, FailureKind::Error);
+    assert_eq!(
+        kv.drain_emits().count(),
+        0,
+        "a failed call's emits are discarded"
+    );
+    assert_eq!(
+        put_get(&mut kv, b"3").unwrap(),
+        b"2",
+        "the failed call's write is discarded"
+    );
+    let ops = kv.take_state_ops();
+    assert_eq!(
+        ops,
+        vec![crate::state::StateOp::Put {
+            key: b"a".to_vec(),
+            value: b"3".to_vec()
+        }],
+        "one op per key, with its final value"
+    );
+    assert!(!kv.has_pending_state());
+    // Without a store, only the committed cache can remember the value.
+    kv.committed(ops);
+    assert_eq!(put_get(&mut kv, b"4").unwrap(), b"3");
+}
+
+#[test]
+fn committed_state_is_read_from_the_store_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::state::StateStore::open(dir.path()).unwrap();
+    store
+        .commit(&crate::state::Commit {
+            consumer: "plugin:kv".into(),
+            offsets: vec![("kv.in".into(), 1)],
+            namespace: "kv".into(),
+            ops: vec![crate::state::StateOp::Put {
+                key: b"a".to_vec(),
+                value: b"stored".to_vec(),
+            }],
+        })
+        .unwrap();
+    let host = Host::new(HostConfig::default()).unwrap();
+    let mut kv = kv_instance(&host);
+    kv.set_state_store(store);
+    assert_eq!(put_get(&mut kv, b"5").unwrap(), b"stored");
+    kv.restart().unwrap();
+    assert_eq!(
+        put_get(&mut kv, b"6").unwrap(),
+        b"5",
+        "uncommitted writes survive a restart"
+    );
+}
+
+#[test]
+fn alloc_returning_zero_fails_the_call_as_out_of_memory() {
+    let host = Host::new(HostConfig::default()).unwrap();
+    let wat = r#"(module (memory (export "memory") 1)
+        (func (export "outpost_abi_version") (result i32) (i32.const 1))
+        (func (export "outpost_alloc") (param i32) (result i32) (i32.const 0))
+        (func (export "outpost_on_record") (param i32 i32) (result i32) (i32.const 0)))"#;
+    let manifest = crate::plugins::manifest::Manifest::parse(
+        "name = \"zero\"\nversion = \"1\"\ninputs = [\"in\"]\n",
+    )
+    .unwrap();
+    let module = host.compile_named("zero", wat.as_bytes()).unwrap();
+    let mut instance = host.instantiate(&manifest, &module).unwrap();
+    let record = crate::log::Record {
+        offset: 0,
+        timestamp_ms: 0,
+        key: None,
+        value: b"x".to_vec(),
+        headers: Vec::new(),
+    };
+    let failure = instance.call("in", &record).unwrap_err();
+    assert_eq!(failure.kind, FailureKind::OutOfMemory, "{failure}");
+    assert!(failure.message.contains("returned 0"), "{failure}");
+}

@@ -1,0 +1,1046 @@
+//! The durable consumer that runs one plugin: it reads the plugin's input topics from its
+//! committed offsets, calls the guest once per record, appends what the guest emitted to the
+//! output topics, dead-letters records the guest failed on, and commits the plugin's state
+//! changes together with the new input offsets.
+//!
+//! # The loop
+//! Each plugin runs on its own OS thread (guest calls are CPU-bound and blocking). The consumer
+//! is named `plugin:<name>` in the state store; its state namespace is `<name>`. An input may
+//! be a `prefix*` pattern: every existing topic whose name starts with the prefix is an input,
+//! except the plugin's own outputs and dead-letter topic (so a pattern cannot make it read its
+//! own emits); topics created later are picked up within [`RESCAN_EVERY`] (or when the runner
+//! next goes idle), starting at their committed offset, else at their start. A batch is up
+//! to `batch_records` records, read round-robin from the inputs (an equal share from each,
+//! starting at a different input every batch), so one busy input cannot starve another; order
+//! within a topic is always kept. With nothing to read the thread sleeps in
+//! `Topic::wait_for` (no polling) until a record arrives, the idle timeout passes, or it is
+//! stopped.
+//!
+//! For each record the guest is called. On success its emits join the batch's outputs and its
+//! state writes join the batch's state overlay (later records of the batch read them). On
+//! failure — a trap (e.g. a panic), a blown CPU deadline, out of memory, stack exhaustion,
+//! `proc_exit`, or a non-zero return — the record's emits and state writes are discarded and the
+//! record goes to the topic `<name>.dlq`: its original key, value, timestamp and headers, plus
+//! `outpost-error` (`<kind>: <message>`), `outpost-plugin`, `outpost-source-topic` and
+//! `outpost-source-offset`. After a trap the instance is rebuilt (fresh store, init again)
+//! before the next record. Processing moves on.
+//!
+//! After the batch: each output topic's records are appended with one append per topic (the
+//! dead letters likewise), every output record carrying `outpost-plugin: <name>`,
+//! `outpost-source-topic` and `outpost-source-offset` of the input it came from; THEN the
+//! batch's state ops and the new input offsets are committed in one `StateStore::commit`.
+//!
+//! # Delivery semantics
+//! - **State is exactly-once per input record.** A record's state writes and the offset past it
+//!   are committed in the same atomic sled transaction, and the store recovers to a prefix of
+//!   whole commits. After a crash (or a failed append/commit) the plugin resumes at the last
+//!   committed offset with exactly the state committed with it, so no input is ever applied to
+//!   state twice and none is skipped.
+//! - **Outputs and dead letters are at-least-once.** They are appended before the commit that
+//!   moves the offset past their input; a crash between the two makes the plugin process those
+//!   inputs again and emit again. Every output carries its source topic and offset (headers),
+//!   so consumers can drop duplicates: (`outpost-plugin`, `outpost-source-topic`,
+//!   `outpost-source-offset`, position among that input's emits) identifies an emit.
+//! - **Order:** outputs of one input record keep the guest's emit order; outputs of one input
+//!   topic keep input order within each output topic.
+//! - A failed append or commit is handled like a crash: the batch's outputs not yet appended and
+//!   its state overlay are dropped, the instance is rebuilt, and the batch is read again from
+//!   the committed offsets after a back-off.
+//!
+//! # Quarantine
+//! `max_consecutive_failures` failed records in a row (default 5) quarantine the plugin: the
+//! batch is flushed and committed up to and including the last failed record, the thread
+//! stops, the status says `quarantined` with the last error, and
+//! `outpost_plugin_quarantined{plugin}` is 1. When rebuilding the instance after a trap fails
+//! (its init now fails) the plugin stops as `failed`, likewise after committing what it did.
+//! Other plugins and ingestion are not affected: each plugin has its
+//! own thread, store and limits. Quarantine lasts until the plugin is started again (upgrade or
+//! restart of the box).
+//!
+//! # Metrics
+//! `outpost_plugin_records_total{plugin}`, `outpost_plugin_failures_total{plugin,kind}`,
+//! `outpost_plugin_dead_letters_total{plugin}`, `outpost_plugin_emitted_total{plugin}`,
+//! `outpost_plugin_call_seconds_total{plugin}` (time spent in guest calls) and
+//! `outpost_plugin_quarantined{plugin}`.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::host::guest_log::{GuestLog, LogLevel, LogLine, LogSource};
+use super::host::{
+    CallFailure, CompiledModule, FailureKind, Host, Instance, PluginError, HEADER_ERROR,
+    HEADER_PLUGIN, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC,
+};
+use super::manifest::Manifest;
+use crate::log::{Log, NewRecord, Record, Topic};
+use crate::metrics::{self, Counter, Gauge};
+use crate::state::{Commit, StateStore};
+
+/// How often a runner with `prefix*` inputs looks for new matching topics.
+pub const RESCAN_EVERY: Duration = Duration::from_secs(1);
+/// Longest `outpost-error` header of a dead letter, in bytes.
+pub const MAX_ERROR_HEADER_BYTES: usize = 1024;
+/// Header added to a dead letter whose value had to be dropped to fit the record size limit.
+pub const HEADER_DLQ_VALUE_DROPPED: &str = "outpost-dlq-value-dropped";
+
+/// How the runner runs a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerConfig {
+    /// Failed records in a row that quarantine the plugin.
+    pub max_consecutive_failures: u32,
+    /// Most input records per batch (one append per output and one commit per batch).
+    pub batch_records: usize,
+    /// About how many input bytes to read per batch.
+    pub batch_bytes: usize,
+    /// A batch ends early once its pending outputs reach this many bytes.
+    pub max_pending_output_bytes: usize,
+    /// How long an idle runner sleeps before it looks again, in ms (records and stop requests
+    /// wake it at once).
+    pub idle_wait_ms: u64,
+    /// Longest back-off after a failed read, append or commit, in ms.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            max_consecutive_failures: 5,
+            batch_records: 256,
+            batch_bytes: 4 * 1024 * 1024,
+            max_pending_output_bytes: 64 * 1024 * 1024,
+            idle_wait_ms: 1000,
+            max_backoff_ms: 5000,
+        }
+    }
+}
+
+/// Where a runner is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Consuming its inputs.
+    Running,
+    /// Stopped after too many consecutive failures (see `last_error`).
+    Quarantined,
+    /// Stopped on request.
+    Stopped,
+    /// Stopped by an error of the host (see `last_error`).
+    Failed,
+}
+
+impl RunState {
+    /// The lower-case name (`running`, `quarantined`, `stopped`, `failed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Quarantined => "quarantined",
+            RunState::Stopped => "stopped",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+/// A snapshot of one runner.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub version: String,
+    pub state: RunState,
+    /// The last failure (a record's, or the host's), with the record it happened on.
+    pub last_error: Option<String>,
+    /// Input records handled (successfully or not) since start.
+    pub processed: u64,
+    /// Input records the guest failed on since start.
+    pub failed: u64,
+    /// Records appended to `<name>.dlq` since start.
+    pub dead_lettered: u64,
+    /// Records emitted to output topics since start.
+    pub emitted: u64,
+    /// Failed records in a row right now.
+    pub consecutive_failures: u32,
+    /// Per input topic: records appended but not yet committed by this plugin.
+    pub lag: Vec<(String, u64)>,
+    /// Per input topic: the committed next offset.
+    pub offsets: Vec<(String, u64)>,
+    /// Mean time in guest calls per record, in ns.
+    pub ns_per_record: f64,
+    /// Memory and CPU limits in force.
+    pub memory_mib: u64,
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug)]
+struct Counters {
+    state: RunState,
+    last_error: Option<String>,
+    processed: u64,
+    failed: u64,
+    dead_lettered: u64,
+    emitted: u64,
+    consecutive_failures: u32,
+    call_nanos: u128,
+}
+
+#[derive(Debug)]
+struct Metrics {
+    records: Counter,
+    failures: HashMap<FailureKind, Counter>,
+    dead_letters: Counter,
+    emitted: Counter,
+    call_seconds: Gauge,
+    quarantined: Gauge,
+}
+
+impl Metrics {
+    fn new(plugin: &str) -> Metrics {
+        let r = metrics::global();
+        let labels = [("plugin", plugin)];
+        Metrics {
+            records: r.counter(
+                "outpost_plugin_records_total",
+                "Input records handled by a plugin (successfully or not).",
+                &labels,
+            ),
+            failures: FailureKind::ALL
+                .iter()
+                .map(|k| {
+                    let c = r.counter(
+                        "outpost_plugin_failures_total",
+                        "Input records a plugin failed on, by kind of failure.",
+                        &[("plugin", plugin), ("kind", k.as_str())],
+                    );
+                    (*k, c)
+                })
+                .collect(),
+            dead_letters: r.counter(
+                "outpost_plugin_dead_letters_total",
+                "Records a plugin sent to its dead-letter topic.",
+                &labels,
+            ),
+            emitted: r.counter(
+                "outpost_plugin_emitted_total",
+                "Records a plugin emitted to its output topics.",
+                &labels,
+            ),
+            call_seconds: r.gauge(
+                "outpost_plugin_call_seconds_total",
+                "Time spent in a plugin's record calls, in seconds.",
+                &labels,
+            ),
+            quarantined: r.gauge(
+                "outpost_plugin_quarantined",
+                "1 while a plugin is quarantined after too many consecutive failures.",
+                &labels,
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    version: String,
+    memory_mib: u64,
+    deadline_ms: u64,
+    counters: Mutex<Counters>,
+    /// Per input: the topic and the committed next offset.
+    positions: Mutex<Vec<(Topic, u64)>>,
+    stop: AtomicBool,
+    wake: tokio::sync::Notify,
+    done: Mutex<bool>,
+    done_cv: Condvar,
+    done_tx: tokio::sync::watch::Sender<bool>,
+    log: Arc<GuestLog>,
+    metrics: Metrics,
+}
+
+impl Shared {
+    fn counters(&self) -> MutexGuard<'_, Counters> {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn positions(&self) -> MutexGuard<'_, Vec<(Topic, u64)>> {
+        self.positions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_error(&self, message: String) {
+        self.counters().last_error = Some(message);
+    }
+
+    fn finish(&self, state: RunState) {
+        {
+            let mut c = self.counters();
+            if c.state == RunState::Running {
+                c.state = state;
+            }
+        }
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.done_cv.notify_all();
+        self.done_tx.send_replace(true);
+    }
+}
+
+/// A running plugin. Cheap to clone; all clones control the same runner.
+#[derive(Debug, Clone)]
+pub struct RunnerHandle {
+    shared: Arc<Shared>,
+}
+
+/// One input topic of the worker.
+struct Input {
+    name: String,
+    topic: Topic,
+    /// Committed next offset.
+    next: u64,
+}
+
+/// What one step of the loop did.
+enum Step {
+    /// Nothing to read.
+    Idle,
+    /// A batch was processed and committed.
+    Worked,
+    /// The batch was committed and the plugin stops in this state (quarantined or failed).
+    Ended(RunState),
+    /// A read, append or commit failed; the batch was dropped.
+    HostError(String),
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    instance: Instance,
+    state: StateStore,
+    log: Log,
+    consumer: String,
+    /// Prefixes of the `prefix*` inputs.
+    patterns: Vec<String>,
+    /// Topics a pattern never matches: the plugin's outputs and dead-letter topic.
+    excluded: Vec<String>,
+    last_scan: Instant,
+    inputs: Vec<Input>,
+    outputs: Vec<Topic>,
+    dlq: Topic,
+    cfg: RunnerConfig,
+    max_record_bytes: usize,
+    round_robin: usize,
+    /// Mean input record size (key + value + headers), for sizing reads.
+    avg_record_bytes: f64,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// The provenance headers of a record derived from `topic`@`offset`.
+fn provenance(plugin: &str, topic: &str, offset: u64) -> [(String, Vec<u8>); 3] {
+    [
+        (HEADER_PLUGIN.to_string(), plugin.as_bytes().to_vec()),
+        (HEADER_SOURCE_TOPIC.to_string(), topic.as_bytes().to_vec()),
+        (
+            HEADER_SOURCE_OFFSET.to_string(),
+            offset.to_string().into_bytes(),
+        ),
+    ]
+}
+
+fn record_size(r: &Record) -> usize {
+    r.key.as_ref().map_or(0, Vec::len)
+        + r.value.len()
+        + r.headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+}
+
+fn payload_size(r: &NewRecord) -> usize {
+    r.key.as_ref().map_or(0, Vec::len)
+        + r.value.len()
+        + r.headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+}
+
+/// The dead letter of `record` (from `topic`) that failed with `failure`, fitted under `limit`
+/// bytes: if too large, first the value is dropped (and the header
+/// `outpost-dlq-value-dropped: <bytes>` added), then the original headers, then the key.
+pub(crate) fn dead_letter(
+    plugin: &str,
+    topic: &str,
+    record: Record,
+    failure: &CallFailure,
+    limit: usize,
+) -> NewRecord {
+    let ours = |n: &str| {
+        n == HEADER_ERROR
+            || n == HEADER_PLUGIN
+            || n == HEADER_SOURCE_TOPIC
+            || n == HEADER_SOURCE_OFFSET
+    };
+    let mut error = format!("{}: {}", failure.kind.as_str(), failure.message);
+    super::host::guest_log::truncate_utf8(&mut error, MAX_ERROR_HEADER_BYTES);
+    let mut host_headers = vec![(HEADER_ERROR.to_string(), error.into_bytes())];
+    host_headers.extend(provenance(plugin, topic, record.offset));
+    let mut letter = NewRecord {
+        key: record.key,
+        value: record.value,
+        headers: record
+            .headers
+            .into_iter()
+            .filter(|(n, _)| !ours(n))
+            .chain(host_headers.iter().cloned())
+            .collect(),
+        timestamp_ms: Some(record.timestamp_ms),
+    };
+    if payload_size(&letter) > limit {
+        let dropped = letter.value.len();
+        letter.value = Vec::new();
+        host_headers.push((
+            HEADER_DLQ_VALUE_DROPPED.to_string(),
+            dropped.to_string().into_bytes(),
+        ));
+        letter
+            .headers
+            .push(host_headers[host_headers.len() - 1].clone());
+    }
+    if payload_size(&letter) > limit {
+        letter.headers = host_headers;
+    }
+    if payload_size(&letter) > limit {
+        letter.key = None;
+    }
+    letter
+}
+
+/// Where `consumer` resumes on `topic`, noting in the plugin's log when retention removed
+/// records it had not read.
+fn resume_input(
+    state: &StateStore,
+    consumer: &str,
+    topic: Topic,
+    log: &GuestLog,
+) -> Result<Input, PluginError> {
+    let name = topic.name().to_string();
+    let resume = state.resume(consumer, &name, topic.start_offset())?;
+    if let Some(from) = resume.skipped_from {
+        log.push(
+            LogLevel::Warn,
+            LogSource::Host,
+            format!(
+                "input {name}: records {from}..{} were removed by retention before the plugin read them",
+                resume.offset
+            ),
+        );
+    }
+    Ok(Input {
+        name,
+        topic,
+        next: resume.offset,
+    })
+}
+
+/// Existing topics matching one of `patterns` (prefixes) that are not excluded and not inputs
+/// already.
+fn matching_topics(
+    log: &Log,
+    patterns: &[String],
+    excluded: &[String],
+    inputs: &[Input],
+) -> Vec<Topic> {
+    if patterns.is_empty() {
+        return Vec::new();
+    }
+    log.topics()
+        .into_iter()
+        .filter(|t| {
+            let name = t.name();
+            patterns.iter().any(|p| name.starts_with(p.as_str()))
+                && !excluded.iter().any(|e| e == name)
+                && !inputs.iter().any(|i| i.name == name)
+        })
+        .collect()
+}
+
+impl RunnerHandle {
+    /// Starts the durable consumer: instantiates the plugin (init errors are returned here, so
+    /// a failed upgrade leaves the old version running), opens its topics (creating them if
+    /// the log allows), resumes from the committed offsets and starts its thread.
+    pub fn start(
+        host: &Host,
+        manifest: Manifest,
+        module: CompiledModule,
+        log: Log,
+        state: StateStore,
+        cfg: RunnerConfig,
+    ) -> Result<RunnerHandle, PluginError> {
+        let name = manifest.name.clone();
+        let invalid = |detail: String| PluginError::InvalidManifest {
+            plugin: name.clone(),
+            detail,
+        };
+        if manifest.inputs.is_empty() {
+            return Err(invalid("it has no input topics".into()));
+        }
+        if cfg.max_consecutive_failures == 0 || cfg.batch_records == 0 {
+            return Err(PluginError::InvalidConfig(
+                "max_consecutive_failures and batch_records must be at least 1".into(),
+            ));
+        }
+        let mut instance = host.instantiate(&manifest, &module)?;
+        instance.set_state_store(state.clone());
+        let consumer = format!("plugin:{name}");
+        let dlq_name = format!("{name}.dlq");
+        let patterns: Vec<String> = manifest
+            .inputs
+            .iter()
+            .filter_map(|i| i.strip_suffix('*').map(str::to_string))
+            .collect();
+        let mut excluded = manifest.outputs.clone();
+        excluded.push(dlq_name.clone());
+        let mut inputs = Vec::with_capacity(manifest.inputs.len());
+        for input in manifest.inputs.iter().filter(|i| !i.ends_with('*')) {
+            let topic = log.topic_or_create(input)?;
+            inputs.push(resume_input(&state, &consumer, topic, instance.log())?);
+        }
+        for topic in matching_topics(&log, &patterns, &excluded, &inputs) {
+            inputs.push(resume_input(&state, &consumer, topic, instance.log())?);
+        }
+        let outputs = manifest
+            .outputs
+            .iter()
+            .map(|o| log.topic_or_create(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dlq = log.topic_or_create(&dlq_name)?;
+        let metrics = Metrics::new(&name);
+        metrics.quarantined.set(0.0);
+        let (done_tx, _) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Shared {
+            name: name.clone(),
+            version: manifest.version.clone(),
+            memory_mib: instance.memory_mib(),
+            deadline_ms: instance.deadline_ms(),
+            counters: Mutex::new(Counters {
+                state: RunState::Running,
+                last_error: None,
+                processed: 0,
+                failed: 0,
+                dead_lettered: 0,
+                emitted: 0,
+                consecutive_failures: 0,
+                call_nanos: 0,
+            }),
+            positions: Mutex::new(inputs.iter().map(|i| (i.topic.clone(), i.next)).collect()),
+            stop: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            done: Mutex::new(false),
+            done_cv: Condvar::new(),
+            done_tx,
+            log: Arc::clone(instance.log()),
+            metrics,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|source| PluginError::Io {
+                context: format!("plugin {name}: creating the runner's wait runtime"),
+                source,
+            })?;
+        let worker = Worker {
+            shared: Arc::clone(&shared),
+            instance,
+            state,
+            log,
+            consumer,
+            patterns,
+            excluded,
+            last_scan: Instant::now(),
+            inputs,
+            outputs,
+            dlq,
+            cfg,
+            max_record_bytes: host.config().max_record_bytes,
+            round_robin: 0,
+            avg_record_bytes: 512.0,
+            runtime,
+        };
+        std::thread::Builder::new()
+            .name(format!("plugin-{name}"))
+            .stack_size(8 * 1024 * 1024)
+            .spawn(move || worker.run())
+            .map_err(|source| PluginError::Io {
+                context: format!("plugin {name}: starting the runner thread"),
+                source,
+            })?;
+        tracing::info!(plugin = %shared.name, version = %shared.version, "Started a plugin.");
+        Ok(RunnerHandle { shared })
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// A snapshot of the runner's status.
+    pub fn status(&self) -> PluginStatus {
+        let s = &self.shared;
+        let c = s.counters();
+        let handled = c.processed;
+        let positions = s.positions().clone();
+        let offsets: Vec<(String, u64)> = positions
+            .iter()
+            .map(|(t, p)| (t.name().to_string(), *p))
+            .collect();
+        let lag = positions
+            .iter()
+            .map(|(t, p)| (t.name().to_string(), t.next_offset().saturating_sub(*p)))
+            .collect();
+        PluginStatus {
+            name: s.name.clone(),
+            version: s.version.clone(),
+            state: c.state,
+            last_error: c.last_error.clone(),
+            processed: handled,
+            failed: c.failed,
+            dead_lettered: c.dead_lettered,
+            emitted: c.emitted,
+            consecutive_failures: c.consecutive_failures,
+            lag,
+            offsets,
+            ns_per_record: if handled == 0 {
+                0.0
+            } else {
+                c.call_nanos as f64 / handled as f64
+            },
+            memory_mib: s.memory_mib,
+            deadline_ms: s.deadline_ms,
+        }
+    }
+
+    /// The plugin's most recent log lines (stdout/stderr, `log` calls, host notes), oldest
+    /// first.
+    pub fn logs(&self, max_lines: usize) -> Vec<LogLine> {
+        self.shared.log.recent(max_lines)
+    }
+
+    /// Asks the runner to stop after the current batch (which is appended and committed) and
+    /// waits until it has.
+    pub async fn stop(&self) {
+        self.shared.request_stop();
+        let mut rx = self.shared.done_tx.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// [`RunnerHandle::stop`] for threads outside an async runtime.
+    pub fn stop_blocking(&self) {
+        self.shared.request_stop();
+        let done = self.shared.done.lock().unwrap_or_else(|e| e.into_inner());
+        let _done = self
+            .shared
+            .done_cv
+            .wait_while(done, |d| !*d)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// Whether the runner's thread has ended (stopped, quarantined or failed).
+    pub fn is_finished(&self) -> bool {
+        *self.shared.done.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Worker {
+    fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.main_loop()));
+        let state = match outcome {
+            Ok(state) => state,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                let message = format!("the runner thread panicked: {what}");
+                tracing::error!(plugin = %shared.name, error = %message, "A plugin runner failed.");
+                shared.set_error(message);
+                RunState::Failed
+            }
+        };
+        tracing::info!(plugin = %shared.name, state = state.as_str(), "A plugin runner ended.");
+        shared.finish(state);
+    }
+
+    fn main_loop(&mut self) -> RunState {
+        let mut backoff_ms = 0u64;
+        loop {
+            if self.shared.stopping() {
+                return RunState::Stopped;
+            }
+            if !self.patterns.is_empty() && self.last_scan.elapsed() >= RESCAN_EVERY {
+                if let Err(e) = self.rescan() {
+                    self.shared.set_error(e);
+                }
+            }
+            match self.step() {
+                Step::Idle => {
+                    backoff_ms = 0;
+                    self.wait_for_input();
+                    if !self.patterns.is_empty() {
+                        if let Err(e) = self.rescan() {
+                            self.shared.set_error(e);
+                        }
+                    }
+                }
+                Step::Worked => backoff_ms = 0,
+                Step::Ended(state) => return state,
+                Step::HostError(message) => {
+                    tracing::error!(plugin = %self.shared.name, error = %message, "A plugin batch failed on the host side; it is read again after a pause.");
+                    self.shared
+                        .log
+                        .push(LogLevel::Error, LogSource::Host, message.clone());
+                    self.shared.set_error(message);
+                    if self.instance.has_pending_state() {
+                        drop(self.instance.take_state_ops());
+                    }
+                    if let Err(e) = self.instance.restart() {
+                        self.shared
+                            .set_error(format!("rebuilding the instance failed: {e}"));
+                        return RunState::Failed;
+                    }
+                    backoff_ms = (backoff_ms * 2).clamp(100, self.cfg.max_backoff_ms.max(100));
+                    self.pause(Duration::from_millis(backoff_ms));
+                }
+            }
+        }
+    }
+
+    /// Adds topics created since the last scan that match a `prefix*` input.
+    fn rescan(&mut self) -> Result<(), String> {
+        self.last_scan = Instant::now();
+        for topic in matching_topics(&self.log, &self.patterns, &self.excluded, &self.inputs) {
+            let input = resume_input(&self.state, &self.consumer, topic, &self.shared.log)
+                .map_err(|e| format!("adding a new input topic failed: {e}"))?;
+            tracing::info!(plugin = %self.shared.name, topic = %input.name, offset = input.next, "A plugin picked up a new input topic matching its pattern.");
+            self.shared
+                .positions()
+                .push((input.topic.clone(), input.next));
+            self.inputs.push(input);
+        }
+        Ok(())
+    }
+
+    /// Sleeps up to `d`, waking early on a stop request.
+    fn pause(&self, d: Duration) {
+        let shared = Arc::clone(&self.shared);
+        self.runtime.block_on(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = shared.wake.notified() => {}
+            }
+        });
+    }
+
+    /// Sleeps until an input has a record past our position, the idle timeout, or a stop.
+    fn wait_for_input(&self) {
+        let timeout = Duration::from_millis(self.cfg.idle_wait_ms.max(1));
+        let shared = Arc::clone(&self.shared);
+        let waits: Vec<(Topic, u64)> = self
+            .inputs
+            .iter()
+            .map(|i| (i.topic.clone(), i.next))
+            .collect();
+        self.runtime.block_on(async move {
+            let mut set = tokio::task::JoinSet::new();
+            for (topic, next) in waits {
+                set.spawn(async move { topic.wait_for(next, timeout).await });
+            }
+            tokio::select! {
+                _ = set.join_next() => {}
+                _ = shared.wake.notified() => {}
+            }
+            set.abort_all();
+        });
+    }
+
+    /// Reads a batch round-robin from the inputs.
+    fn read_batch(&mut self) -> Result<Vec<(usize, Record)>, String> {
+        let n = self.inputs.len();
+        let quota = self.cfg.batch_records.div_ceil(n).max(1);
+        // The log reads about `bytes` from disk at once: ask for what `quota` records of the
+        // usual size need, not the whole budget.
+        let budget = (self.cfg.batch_bytes / n).max(1);
+        let bytes = ((quota as f64 * self.avg_record_bytes * 1.25) as usize).clamp(1, budget);
+        let mut batch = Vec::new();
+        for k in 0..n {
+            let i = (self.round_robin + k) % n;
+            let input = &mut self.inputs[i];
+            if input.topic.next_offset() <= input.next {
+                continue;
+            }
+            let fetch = input.topic.read(input.next, quota, bytes).map_err(|e| {
+                format!(
+                    "reading input {} at offset {} failed: {e}",
+                    input.name, input.next
+                )
+            })?;
+            if let Some(first) = fetch.records.first() {
+                if first.offset > input.next {
+                    let note = format!(
+                        "input {}: records {}..{} were removed by retention before the plugin read them",
+                        input.name, input.next, first.offset
+                    );
+                    tracing::warn!(plugin = %self.shared.name, topic = %input.name, from_offset = input.next, to_offset = first.offset, "A plugin skips records that retention removed before it read them.");
+                    self.shared.log.push(LogLevel::Warn, LogSource::Host, note);
+                }
+            }
+            if !fetch.records.is_empty() {
+                let total: usize = fetch.records.iter().map(record_size).sum();
+                let mean = total as f64 / fetch.records.len() as f64;
+                self.avg_record_bytes = 0.8 * self.avg_record_bytes + 0.2 * mean.max(16.0);
+            }
+            batch.extend(fetch.records.into_iter().map(|r| (i, r)));
+        }
+        self.round_robin = self.round_robin.wrapping_add(1);
+        Ok(batch)
+    }
+
+    /// One batch: read, call, append, commit.
+    fn step(&mut self) -> Step {
+        let batch = match self.read_batch() {
+            Ok(b) => b,
+            Err(e) => return Step::HostError(e),
+        };
+        if batch.is_empty() {
+            return Step::Idle;
+        }
+        let plugin = self.shared.name.clone();
+        let mut outputs: Vec<Vec<NewRecord>> = vec![Vec::new(); self.outputs.len()];
+        let mut dead_letters: Vec<NewRecord> = Vec::new();
+        let mut positions: Vec<u64> = self.inputs.iter().map(|i| i.next).collect();
+        let mut pending_bytes = 0usize;
+        let (mut handled, mut failed, mut emitted) = (0u64, 0u64, 0u64);
+        let mut failures: Vec<FailureKind> = Vec::new();
+        let mut last_error: Option<String> = None;
+        let mut consecutive = self.shared.counters().consecutive_failures;
+        // Set when the plugin must stop after this batch: the state and why.
+        let mut stop: Option<(RunState, String)> = None;
+        let started = Instant::now();
+        for (i, record) in batch {
+            let topic = &self.inputs[i].name;
+            let offset = record.offset;
+            handled += 1;
+            match self.instance.call(topic, &record) {
+                Ok(()) => {
+                    consecutive = 0;
+                    for e in self.instance.drain_emits() {
+                        let mut headers = e.headers;
+                        headers.extend(provenance(&plugin, topic, offset));
+                        let r = NewRecord {
+                            key: e.key,
+                            value: e.value,
+                            headers,
+                            timestamp_ms: None,
+                        };
+                        pending_bytes += payload_size(&r);
+                        emitted += 1;
+                        if let Some(out) = outputs.get_mut(e.output) {
+                            out.push(r);
+                        }
+                    }
+                }
+                Err(failure) => {
+                    failed += 1;
+                    consecutive += 1;
+                    failures.push(failure.kind);
+                    let message = format!(
+                        "record {topic}@{offset} failed ({}): {}",
+                        failure.kind.as_str(),
+                        failure.message
+                    );
+                    tracing::warn!(plugin = %plugin, topic = %topic, offset, kind = failure.kind.as_str(), error = %failure.message, "A plugin failed on a record; it goes to the dead-letter topic.");
+                    self.shared
+                        .log
+                        .push(LogLevel::Warn, LogSource::Host, message.clone());
+                    let letter =
+                        dead_letter(&plugin, topic, record, &failure, self.max_record_bytes);
+                    pending_bytes += payload_size(&letter);
+                    dead_letters.push(letter);
+                    last_error = Some(message.clone());
+                    if consecutive >= self.cfg.max_consecutive_failures {
+                        stop = Some((
+                            RunState::Quarantined,
+                            format!("quarantined after {consecutive} consecutive failures; last: {message}"),
+                        ));
+                    } else if failure.kind.needs_restart() {
+                        if let Err(e) = self.instance.restart() {
+                            stop = Some((
+                                RunState::Failed,
+                                format!("rebuilding the instance after a failed record failed: {e}; the record: {message}"),
+                            ));
+                        }
+                    }
+                }
+            }
+            positions[i] = offset + 1;
+            if stop.is_some() || pending_bytes >= self.cfg.max_pending_output_bytes {
+                break;
+            }
+        }
+        let call_nanos = started.elapsed().as_nanos();
+
+        // Outputs first (one append per topic), then state + offsets in one commit.
+        for (topic, records) in self.outputs.iter().zip(outputs) {
+            if !records.is_empty() {
+                if let Err(e) = topic.append(records) {
+                    return Step::HostError(format!(
+                        "appending to output {} failed: {e}",
+                        topic.name()
+                    ));
+                }
+            }
+        }
+        let letters = dead_letters.len() as u64;
+        if !dead_letters.is_empty() {
+            if let Err(e) = self.dlq.append(dead_letters) {
+                return Step::HostError(format!(
+                    "appending to dead-letter topic {} failed: {e}",
+                    self.dlq.name()
+                ));
+            }
+        }
+        let commit = Commit {
+            consumer: self.consumer.clone(),
+            offsets: self
+                .inputs
+                .iter()
+                .zip(&positions)
+                .filter(|(input, p)| input.next != **p)
+                .map(|(input, p)| (input.name.clone(), *p))
+                .collect(),
+            namespace: plugin.clone(),
+            ops: self.instance.take_state_ops(),
+        };
+        if let Err(e) = self.state.commit(&commit) {
+            return Step::HostError(format!("committing state and offsets failed: {e}"));
+        }
+        self.instance.committed(commit.ops);
+        {
+            let mut shared_positions = self.shared.positions();
+            for ((input, p), (_, shared_pos)) in self
+                .inputs
+                .iter_mut()
+                .zip(&positions)
+                .zip(shared_positions.iter_mut())
+            {
+                input.next = *p;
+                *shared_pos = *p;
+            }
+        }
+
+        let m = &self.shared.metrics;
+        m.records.add(handled);
+        m.emitted.add(emitted);
+        m.dead_letters.add(letters);
+        for kind in &failures {
+            if let Some(c) = m.failures.get(kind) {
+                c.inc();
+            }
+        }
+        let mut c = self.shared.counters();
+        c.processed += handled;
+        c.failed += failed;
+        c.emitted += emitted;
+        c.dead_lettered += letters;
+        c.consecutive_failures = consecutive;
+        c.call_nanos += call_nanos;
+        m.call_seconds.set(c.call_nanos as f64 / 1e9);
+        if let Some(e) = last_error {
+            c.last_error = Some(e);
+        }
+        if let Some((state, reason)) = stop {
+            c.state = state;
+            c.last_error = Some(reason.clone());
+            drop(c);
+            if state == RunState::Quarantined {
+                m.quarantined.set(1.0);
+            }
+            tracing::error!(plugin = %plugin, state = state.as_str(), error = %reason, "A plugin stopped after failed records.");
+            self.shared
+                .log
+                .push(LogLevel::Error, LogSource::Host, reason);
+            return Step::Ended(state);
+        }
+        Step::Worked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure() -> CallFailure {
+        CallFailure {
+            kind: FailureKind::Deadline,
+            message: "too slow".into(),
+        }
+    }
+
+    fn record(value: usize) -> Record {
+        Record {
+            offset: 42,
+            timestamp_ms: 7,
+            key: Some(b"k".to_vec()),
+            value: vec![b'v'; value],
+            headers: vec![
+                ("trace".into(), b"t".to_vec()),
+                (HEADER_SOURCE_TOPIC.into(), b"forged".to_vec()),
+            ],
+        }
+    }
+
+    fn header<'a>(r: &'a NewRecord, name: &str) -> Vec<&'a [u8]> {
+        r.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    }
+
+    #[test]
+    fn dead_letter_keeps_the_record_and_adds_error_and_source_headers() {
+        let letter = dead_letter("p", "in", record(3), &failure(), 1 << 20);
+        assert_eq!(letter.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(letter.value, b"vvv");
+        assert_eq!(letter.timestamp_ms, Some(7));
+        assert_eq!(header(&letter, "trace"), [b"t"]);
+        assert_eq!(header(&letter, HEADER_ERROR), [b"deadline: too slow"]);
+        assert_eq!(
+            header(&letter, HEADER_SOURCE_TOPIC),
+            [b"in"],
+            "the forged header is replaced"
+        );
+        assert_eq!(header(&letter, HEADER_SOURCE_OFFSET), [b"42"]);
+        assert_eq!(header(&letter, HEADER_PLUGIN), [b"p"]);
+    }
+
+    #[test]
+    fn dead_letter_over_the_size_limit_drops_its_value_and_says_so() {
+        let letter = dead_letter("p", "in", record(5000), &failure(), 1000);
+        assert!(letter.value.is_empty());
+        assert_eq!(header(&letter, HEADER_DLQ_VALUE_DROPPED), [b"5000"]);
+        assert!(payload_size(&letter) <= 1000);
+        assert_eq!(header(&letter, HEADER_ERROR).len(), 1);
+    }
+}

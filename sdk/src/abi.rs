@@ -1,0 +1,367 @@
+//! The byte-level side of ABI v1 (see `ABI.md`): the version number, host status codes, the
+//! limits a v1 host enforces, and the record and header encodings in both directions.
+//!
+//! Everything here is plain safe Rust that builds on every target, so the host can reuse the
+//! encoder and the tests can run natively. Decoding never panics: every length is checked
+//! against the bytes that are actually there, and a bad input comes back as an [`Error`] of kind
+//! [`ErrorKind::InvalidInput`].
+
+use crate::error::{Error, ErrorKind};
+use crate::record::{Header, Record};
+
+/// The ABI version this SDK implements; `outpost_abi_version` returns it.
+pub const ABI_VERSION: i32 = 1;
+
+/// The key length that means "this record has no key" (`0xFFFF_FFFF`, `-1` as an `i32`).
+pub const NO_KEY: u32 = u32::MAX;
+
+/// Status codes returned by the host imports. Non-negative values mean success.
+pub mod status {
+    /// `state_get`: the key does not exist.
+    pub const NOT_FOUND: i32 = -1;
+    /// The manifest does not grant this (undeclared output topic, state not enabled, a write
+    /// during `outpost_init`).
+    pub const DENIED: i32 = -2;
+    /// A key, value, record or per-call total is over the host's limits.
+    pub const TOO_LARGE: i32 = -3;
+    /// Malformed arguments: a pointer or length outside memory, bad UTF-8 in a topic or header
+    /// name, a malformed header block, an empty state key.
+    pub const INVALID: i32 = -4;
+    /// The host failed; the current call will fail and the record is retried or dead-lettered.
+    pub const INTERNAL: i32 = -5;
+}
+
+/// The limits a v1 host enforces by default (a box may be configured lower, never higher than
+/// its documentation says). The test harness enforces the same numbers.
+pub mod limits {
+    /// Longest topic name, in bytes.
+    pub const MAX_TOPIC_LEN: usize = 249;
+    /// Longest state key, in bytes (state keys must also be non-empty).
+    pub const MAX_STATE_KEY_LEN: usize = 1024;
+    /// Largest state value, in bytes.
+    pub const MAX_STATE_VALUE_LEN: usize = 1 << 20;
+    /// Largest emitted record (key + value + encoded headers), in bytes.
+    pub const MAX_EMIT_RECORD_LEN: usize = 1 << 20;
+    /// Most records one call may emit.
+    pub const MAX_EMITS_PER_CALL: usize = 1024;
+    /// Most bytes one call may emit in total.
+    pub const MAX_EMIT_BYTES_PER_CALL: usize = 8 << 20;
+    /// Most bytes of state (keys + values) one call may write in total.
+    pub const MAX_STATE_BYTES_PER_CALL: usize = 8 << 20;
+    /// Longest log or error message kept; the host truncates longer ones.
+    pub const MAX_MESSAGE_LEN: usize = 4096;
+}
+
+/// Header names starting with this prefix belong to the host; it drops them from emitted
+/// records and sets its own (`outpost-plugin`, `outpost-source-topic`, ...).
+pub const RESERVED_HEADER_PREFIX: &str = "outpost-";
+
+/// Size of the fixed part of an encoded record: topic length, offset, timestamp, key length,
+/// value length and header count.
+const FIXED_RECORD_LEN: usize = 4 + 8 + 8 + 4 + 4 + 4;
+
+/// Appends `record` in the v1 record encoding to `out`.
+pub fn encode_record(out: &mut Vec<u8>, record: &Record<'_>) {
+    out.reserve(encoded_record_len(record));
+    put_bytes(out, record.topic.as_bytes());
+    out.extend_from_slice(&record.offset.to_le_bytes());
+    out.extend_from_slice(&record.timestamp_ms.to_le_bytes());
+    match record.key {
+        Some(key) => put_bytes(out, key),
+        None => out.extend_from_slice(&NO_KEY.to_le_bytes()),
+    }
+    put_bytes(out, record.value);
+    encode_headers_into(out, record.headers.iter().map(|h| (h.name, h.value)));
+}
+
+/// The number of bytes [`encode_record`] writes for `record`.
+pub fn encoded_record_len(record: &Record<'_>) -> usize {
+    FIXED_RECORD_LEN
+        + record.topic.len()
+        + record.key.map_or(0, <[u8]>::len)
+        + record.value.len()
+        + record
+            .headers
+            .iter()
+            .map(|h| 8 + h.name.len() + h.value.len())
+            .sum::<usize>()
+}
+
+/// Decodes one record in the v1 encoding. The record borrows `bytes`. Bytes after the last
+/// header are ignored (reserved for compatible extensions).
+pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, Error> {
+    let mut r = Reader::new(bytes);
+    let topic = r.str("topic")?;
+    let offset = r.u64("offset")?;
+    let timestamp_ms = r.u64("timestamp")?;
+    let key_len = r.u32("key length")?;
+    let key = if key_len == NO_KEY {
+        None
+    } else {
+        Some(r.take(key_len as usize, "key")?)
+    };
+    let value = r.bytes("value")?;
+    let headers = r.headers()?;
+    Ok(Record {
+        topic,
+        offset,
+        timestamp_ms,
+        key,
+        value,
+        headers,
+    })
+}
+
+/// Encodes a header block (`u32 count`, then name/value pairs) as `emit` takes it. An empty
+/// list encodes to nothing at all, which `emit` reads as "no headers".
+pub fn encode_headers(headers: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if !headers.is_empty() {
+        encode_headers_into(&mut out, headers.iter().copied());
+    }
+    out
+}
+
+/// Decodes a header block as passed to `emit` (an empty slice means no headers). Bytes after
+/// the last header are an error here, since the guest states the block's exact length.
+pub fn decode_headers(bytes: &[u8]) -> Result<Vec<Header<'_>>, Error> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut r = Reader::new(bytes);
+    let headers = r.headers()?;
+    if r.remaining() != 0 {
+        return Err(invalid(format!(
+            "header block has {} bytes after its last header",
+            r.remaining()
+        )));
+    }
+    Ok(headers)
+}
+
+/// Appends a header block for `headers` (always with its count, even when zero).
+pub(crate) fn encode_headers_into<'h, I>(out: &mut Vec<u8>, headers: I)
+where
+    I: ExactSizeIterator<Item = (&'h str, &'h [u8])>,
+{
+    put_len(out, headers.len());
+    for (name, value) in headers {
+        put_bytes(out, name.as_bytes());
+        put_bytes(out, value);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_len(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    // Lengths above u32::MAX cannot reach the ABI: wasm32 memory is at most 4 GiB and the host
+    // limits are far below that. Saturating keeps the encoder total on 64-bit hosts.
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
+fn invalid(message: String) -> Error {
+    Error::with_kind(ErrorKind::InvalidInput, message)
+}
+
+/// A cursor over encoded bytes; every read checks the remaining length first.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, pos: 0 }
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], Error> {
+        if len > self.remaining() {
+            return Err(invalid(format!(
+                "record truncated: {what} needs {len} bytes at byte {} but only {} remain",
+                self.pos,
+                self.remaining()
+            )));
+        }
+        let slice = &self.bytes[self.pos..self.pos + len];
+        self.pos += len;
+        Ok(slice)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, Error> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, Error> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn bytes(&mut self, what: &str) -> Result<&'a [u8], Error> {
+        let len = self.u32(what)? as usize;
+        self.take(len, what)
+    }
+
+    fn str(&mut self, what: &str) -> Result<&'a str, Error> {
+        let b = self.bytes(what)?;
+        std::str::from_utf8(b).map_err(|e| invalid(format!("{what} is not UTF-8: {e}")))
+    }
+
+    fn headers(&mut self) -> Result<Vec<Header<'a>>, Error> {
+        let count = self.u32("header count")? as usize;
+        // Each header takes at least 8 bytes, so a count larger than that bound is a lie and must
+        // not size an allocation.
+        if count > self.remaining() / 8 {
+            return Err(invalid(format!(
+                "header count {count} does not fit in the {} remaining bytes",
+                self.remaining()
+            )));
+        }
+        let mut headers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let name = self.str("header name")?;
+            let value = self.bytes("header value")?;
+            headers.push(Header { name, value });
+        }
+        Ok(headers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record<'static> {
+        Record::new("pos.payments", br#"{"amount":12.5}"#)
+            .with_key(b"card-1")
+            .with_offset(42)
+            .with_timestamp_ms(1_700_000_000_123)
+            .with_header("trace", b"abc")
+    }
+
+    #[test]
+    fn record_survives_an_encode_decode_round_trip() {
+        let record = sample();
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, &record);
+        assert_eq!(bytes.len(), encoded_record_len(&record));
+        assert_eq!(decode_record(&bytes).unwrap(), record);
+    }
+
+    #[test]
+    fn record_encoding_matches_the_documented_bytes() {
+        // The worked example of ABI.md, byte for byte.
+        let record = Record::new("t", b"hi")
+            .with_key(b"k")
+            .with_offset(7)
+            .with_timestamp_ms(1000)
+            .with_header("h", b"v");
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, &record);
+        let expected: Vec<u8> = vec![
+            1, 0, 0, 0, b't', // topic
+            7, 0, 0, 0, 0, 0, 0, 0, // offset
+            0xe8, 0x03, 0, 0, 0, 0, 0, 0, // timestamp_ms = 1000
+            1, 0, 0, 0, b'k', // key
+            2, 0, 0, 0, b'h', b'i', // value
+            1, 0, 0, 0, // one header
+            1, 0, 0, 0, b'h', 1, 0, 0, 0, b'v',
+        ];
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn missing_key_is_encoded_as_all_ones_length() {
+        let record = Record::new("t", b"");
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, &record);
+        assert_eq!(&bytes[21..25], &[0xff, 0xff, 0xff, 0xff]);
+        let decoded = decode_record(&bytes).unwrap();
+        assert_eq!(decoded.key, None);
+        assert!(decoded.headers.is_empty());
+    }
+
+    #[test]
+    fn empty_key_differs_from_missing_key() {
+        let record = Record::new("t", b"v").with_key(b"");
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, &record);
+        assert_eq!(decode_record(&bytes).unwrap().key, Some(&b""[..]));
+    }
+
+    #[test]
+    fn every_truncation_of_a_record_is_an_error_not_a_panic() {
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, &sample());
+        for len in 0..bytes.len() {
+            let err = decode_record(&bytes[..len]).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "at length {len}");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_headers_are_ignored() {
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, &sample());
+        bytes.extend_from_slice(&[9, 9, 9]);
+        assert_eq!(decode_record(&bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn absurd_header_count_is_rejected_without_allocating() {
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, &Record::new("t", b"v"));
+        let n = bytes.len();
+        bytes[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = decode_record(&bytes).unwrap_err();
+        assert!(err.message().contains("header count"), "{err}");
+    }
+
+    #[test]
+    fn topic_that_is_not_utf8_is_rejected() {
+        let bytes = [2, 0, 0, 0, 0xff, 0xfe];
+        let err = decode_record(&bytes).unwrap_err();
+        assert!(err.message().contains("UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn corrupted_lengths_never_panic() {
+        let mut base = Vec::new();
+        encode_record(&mut base, &sample());
+        for i in 0..base.len() {
+            for v in [0u8, 1, 0x7f, 0x80, 0xff] {
+                let mut bytes = base.clone();
+                bytes[i] = v;
+                let _ = decode_record(&bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn header_block_round_trips_and_empty_means_none() {
+        let block = encode_headers(&[("a", b"1"), ("bb", b"")]);
+        let headers = decode_headers(&block).unwrap();
+        assert_eq!(headers.len(), 2);
+        assert_eq!((headers[0].name, headers[0].value), ("a", &b"1"[..]));
+        assert_eq!((headers[1].name, headers[1].value), ("bb", &b""[..]));
+        assert!(encode_headers(&[]).is_empty());
+        assert!(decode_headers(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn header_block_with_trailing_garbage_is_rejected() {
+        let mut block = encode_headers(&[("a", b"1")]);
+        block.push(0);
+        assert!(decode_headers(&block).is_err());
+    }
+}
