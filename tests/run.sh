@@ -26,6 +26,35 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 
+# --- system packages ---------------------------------------------------------------------
+# Debian's Rust 1.63 builds the wasm guest plugins (rustup cannot download targets here);
+# clang + wasi-libc build the C plugin.
+need_pkgs=()
+[ -x /usr/bin/rustc ] || need_pkgs+=(rustc)
+[ -x /usr/bin/cargo ] || need_pkgs+=(cargo)
+[ -d /usr/lib/rustlib/wasm32-wasi ] || need_pkgs+=(libstd-rust-dev-wasm32)
+[ -d /usr/share/cargo/registry ] && ls /usr/share/cargo/registry | grep -q '^serde_json-' \
+  || need_pkgs+=(librust-serde-json-dev librust-serde-derive-dev)
+command -v clang >/dev/null 2>&1 || need_pkgs+=(clang)
+command -v wasm-ld >/dev/null 2>&1 || need_pkgs+=(lld)
+[ -d /usr/include/wasm32-wasi ] || need_pkgs+=(wasi-libc)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_pkgs[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+fi
+
+# --- guest plugins (own workspace, own target dir) ----------------------------------------
+log "plugins: build the wasm guests"
+CARGO_TARGET_DIR="$OUTPOST_CACHE_DIR/plugins-target" ./plugins/build.sh
+log "sdk + plugins: native unit tests"
+CARGO_TARGET_DIR="$OUTPOST_CACHE_DIR/plugins-native-target" ./plugins/test.sh
+# The runtime's tests load the freshly built guests from here and must not skip them.
+export OUTPOST_GUEST_DIR="$here/plugins/dist"
+export OUTPOST_REQUIRE_GUESTS=1
+
 # --- style gates -----------------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -499,8 +499,7 @@ impl RunnerHandle {
                 "max_consecutive_failures and batch_records must be at least 1".into(),
             ));
         }
-        let mut instance = host.instantiate(&manifest, &module)?;
-        instance.set_state_store(state.clone());
+        let instance = host.instantiate_with_state(&manifest, &module, state.clone())?;
         let consumer = format!("plugin:{name}");
         let dlq_name = format!("{name}.dlq");
         let patterns: Vec<String> = manifest

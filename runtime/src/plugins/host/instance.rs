@@ -138,6 +138,7 @@ impl Instance {
         host: Host,
         manifest: &Manifest,
         module: CompiledModule,
+        state: Option<StateStore>,
     ) -> Result<Instance, PluginError> {
         let cfg = &host.inner().config;
         let plugin: Arc<str> = Arc::from(manifest.name.as_str());
@@ -168,7 +169,7 @@ impl Instance {
             config_json,
         });
         let log = Arc::new(GuestLog::new(plugin));
-        let (store, entry) = Self::boot(&host, &module, &settings, log, Default::default(), None)?;
+        let (store, entry) = Self::boot(&host, &module, &settings, log, Default::default(), state)?;
         Ok(Instance {
             host,
             module,

@@ -52,7 +52,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::{Engine, ExternType, FuncType, InstancePre, Linker, Module, Store, ValType};
 
 use crate::log::LogError;
-use crate::state::StateError;
+use crate::state::{StateError, StateStore};
 
 pub use guest_log::{GuestLog, LogLevel, LogLine, LogSource};
 pub use instance::Instance;
@@ -604,13 +604,24 @@ impl Host {
 
     /// Instantiates `module` with `manifest`'s grants and limits and runs its init
     /// (`_initialize` if exported, the ABI version check, `outpost_init` with the manifest's
-    /// config as JSON).
+    /// config as JSON). Without a state store, `state_get` finds nothing (a throwaway check).
     pub fn instantiate(
         &self,
         manifest: &crate::plugins::manifest::Manifest,
         module: &CompiledModule,
     ) -> Result<Instance, PluginError> {
-        Instance::new(self.clone(), manifest, module.clone())
+        Instance::new(self.clone(), manifest, module.clone(), None)
+    }
+
+    /// [`Host::instantiate`] reading committed state from `state` (namespace = plugin name),
+    /// already during `outpost_init`.
+    pub fn instantiate_with_state(
+        &self,
+        manifest: &crate::plugins::manifest::Manifest,
+        module: &CompiledModule,
+        state: StateStore,
+    ) -> Result<Instance, PluginError> {
+        Instance::new(self.clone(), manifest, module.clone(), Some(state))
     }
 }
 

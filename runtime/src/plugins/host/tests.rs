@@ -159,3 +159,59 @@ fn alloc_returning_zero_fails_the_call_as_out_of_memory() {
     assert_eq!(failure.kind, FailureKind::OutOfMemory, "{failure}");
     assert!(failure.message.contains("returned 0"), "{failure}");
 }
+
+#[test]
+fn init_reads_committed_state_when_a_store_is_attached() {
+    // outpost_init reads key "a" into 1024 and remembers the length; records emit it.
+    let wat = r#"(module
+      (import "outpost" "emit" (func $emit (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+      (import "outpost" "state_get" (func $get (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 2)
+      (global $n (mut i32) (i32.const 0))
+      (data (i32.const 16) "kv.out")
+      (data (i32.const 32) "a")
+      (func (export "outpost_abi_version") (result i32) (i32.const 1))
+      (func (export "outpost_alloc") (param i32) (result i32) (i32.const 65536))
+      (func (export "outpost_init") (param i32 i32) (result i32)
+        (global.set $n (call $get (i32.const 32) (i32.const 1) (i32.const 1024) (i32.const 64)))
+        (i32.const 0))
+      (func (export "outpost_on_record") (param i32 i32) (result i32)
+        (drop (call $emit (i32.const 16) (i32.const 6) (i32.const 0) (i32.const -1)
+          (i32.const 1024) (select (global.get $n) (i32.const 0) (i32.gt_s (global.get $n) (i32.const 0)))
+          (i32.const 0) (i32.const 0)))
+        (i32.const 0)))"#;
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::state::StateStore::open(dir.path()).unwrap();
+    store
+        .commit(&crate::state::Commit {
+            consumer: "plugin:kv".into(),
+            offsets: vec![],
+            namespace: "kv".into(),
+            ops: vec![crate::state::StateOp::Put {
+                key: b"a".to_vec(),
+                value: b"from init".to_vec(),
+            }],
+        })
+        .unwrap();
+    let host = Host::new(HostConfig::default()).unwrap();
+    let manifest = crate::plugins::manifest::Manifest::parse(
+        "name = \"kv\"\nversion = \"1\"\ninputs = [\"kv.in\"]\noutputs = [\"kv.out\"]\nstate = true\n",
+    )
+    .unwrap();
+    let module = host.compile_named("kv", wat.as_bytes()).unwrap();
+    let record = crate::log::Record {
+        offset: 0,
+        timestamp_ms: 0,
+        key: None,
+        value: Vec::new(),
+        headers: Vec::new(),
+    };
+    let mut with = host
+        .instantiate_with_state(&manifest, &module, store)
+        .unwrap();
+    with.call("kv.in", &record).unwrap();
+    assert_eq!(with.drain_emits().next().unwrap().value, b"from init");
+    let mut without = host.instantiate(&manifest, &module).unwrap();
+    without.call("kv.in", &record).unwrap();
+    assert!(without.drain_emits().next().unwrap().value.is_empty());
+}
