@@ -47,15 +47,23 @@ choose_toolchain() {
   fi
 }
 
+# Bulk memory (one of the wasm features the host enables, see sdk/ABI.md) turns the guests'
+# memcpy/memset into `memory.copy`/`memory.fill`, which the host runs natively.
+wasm_features() {
+  printf -- "--config\ntarget.%s.rustflags=[\"-C\",\"target-feature=+bulk-memory\"]\n" "$1"
+}
+
 toolchain=$(choose_toolchain)
 if [ "$toolchain" = rustup ]; then
   target=wasm32-wasip1
+  mapfile -t feature_args < <(wasm_features "$target")
   log "building Rust plugins with rustup's $(cargo --version) for $target"
-  cargo build --release --target "$target" ${registry_args[@]+"${registry_args[@]}"}
+  cargo build --release --target "$target" "${feature_args[@]}" ${registry_args[@]+"${registry_args[@]}"}
 else
   target=wasm32-wasi
+  mapfile -t feature_args < <(wasm_features "$target")
   log "building Rust plugins with Debian's $(/usr/bin/cargo --version) and $(/usr/bin/rustc --version) for $target"
-  RUSTC=/usr/bin/rustc /usr/bin/cargo build --release --target "$target" ${registry_args[@]+"${registry_args[@]}"}
+  RUSTC=/usr/bin/rustc /usr/bin/cargo build --release --target "$target" "${feature_args[@]}" ${registry_args[@]+"${registry_args[@]}"}
 fi
 wasm_dir=${CARGO_TARGET_DIR:-$here/target}/$target/release
 

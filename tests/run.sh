@@ -36,7 +36,16 @@ need_pkgs=()
 [ -d /usr/share/cargo/registry ] && ls /usr/share/cargo/registry | grep -q '^serde_json-' \
   || need_pkgs+=(librust-serde-json-dev librust-serde-derive-dev)
 command -v clang >/dev/null 2>&1 || need_pkgs+=(clang)
+# librdkafka (rdkafka-sys) is built from source and linked statically: make, a C/C++ compiler,
+# pkg-config, and OpenSSL's headers (libssl3 itself is linked dynamically).
+command -v make >/dev/null 2>&1 || need_pkgs+=(make)
+command -v c++ >/dev/null 2>&1 || need_pkgs+=(g++)
+command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || need_pkgs+=(libssl-dev)
 command -v wasm-ld >/dev/null 2>&1 || need_pkgs+=(lld)
+# MQTT tests: mosquitto is the external broker; openssl makes their TLS certificates.
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 [ -d /usr/include/wasm32-wasi ] || need_pkgs+=(wasi-libc)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_pkgs[*]}"
@@ -54,6 +63,41 @@ CARGO_TARGET_DIR="$OUTPOST_CACHE_DIR/plugins-native-target" ./plugins/test.sh
 # The runtime's tests load the freshly built guests from here and must not skip them.
 export OUTPOST_GUEST_DIR="$here/plugins/dist"
 export OUTPOST_REQUIRE_GUESTS=1
+
+# --- python test peers (venv) ----------------------------------------------------------------
+# The integration tests start real Python peers (tests/peers/*.py) with this venv's python.
+# Created here by the Modbus tests (pymodbus; pyserial for RTU over a pseudo terminal); other
+# peers add their packages to `py_pkgs`. pip only downloads what is missing.
+venv="$OUTPOST_CACHE_DIR/venv"
+py_pkgs=("pymodbus>=3.16,<4" "pyserial>=3.5" "confluent-kafka>=2.6,<3" "paho-mqtt>=2.1,<3")
+if [ ! -x "$venv/bin/python" ]; then
+  if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    log "installing Debian package: python3-venv"
+    sudo_cmd=()
+    [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends python3-venv
+  fi
+  log "python peers: creating the venv $venv"
+  python3 -m venv "$venv"
+fi
+log "python peers: pip install ${py_pkgs[*]}"
+"$venv/bin/pip" install -q --disable-pip-version-check "${py_pkgs[@]}"
+# Peer tests fail (rather than skip) when a peer cannot be started.
+export OUTPOST_PYTHON="$venv/bin/python"
+export OUTPOST_REQUIRE_PEERS=1
+
+# --- Kafka broker for the forwarding tests (tansu) --------------------------------------------
+# tansu (crates.io) is a Kafka-compatible broker; tests/forward_*.rs start it and check what
+# arrives with confluent-kafka (in the venv above). Built once into the cache (12-20 min here),
+# only when missing.
+tansu_root="$OUTPOST_CACHE_DIR/tansu"
+if [ ! -x "$tansu_root/bin/tansu" ]; then
+  log "kafka peer: cargo install tansu 0.6.0 (slow, cached in $tansu_root)"
+  nice cargo install tansu --version 0.6.0 --locked --features libsql --root "$tansu_root" \
+    --target-dir "$OUTPOST_CACHE_DIR/tansu-target"
+fi
+export OUTPOST_TANSU="$tansu_root/bin/tansu"
 
 # --- style gates -----------------------------------------------------------------------------
 log "cargo fmt --check"

@@ -183,18 +183,132 @@ impl App {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut components = JoinSet::new();
 
+        // Status boards of sources and sinks: /topics, /metrics and `outpost status` show them.
+        let sources = crate::ingest::StatusBoard::default();
+        let sinks = crate::ingest::StatusBoard::default();
+
+        // MQTT (issue 4): the embedded broker behind Outpost's device listener, subscriptions to
+        // external brokers, and the sinks back to devices. A busy MQTT port does not stop the
+        // box: the listener reports it in status and keeps trying to bind.
+        let mqtt = crate::ingest::mqtt::start(
+            &config.mqtt,
+            config.log.max_record_bytes,
+            &log,
+            &sources,
+            &shutdown_rx,
+        )
+        .await;
+        let (mqtt_started, mqtt_tasks) = match mqtt {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = log.close();
+                return Err(AppError::Component {
+                    name: "mqtt",
+                    message: e.to_string(),
+                });
+            }
+        };
+        for (name, task) in mqtt_tasks {
+            components.spawn(async move {
+                let result = task.await.map_err(|e| AppError::Component {
+                    name,
+                    message: e.to_string(),
+                });
+                (name, result)
+            });
+        }
+        for sink in config.mqtt.sinks.clone() {
+            let task = crate::sink::mqtt::run_sink(
+                sink,
+                mqtt_started.embedded,
+                log.clone(),
+                state.clone(),
+                sinks.clone(),
+                shutdown_rx.clone(),
+            );
+            components.spawn(async move {
+                let result = task.await.map_err(|e| AppError::Component {
+                    name: "mqtt-sink",
+                    message: e.to_string(),
+                });
+                ("mqtt-sink", result)
+            });
+        }
+
+        // Store-and-forward (issue 5): only with a cloud configured; it guards retention so a
+        // forwarded topic keeps its segments until they are forwarded.
+        let forwarder = config.forward.enabled().then(|| {
+            crate::forward::Forwarder::new(
+                log.clone(),
+                state.clone(),
+                config.forward.clone(),
+                &edge_id,
+                &config.edge.store_id,
+            )
+        });
+        if let Some(f) = &forwarder {
+            log.add_retention_guard(Arc::new(f.clone()));
+        }
+
         // HTTP API.
         let api_state = ApiState::new(log.clone(), state.clone(), config.clone(), edge_id.clone())
-            .with_shutdown(shutdown_rx.clone());
+            .with_shutdown(shutdown_rx.clone())
+            .with_status(sources.clone(), sinks.clone());
         components.spawn(serve_http(
             listener,
-            api::plugins::with_plugins(api::router(api_state), plugins.clone()),
+            crate::forward::api::with_forwarder(
+                api::plugins::with_plugins(api::router(api_state), plugins.clone()),
+                forwarder.clone(),
+            ),
             shutdown_rx.clone(),
         ));
 
         // Retention runs on the log's own background thread (every `log.retention_check_ms`).
 
         // Later components (MQTT ingest, plugins, forwarder) are spawned here.
+        if let Some(f) = forwarder {
+            let rx = shutdown_rx.clone();
+            components.spawn(async move {
+                let result = f.run(rx).await.map_err(|e| AppError::Component {
+                    name: "forward",
+                    message: e.to_string(),
+                });
+                ("forward", result)
+            });
+        }
+        if config.forward.enabled() && !config.mirror.topics.is_empty() {
+            let fut = crate::mirror::run(
+                log.clone(),
+                config.forward.kafka.clone(),
+                config.mirror.clone(),
+                edge_id.clone(),
+                config.edge.store_id.clone(),
+                shutdown_rx.clone(),
+            );
+            components.spawn(async move {
+                let result = fut.await.map_err(|e| AppError::Component {
+                    name: "mirror",
+                    message: e.to_string(),
+                });
+                ("mirror", result)
+            });
+        }
+        // Modbus (issue 4): each configured device is polled on its own task; none by default.
+        if !config.modbus.devices.is_empty() {
+            let fut = crate::ingest::modbus::run(
+                config.modbus.clone(),
+                log.clone(),
+                sources.clone(),
+                shutdown_rx.clone(),
+            );
+            components.spawn(async move {
+                let result = fut.await.map_err(|e| AppError::Component {
+                    name: "modbus",
+                    message: e.to_string(),
+                });
+                ("modbus", result)
+            });
+        }
         if let Some(registry) = plugins {
             components.spawn(run_plugins(registry, shutdown_rx.clone()));
         }
@@ -202,6 +316,7 @@ impl App {
         tracing::info!(
             data_dir = %data_dir.display(),
             listen = %local_addr,
+            mqtt = ?mqtt_started.listen,
             edge_id = %edge_id,
             store_id = %config.edge.store_id,
             topics = log.topics().len(),

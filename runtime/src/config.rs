@@ -10,9 +10,10 @@
 //! 4. the built-in defaults, which are exactly `runtime/config/outpost.example.toml`
 //!    (printed by `outpost config example`; a test keeps the two equal).
 //!
-//! `OUTPOST_MQTT_LISTEN` and `OUTPOST_KAFKA_BROKERS` are part of the outside contract but their
-//! sections (`[mqtt]`, `[forward]`) do not exist yet: [`Overrides`] reads them and
-//! [`Config::apply`] keeps them in [`Config::deferred`] for those sections to pick up.
+//! `OUTPOST_MQTT_LISTEN` sets `mqtt.broker.listen` (and is kept in [`Config::deferred`] too).
+//! `OUTPOST_KAFKA_BROKERS` is part of the outside contract but its section (`[forward]`) does
+//! not exist yet: [`Overrides`] reads it and [`Config::apply`] keeps it in
+//! [`Config::deferred`] for that section to pick up.
 //!
 //! # Adding a section
 //! Define `XxxConfig` next to its component (serde, `deny_unknown_fields`, named default
@@ -26,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ingest::modbus::ModbusConfig;
+use crate::ingest::mqtt::config::MqttConfig;
 use crate::log::LogConfig;
 use crate::plugins::registry::PluginsConfig;
 
@@ -81,6 +84,18 @@ pub struct Config {
     /// Wasm plugins: limits, trusted signing keys, bundled plugins (`[plugins]`).
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// Modbus devices to poll (`[modbus]`, `[[modbus.devices]]`); none by default.
+    #[serde(default)]
+    pub modbus: ModbusConfig,
+    /// Store-and-forward to the cloud Kafka cluster (`[forward]`); off without brokers.
+    #[serde(default)]
+    pub forward: crate::forward::ForwardConfig,
+    /// Cloud topics mirrored into local topics (`[mirror]`); none by default.
+    #[serde(default)]
+    pub mirror: crate::mirror::MirrorConfig,
+    /// MQTT: the embedded broker and device listener, external brokers, sinks (`[mqtt]`).
+    #[serde(default)]
+    pub mqtt: MqttConfig,
     /// Overrides read from the environment for sections that do not exist yet.
     #[serde(skip)]
     pub deferred: DeferredOverrides,
@@ -292,11 +307,21 @@ impl Config {
             self.edge.store_id = id.clone();
             self.origins.insert("edge.store_id".into(), origin.clone());
         }
-        if overrides.deferred.mqtt_listen.is_some() {
-            self.deferred.mqtt_listen = overrides.deferred.mqtt_listen.clone();
+        if let Some(listen) = &overrides.deferred.mqtt_listen {
+            self.deferred.mqtt_listen = Some(listen.clone());
+            self.mqtt.broker.listen = listen.clone();
+            self.origins
+                .insert("mqtt.broker.listen".into(), "OUTPOST_MQTT_LISTEN".into());
         }
         if overrides.deferred.kafka_brokers.is_some() {
             self.deferred.kafka_brokers = overrides.deferred.kafka_brokers.clone();
+        }
+        if let Some(brokers) = &overrides.deferred.kafka_brokers {
+            self.forward.kafka.brokers = brokers.clone();
+            self.origins.insert(
+                "forward.kafka.brokers".into(),
+                "OUTPOST_KAFKA_BROKERS".into(),
+            );
         }
     }
 
@@ -368,6 +393,18 @@ impl Config {
         self.log.validate().map_err(ConfigError::Log)?;
         self.plugins
             .validate()
+            .map_err(|(key, problem)| self.invalid(&key, problem))?;
+        self.modbus
+            .validate()
+            .map_err(|(key, problem)| self.invalid(&key, problem))?;
+        self.forward
+            .validate()
+            .map_err(|(key, problem)| self.invalid(&key, problem))?;
+        self.mirror
+            .validate()
+            .map_err(|(key, problem)| self.invalid(&key, problem))?;
+        self.mqtt
+            .validate(&self.log)
             .map_err(|(key, problem)| self.invalid(&key, problem))?;
         Ok(())
     }
@@ -573,6 +610,7 @@ mod tests {
         let mut c = Config::default();
         c.apply(&o);
         assert_eq!(c.deferred.mqtt_listen.as_deref(), Some("0.0.0.0:1883"));
+        assert_eq!(c.mqtt.broker.listen, "0.0.0.0:1883");
         assert_eq!(c.deferred.kafka_brokers.as_deref(), Some("k1:9092,k2:9092"));
     }
 
@@ -582,6 +620,11 @@ mod tests {
         let err = Config::load(None, &o).unwrap_err().to_string();
         assert!(err.contains("http.listen"), "{err}");
         assert!(err.contains("OUTPOST_LISTEN"), "{err}");
+
+        let o = Overrides::from_env(env(&[("OUTPOST_MQTT_LISTEN", "1883")]));
+        let err = Config::load(None, &o).unwrap_err().to_string();
+        assert!(err.contains("mqtt.broker.listen"), "{err}");
+        assert!(err.contains("OUTPOST_MQTT_LISTEN"), "{err}");
     }
 
     #[test]

@@ -191,28 +191,38 @@ impl CardState {
     /// bucket straddling the window start counts in proportion to its overlap; buckets that
     /// start after `now_ms` (out-of-order input) do not count.
     pub fn window(&self, now_ms: u64, window_ms: u64) -> WindowTotals {
+        self.windows(now_ms, window_ms, window_ms).0
+    }
+
+    /// [`CardState::window`] for two window lengths in one pass over the ring.
+    pub fn windows(&self, now_ms: u64, a_ms: u64, b_ms: u64) -> (WindowTotals, WindowTotals) {
         let n = self.len();
-        let start = now_ms.saturating_sub(window_ms);
-        let mut totals = WindowTotals::default();
+        let (start_a, start_b) = (now_ms.saturating_sub(a_ms), now_ms.saturating_sub(b_ms));
+        let (mut a, mut b) = (WindowTotals::default(), WindowTotals::default());
         let oldest = (self.head + 1).saturating_sub(n);
         for number in oldest..=self.head {
             let b_start = number * self.bucket_ms;
             let b_end = b_start + self.bucket_ms;
-            if b_start > now_ms || b_end <= start {
+            if b_start > now_ms {
                 continue;
             }
-            let weight = if b_start >= start {
-                1.0
-            } else {
-                (b_end - start) as f64 / self.bucket_ms as f64
-            };
-            let b = &self.buckets[(number % n) as usize];
-            totals.sales += weight * f64::from(b.sales);
-            totals.refunds += weight * f64::from(b.refunds);
-            totals.cnp += weight * f64::from(b.cnp);
-            totals.sales_amount += weight * f64::from(b.sales_amount);
+            let bucket = &self.buckets[(number % n) as usize];
+            for (totals, start) in [(&mut a, start_a), (&mut b, start_b)] {
+                if b_end <= start {
+                    continue;
+                }
+                let weight = if b_start >= start {
+                    1.0
+                } else {
+                    (b_end - start) as f64 / self.bucket_ms as f64
+                };
+                totals.sales += weight * f64::from(bucket.sales);
+                totals.refunds += weight * f64::from(bucket.refunds);
+                totals.cnp += weight * f64::from(bucket.cnp);
+                totals.sales_amount += weight * f64::from(bucket.sales_amount);
+            }
         }
-        totals
+        (a, b)
     }
 
     /// The standard deviation of sale amounts seen so far (0 with fewer than two).
@@ -315,6 +325,22 @@ mod tests {
         c.record(100 * B, 1.0, true, false); // far later: everything cleared
         let w = c.window(100 * B, 13 * B);
         assert_eq!((w.sales, w.refunds), (0.0, 1.0));
+    }
+
+    #[test]
+    fn two_windows_in_one_pass_equal_each_window_alone() {
+        let mut c = card();
+        for (i, ts) in [10 * B + 7, 11 * B, 11 * B + 9, 14 * B + 3, 20 * B + 1]
+            .iter()
+            .enumerate()
+        {
+            c.record(*ts, 10.0 + i as f64, i % 3 == 0, i % 2 == 0);
+        }
+        for now in [20 * B + 2, 20 * B + B / 3, 25 * B] {
+            let (short, long) = c.windows(now, 2 * B, 12 * B);
+            assert_eq!(short, c.window(now, 2 * B));
+            assert_eq!(long, c.window(now, 12 * B));
+        }
     }
 
     #[test]

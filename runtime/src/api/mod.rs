@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /health` | `{"status":"ok","edge_id":…,"store_id":…,"uptime_s":…,"version":…}`; never needs a token |
 //! | `GET /metrics` | the metrics registry as Prometheus text (`text/plain; version=0.0.4`) |
-//! | `GET /topics` | `{"topics":[{name, first_offset, next_offset, bytes, segments, records_per_sec}]}` |
+//! | `GET /topics` | `{"topics":[{name, first_offset, next_offset, bytes, segments, records_per_sec}], "sources":[…], "sinks":[…]}` |
 //! | `POST /topics/{topic}` | Confluent REST Proxy v2 produce, see [`produce`] |
 //! | `GET /topics/{topic}/records` | fetch by offset with optional long poll, see [`records`] |
 //!
@@ -34,6 +34,7 @@ use tokio::sync::watch;
 pub use error::ApiError;
 
 use crate::config::Config;
+use crate::ingest::{Link, SourceStatus, StatusBoard};
 use crate::log::Log;
 use crate::state::StateStore;
 
@@ -49,6 +50,10 @@ pub struct ApiState {
     started: Instant,
     edge_id: Arc<str>,
     shutdown: watch::Receiver<bool>,
+    /// Status of every source (MQTT, Modbus, …).
+    sources: StatusBoard,
+    /// Status of every sink (`records_stored` counts records delivered).
+    sinks: StatusBoard,
 }
 
 impl ApiState {
@@ -62,7 +67,21 @@ impl ApiState {
             started: Instant::now(),
             edge_id: edge_id.into(),
             shutdown,
+            sources: StatusBoard::default(),
+            sinks: StatusBoard::default(),
         }
+    }
+
+    /// The status boards `/topics`, `/metrics` and `outpost status` show.
+    pub fn with_status(mut self, sources: StatusBoard, sinks: StatusBoard) -> ApiState {
+        self.sources = sources;
+        self.sinks = sinks;
+        self
+    }
+
+    /// The sources' status board.
+    pub fn sources(&self) -> &StatusBoard {
+        &self.sources
     }
 
     /// The log the handlers read and write.
@@ -107,6 +126,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/topics/{topic}", post(produce::produce))
         .route("/topics/{topic}/records", get(records::fetch))
         .merge(plugins::routes())
+        .merge(crate::forward::api::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -159,6 +179,8 @@ async fn metrics(State(api): State<ApiState>) -> Response {
             )
             .set(s.next_offset as f64);
     }
+    export_statuses(registry, "source", &api.sources.snapshot());
+    export_statuses(registry, "sink", &api.sinks.snapshot());
     registry
         .gauge(
             "outpost_uptime_seconds",
@@ -176,7 +198,58 @@ async fn metrics(State(api): State<ApiState>) -> Response {
 
 async fn list_topics(State(api): State<ApiState>) -> Json<Value> {
     let topics: Vec<_> = api.log.topics().iter().map(|t| t.stats()).collect();
-    Json(json!({ "topics": topics }))
+    Json(json!({
+        "topics": topics,
+        "sources": api.sources.snapshot(),
+        "sinks": api.sinks.snapshot(),
+    }))
+}
+
+/// Sets `outpost_<what>_*{name, kind}` from a status board snapshot: `up` (1 connected, 0
+/// otherwise), `backpressured`, and the counters (which only grow, so the registry's counters
+/// are moved up to the board's values).
+fn export_statuses(registry: &crate::metrics::Registry, what: &str, statuses: &[SourceStatus]) {
+    let stored_help = if what == "sink" {
+        "Records the sink delivered (acknowledged by the broker)."
+    } else {
+        "Records the source stored in the log."
+    };
+    for s in statuses {
+        let labels = [(what, s.name.as_str()), ("kind", s.kind.as_str())];
+        let up = matches!(s.link, Link::Connected);
+        let backpressured = matches!(s.link, Link::Backpressured { .. });
+        registry
+            .gauge(
+                &format!("outpost_{what}_up"),
+                "1 when connected and working, 0 when starting, retrying, held back or stopped.",
+                &labels,
+            )
+            .set(if up { 1.0 } else { 0.0 });
+        registry
+            .gauge(
+                &format!("outpost_{what}_backpressured"),
+                "1 while the log refuses appends and acknowledgements are held.",
+                &labels,
+            )
+            .set(if backpressured { 1.0 } else { 0.0 });
+        let counters = [
+            ("records_total", stored_help, s.records_stored),
+            (
+                "errors_total",
+                "Messages that failed to decode, map or deliver (each logged).",
+                s.errors,
+            ),
+            (
+                "gaps_total",
+                "Intervals with missing data (disconnects, skipped polls).",
+                s.gaps,
+            ),
+        ];
+        for (suffix, help, value) in counters {
+            let counter = registry.counter(&format!("outpost_{what}_{suffix}"), help, &labels);
+            counter.add(value.saturating_sub(counter.get()));
+        }
+    }
 }
 
 async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {
@@ -198,4 +271,78 @@ async fn count_responses(request: Request, next: Next) -> Response {
         )
         .inc();
     response
+}
+
+#[cfg(test)]
+mod status_tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    use super::{router, ApiState};
+    use crate::config::Config;
+    use crate::ingest::{Link, SourceStatus, StatusBoard};
+    use crate::log::Log;
+    use crate::state::StateStore;
+
+    async fn get(app: &axum::Router, path: &str) -> String {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sources_and_sinks_show_in_topics_and_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(&dir.path().join("log"), Default::default()).unwrap();
+        let state = StateStore::open(&dir.path().join("state")).unwrap();
+        let (sources, sinks) = (StatusBoard::default(), StatusBoard::default());
+        let mut s = SourceStatus::new("mqtt:store", "mqtt");
+        s.link = Link::Retrying {
+            last_error: "connection refused".into(),
+            attempts: 3,
+        };
+        s.records_stored = 42;
+        s.errors = 2;
+        sources.register(s);
+        let mut k = SourceStatus::new("mqtt:verdicts", "mqtt-sink");
+        k.link = Link::Connected;
+        k.records_stored = 7;
+        sinks.register(k);
+        let app = router(
+            ApiState::new(log, state, Arc::new(Config::default()), "e".into())
+                .with_status(sources.clone(), sinks),
+        );
+
+        let topics: serde_json::Value = serde_json::from_str(&get(&app, "/topics").await).unwrap();
+        assert_eq!(topics["sources"][0]["name"], "mqtt:store");
+        assert_eq!(topics["sources"][0]["link"]["state"], "retrying");
+        assert_eq!(topics["sources"][0]["link"]["attempts"], 3);
+        assert_eq!(topics["sinks"][0]["records_stored"], 7);
+
+        let metrics = get(&app, "/metrics").await;
+        for line in [
+            r#"outpost_source_up{source="mqtt:store",kind="mqtt"} 0"#,
+            r#"outpost_source_records_total{source="mqtt:store",kind="mqtt"} 42"#,
+            r#"outpost_source_errors_total{source="mqtt:store",kind="mqtt"} 2"#,
+            r#"outpost_sink_up{sink="mqtt:verdicts",kind="mqtt-sink"} 1"#,
+            r#"outpost_sink_records_total{sink="mqtt:verdicts",kind="mqtt-sink"} 7"#,
+        ] {
+            assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+        }
+        // Counters follow the board as it grows.
+        sources.update("mqtt:store", |s| {
+            s.records_stored = 50;
+            s.link = Link::Connected;
+        });
+        let metrics = get(&app, "/metrics").await;
+        assert!(
+            metrics.contains(r#"outpost_source_records_total{source="mqtt:store",kind="mqtt"} 50"#)
+        );
+        assert!(metrics.contains(r#"outpost_source_up{source="mqtt:store",kind="mqtt"} 1"#));
+    }
 }

@@ -3,5 +3,11 @@
 //!
 //! - [`log`]: `outpost bench log`, the log's append throughput against plain
 //!   `write`+`fdatasync` at the same batch cadence.
+//! - [`mqtt`]: `outpost bench mqtt`, QoS 1 ingest through the embedded broker (messages/s and
+//!   publish-to-durable latency) and the payment → fraud-score → verdict round trip.
+//! - [`plugins`]: `outpost bench plugins`, the bundled fraud-score plugin in wasm against the
+//!   same logic built natively, and the per-record overhead of a do-nothing plugin.
 
 pub mod log;
+pub mod mqtt;
+pub mod plugins;

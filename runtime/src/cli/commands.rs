@@ -272,8 +272,8 @@ pub async fn tail(
 /// `outpost status`: health and a summary of the topics.
 pub async fn status(client: &mut Client, out: &mut dyn Write) -> Result<(), CliError> {
     let health = client.get_json("/health", REQUEST_TIMEOUT).await?;
-    let topics = client.get_json("/topics", REQUEST_TIMEOUT).await?;
-    let topics = topics
+    let listing = client.get_json("/topics", REQUEST_TIMEOUT).await?;
+    let topics = listing
         .get("topics")
         .and_then(Value::as_array)
         .ok_or_else(|| client.bad_answer("no `topics` array"))?;
@@ -315,12 +315,62 @@ pub async fn status(client: &mut Client, out: &mut dyn Write) -> Result<(), CliE
         "topics:   {} ({records} records stored, {bytes} bytes, {rate:.1} records/s)",
         topics.len()
     )?;
+    for (list, counted) in [("sources", "stored"), ("sinks", "delivered")] {
+        let Some(items) = listing.get(list).and_then(Value::as_array) else {
+            continue;
+        };
+        writeln!(out, "{:<9} {}", format!("{list}:"), items.len())?;
+        for item in items {
+            writeln!(out, "  {}", describe_status(item, counted))?;
+        }
+    }
     Ok(())
+}
+
+/// One line of `outpost status` for a source or sink: name, kind, link state, counters.
+fn describe_status(item: &Value, counted: &str) -> String {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    let number = |k: &str| item.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let link = item.get("link").cloned().unwrap_or(Value::Null);
+    let state = match text(&link, "state").as_str() {
+        "retrying" => format!(
+            "retrying (attempt {}: {})",
+            link.get("attempts").and_then(Value::as_u64).unwrap_or(0),
+            text(&link, "last_error")
+        ),
+        "backpressured" => format!("backpressured ({})", text(&link, "reason")),
+        other => other.to_string(),
+    };
+    let mut line = format!(
+        "{} ({}) {state}: {} {counted}, {} errors, {} gaps",
+        text(item, "name"),
+        text(item, "kind"),
+        number("records_stored"),
+        number("errors"),
+        number("gaps")
+    );
+    if let Some(gap) = item.get("last_gap").and_then(Value::as_str) {
+        line.push_str(&format!("; last gap: {gap}"));
+    }
+    line
 }
 
 #[cfg(test)]
 mod tests {
     use super::write_table;
+
+    #[test]
+    fn a_status_line_shows_state_and_counters() {
+        let item = serde_json::json!({
+            "name": "mqtt:store", "kind": "mqtt",
+            "link": {"state": "retrying", "last_error": "connection refused", "attempts": 3},
+            "records_stored": 12, "errors": 1, "gaps": 2, "last_gap": "down for 5 s",
+        });
+        assert_eq!(
+            super::describe_status(&item, "stored"),
+            "mqtt:store (mqtt) retrying (attempt 3: connection refused): 12 stored, 1 errors, 2 gaps; last gap: down for 5 s"
+        );
+    }
 
     #[test]
     fn tables_align_the_first_column_left_and_the_rest_right() {

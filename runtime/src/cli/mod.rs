@@ -65,6 +65,12 @@ pub enum Command {
 pub enum BenchCommand {
     /// Append throughput of the log against plain write+fdatasync at the same batch cadence.
     Log(crate::bench::log::LogBenchArgs),
+    /// fraud-score throughput in wasm (calls only and full runner) against the same logic
+    /// built natively, and the per-record overhead of a do-nothing plugin.
+    Plugins(crate::bench::plugins::PluginBenchArgs),
+    /// MQTT QoS 1 ingest through the embedded broker from a separate process (msg/s, publish to
+    /// durable PUBACK latency), or the payment -> fraud-score -> verdict round trip.
+    Mqtt(crate::bench::mqtt::MqttBenchArgs),
 }
 
 /// Arguments of `outpost run`. Precedence: these flags, then OUTPOST_* variables, then the
@@ -185,7 +191,11 @@ impl CliError {
             CliError::Partial { source, .. } => source.exit_code(),
             CliError::Bench(e) => match e.downcast_ref::<crate::bench::log::LogBenchError>() {
                 Some(crate::bench::log::LogBenchError::InvalidArgument(_)) => 2,
-                _ => 1,
+                _ => match e.downcast_ref::<crate::bench::plugins::PluginBenchError>() {
+                    Some(crate::bench::plugins::PluginBenchError::InvalidArgument(_)) => 2,
+                    _ if e.is::<crate::bench::mqtt::MqttBenchError>() => 2,
+                    _ => 1,
+                },
             },
             _ => 1,
         }
@@ -193,14 +203,16 @@ impl CliError {
 }
 
 /// Installs the stderr log subscriber: `--log-level`, else RUST_LOG, else `info` for `run` and
-/// `warn` for the other commands.
+/// `warn` for the other commands. The embedded broker (rumqttd) is silenced by default: it logs
+/// an ERROR for every ordinary client disconnect; Outpost's own MQTT listener reports what
+/// devices see (`RUST_LOG=info,rumqttd=info` brings it back).
 pub fn init_logging(cli: &Cli) -> Result<(), CliError> {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let default = if matches!(cli.command, Command::Run(_)) {
-        "info"
+        "info,rumqttd=off"
     } else {
-        "warn"
+        "warn,rumqttd=off"
     };
     let filter = match &cli.log_level {
         Some(level) => EnvFilter::try_new(level)
@@ -287,6 +299,12 @@ pub fn execute(
         }
         Command::Bench(BenchCommand::Log(args)) => {
             crate::bench::log::run(&args, output).map_err(CliError::Bench)
+        }
+        Command::Bench(BenchCommand::Plugins(args)) => {
+            crate::bench::plugins::run(&args, output).map_err(CliError::Bench)
+        }
+        Command::Bench(BenchCommand::Mqtt(args)) => {
+            crate::bench::mqtt::run(&args, output).map_err(CliError::Bench)
         }
     };
     match result {

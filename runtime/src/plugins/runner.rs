@@ -9,12 +9,18 @@
 //! be a `prefix*` pattern: every existing topic whose name starts with the prefix is an input,
 //! except the plugin's own outputs and dead-letter topic (so a pattern cannot make it read its
 //! own emits); topics created later are picked up within [`RESCAN_EVERY`] (or when the runner
-//! next goes idle), starting at their committed offset, else at their start. A batch is up
-//! to `batch_records` records, read round-robin from the inputs (an equal share from each,
-//! starting at a different input every batch), so one busy input cannot starve another; order
+//! next goes idle), starting at their committed offset, else at their start; a plugin whose
+//! patterns match no topic yet sleeps and looks again every `idle_wait_ms`. A batch is up
+//! to `batch_records` records, read round-robin from the inputs (an equal share from each input
+//! that has records, starting at a different input every batch), so one busy input cannot
+//! starve another and an idle one does not shrink the batch; order
 //! within a topic is always kept. With nothing to read the thread sleeps in
 //! `Topic::wait_for` (no polling) until a record arrives, the idle timeout passes, or it is
 //! stopped.
+//!
+//! A batch also ends early, after the record in progress, once its calls have run
+//! `max_batch_ms` or its pending outputs reach `max_pending_output_bytes`; the records read but
+//! not processed are read again by the next batch.
 //!
 //! For each record the guest is called. On success its emits join the batch's outputs and its
 //! state writes join the batch's state overlay (later records of the batch read them). On
@@ -101,6 +107,9 @@ pub struct RunnerConfig {
     pub batch_bytes: usize,
     /// A batch ends early once its pending outputs reach this many bytes.
     pub max_pending_output_bytes: usize,
+    /// A batch ends early (after the record in progress) once its calls have run this long, in
+    /// ms, so a slow plugin's outputs and commits are not held back by a large batch.
+    pub max_batch_ms: u64,
     /// How long an idle runner sleeps before it looks again, in ms (records and stop requests
     /// wake it at once).
     pub idle_wait_ms: u64,
@@ -112,9 +121,10 @@ impl Default for RunnerConfig {
     fn default() -> Self {
         RunnerConfig {
             max_consecutive_failures: 5,
-            batch_records: 256,
+            batch_records: 1024,
             batch_bytes: 4 * 1024 * 1024,
             max_pending_output_bytes: 64 * 1024 * 1024,
+            max_batch_ms: 100,
             idle_wait_ms: 1000,
             max_backoff_ms: 5000,
         }
@@ -761,6 +771,15 @@ impl Worker {
             .map(|i| (i.topic.clone(), i.next))
             .collect();
         self.runtime.block_on(async move {
+            if waits.is_empty() {
+                // No input topic yet (a pattern that matches nothing): sleep until the timeout
+                // or a stop, then the caller rescans.
+                tokio::select! {
+                    _ = tokio::time::sleep(timeout) => {}
+                    _ = shared.wake.notified() => {}
+                }
+                return;
+            }
             let mut set = tokio::task::JoinSet::new();
             for (topic, next) in waits {
                 set.spawn(async move { topic.wait_for(next, timeout).await });
@@ -776,12 +795,23 @@ impl Worker {
     /// Reads a batch round-robin from the inputs.
     fn read_batch(&mut self) -> Result<Vec<(usize, Record)>, String> {
         let n = self.inputs.len();
-        let quota = self.cfg.batch_records.div_ceil(n).max(1);
+        // The batch is shared among the inputs that have records to read (none when only
+        // `prefix*` inputs exist and no topic matches them yet).
+        let active = self
+            .inputs
+            .iter()
+            .filter(|i| i.topic.next_offset() > i.next)
+            .count();
+        if active == 0 {
+            return Ok(Vec::new());
+        }
+        let quota = self.cfg.batch_records.div_ceil(active).max(1);
         // The log reads about `bytes` from disk at once: ask for what `quota` records of the
         // usual size need, not the whole budget.
-        let budget = (self.cfg.batch_bytes / n).max(1);
+        let budget = (self.cfg.batch_bytes / active).max(1);
         let bytes = ((quota as f64 * self.avg_record_bytes * 1.25) as usize).clamp(1, budget);
-        let mut batch = Vec::new();
+        let mut fetched: Vec<std::vec::IntoIter<Record>> = Vec::with_capacity(active);
+        let mut sources: Vec<usize> = Vec::with_capacity(active);
         for k in 0..n {
             let i = (self.round_robin + k) % n;
             let input = &mut self.inputs[i];
@@ -809,10 +839,24 @@ impl Worker {
                 let mean = total as f64 / fetch.records.len() as f64;
                 self.avg_record_bytes = 0.8 * self.avg_record_bytes + 0.2 * mean.max(16.0);
             }
-            batch.extend(fetch.records.into_iter().map(|r| (i, r)));
+            fetched.push(fetch.records.into_iter());
+            sources.push(i);
         }
         self.round_robin = self.round_robin.wrapping_add(1);
-        Ok(batch)
+        // Interleave the inputs record by record, so a batch cut short (time, output bytes,
+        // quarantine) still gives every input its turn.
+        let mut batch = Vec::with_capacity(fetched.iter().map(|f| f.len()).sum());
+        loop {
+            let before = batch.len();
+            for (records, &i) in fetched.iter_mut().zip(&sources) {
+                if let Some(r) = records.next() {
+                    batch.push((i, r));
+                }
+            }
+            if batch.len() == before {
+                return Ok(batch);
+            }
+        }
     }
 
     /// One batch: read, call, append, commit.
@@ -836,6 +880,7 @@ impl Worker {
         // Set when the plugin must stop after this batch: the state and why.
         let mut stop: Option<(RunState, String)> = None;
         let started = Instant::now();
+        let max_batch = Duration::from_millis(self.cfg.max_batch_ms);
         for (i, record) in batch {
             let topic = &self.inputs[i].name;
             let offset = record.offset;
@@ -845,6 +890,7 @@ impl Worker {
                     consecutive = 0;
                     for e in self.instance.drain_emits() {
                         let mut headers = e.headers;
+                        headers.reserve_exact(3);
                         headers.extend(provenance(&plugin, topic, offset));
                         let r = NewRecord {
                             key: e.key,
@@ -893,7 +939,10 @@ impl Worker {
                 }
             }
             positions[i] = offset + 1;
-            if stop.is_some() || pending_bytes >= self.cfg.max_pending_output_bytes {
+            if stop.is_some()
+                || pending_bytes >= self.cfg.max_pending_output_bytes
+                || started.elapsed() >= max_batch
+            {
                 break;
             }
         }

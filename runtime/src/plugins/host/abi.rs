@@ -304,18 +304,18 @@ fn check_state_key<'m>(
     Ok(key)
 }
 
-/// The current value of `key`: this call's writes, then the batch's, then the committed state
-/// (cache, then store).
-fn lookup(data: &mut StoreData, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    if let Some(v) = data.call.writes.get(key) {
-        return Ok(v.clone());
-    }
-    if let Some(v) = data.batch.get(key) {
-        return Ok(v.clone());
-    }
-    if let Some(v) = data.cache.get(key) {
-        return Ok(v.clone());
-    }
+/// The current value of `key` if it is known without the state store: this call's writes,
+/// then the batch's, then the cache of committed state. `Some(None)` = known to be absent.
+fn known<'d>(data: &'d StoreData, key: &[u8]) -> Option<&'d Option<Vec<u8>>> {
+    data.call
+        .writes
+        .get(key)
+        .or_else(|| data.batch.get(key))
+        .or_else(|| data.cache.get(key))
+}
+
+/// Reads `key` from the state store (committed state) and remembers it in the cache.
+fn load(data: &mut StoreData, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
     match &data.state {
         Some(store) => {
             let value = store
@@ -328,6 +328,40 @@ fn lookup(data: &mut StoreData, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
     }
 }
 
+/// Writes `value` to the guest's buffer if it fits (returns its length), else keeps it for the
+/// SDK's second call with a larger buffer (and returns its length too).
+fn give(
+    data: &mut StoreData,
+    mem: &mut [u8],
+    key: &[u8],
+    value: &[u8],
+    out_ptr: i32,
+    out_cap: i32,
+) -> i32 {
+    let Ok(len) = i32::try_from(value.len()) else {
+        return refuse(
+            data,
+            status::TOO_LARGE,
+            "state_get: the value is over 2 GiB".into(),
+        );
+    };
+    if value.len() > out_cap as u32 as usize {
+        data.call.last_get = Some((key.to_vec(), value.to_vec()));
+        return len;
+    }
+    match guest_slice_mut(mem, out_ptr, value.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(value);
+            len
+        }
+        None => refuse(
+            data,
+            status::INVALID,
+            "state_get: the output buffer is outside memory".into(),
+        ),
+    }
+}
+
 fn state_get(
     mut caller: Caller<'_, StoreData>,
     key_ptr: i32,
@@ -336,46 +370,59 @@ fn state_get(
     out_cap: i32,
 ) -> i32 {
     with_memory(&mut caller, |mem, data| {
-        let key = match check_state_key(data, mem, "state_get", key_ptr, key_len) {
-            Ok(k) => k.to_vec(),
-            Err(code) => return code,
-        };
-        let value = match data.call.last_get.take() {
-            Some((k, v)) if k == key => Some(v),
-            _ => match lookup(data, &key) {
-                Ok(v) => v,
-                Err(why) => {
-                    data.call.internal = Some(why.clone());
-                    return refuse(data, status::INTERNAL, why);
-                }
-            },
-        };
-        let Some(value) = value else {
-            return status::NOT_FOUND;
-        };
-        let Ok(len) = i32::try_from(value.len()) else {
-            return refuse(
-                data,
-                status::TOO_LARGE,
-                "state_get: the value is over 2 GiB".into(),
-            );
-        };
-        if value.len() > out_cap as u32 as usize {
-            data.call.last_get = Some((key, value));
-            return len;
-        }
-        match guest_slice_mut(mem, out_ptr, value.len()) {
-            Some(dst) => {
-                dst.copy_from_slice(&value);
-                len
+        // The key is copied out of guest memory (into a reused buffer) because the value is
+        // written into guest memory.
+        let mut key = std::mem::take(&mut data.key_buf);
+        key.clear();
+        match check_state_key(data, mem, "state_get", key_ptr, key_len) {
+            Ok(k) => key.extend_from_slice(k),
+            Err(code) => {
+                data.key_buf = key;
+                return code;
             }
-            None => refuse(
-                data,
-                status::INVALID,
-                "state_get: the output buffer is outside memory".into(),
-            ),
         }
+        let rc = state_get_key(data, mem, &key, out_ptr, out_cap);
+        data.key_buf = key;
+        rc
     })
+}
+
+fn state_get_key(
+    data: &mut StoreData,
+    mem: &mut [u8],
+    key: &[u8],
+    out_ptr: i32,
+    out_cap: i32,
+) -> i32 {
+    if let Some((k, v)) = data.call.last_get.take() {
+        if k == key {
+            return give(data, mem, key, &v, out_ptr, out_cap);
+        }
+    }
+    // The usual case: the value is in memory; copy it straight into the guest's buffer.
+    let value = match known(data, key) {
+        Some(None) => return status::NOT_FOUND,
+        Some(Some(v)) => {
+            let (ptr, cap) = (out_ptr, out_cap as u32 as usize);
+            if v.len() <= cap && i32::try_from(v.len()).is_ok() {
+                if let Some(dst) = guest_slice_mut(mem, ptr, v.len()) {
+                    dst.copy_from_slice(v);
+                    return v.len() as i32;
+                }
+            }
+            // Too large for the buffer, or a bad buffer: the slow path says which.
+            v.clone()
+        }
+        None => match load(data, key) {
+            Ok(Some(v)) => v,
+            Ok(None) => return status::NOT_FOUND,
+            Err(why) => {
+                data.call.internal = Some(why.clone());
+                return refuse(data, status::INTERNAL, why);
+            }
+        },
+    };
+    give(data, mem, key, &value, out_ptr, out_cap)
 }
 
 fn state_put(

@@ -194,6 +194,8 @@ pub(crate) struct StoreData {
     pub stderr: LineBuffer,
     /// The host's epoch ticks (advanced every `EPOCH_TICK_MS`), a cheap coarse clock.
     pub ticks: Arc<AtomicU64>,
+    /// Reused buffer for a state key copied out of guest memory.
+    pub key_buf: Vec<u8>,
 }
 
 impl StoreData {
@@ -221,6 +223,7 @@ impl StoreData {
             stdout: LineBuffer::new(LogSource::Stdout),
             stderr: LineBuffer::new(LogSource::Stderr),
             ticks,
+            key_buf: Vec::new(),
         }
     }
 

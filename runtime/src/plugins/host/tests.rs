@@ -215,3 +215,65 @@ fn init_reads_committed_state_when_a_store_is_attached() {
     without.call("kv.in", &record).unwrap();
     assert!(without.drain_emits().next().unwrap().value.is_empty());
 }
+
+/// Like `KV`, but asks for the value first with a 4-byte buffer, then again with a large one,
+/// and fails the call unless both answers agree (the SDK's way to read values of any size).
+const KV_RETRY: &str = r#"(module
+  (import "outpost" "emit" (func $emit (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "outpost" "state_get" (func $get (param i32 i32 i32 i32) (result i32)))
+  (import "outpost" "state_put" (func $put (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 16) "kv.out")
+  (func (export "outpost_abi_version") (result i32) (i32.const 1))
+  (func (export "outpost_alloc") (param i32) (result i32) (i32.const 65536))
+  (func (export "outpost_on_record") (param $p i32) (param $len i32) (result i32)
+    (local $q i32) (local $kp i32) (local $kl i32) (local $vp i32) (local $vl i32)
+    (local $small i32) (local $big i32)
+    (local.set $q (i32.add (i32.add (local.get $p) (i32.const 4)) (i32.load (local.get $p))))
+    (local.set $q (i32.add (local.get $q) (i32.const 16)))
+    (local.set $kl (i32.load (local.get $q)))
+    (local.set $kp (i32.add (local.get $q) (i32.const 4)))
+    (local.set $q (i32.add (local.get $kp) (local.get $kl)))
+    (local.set $vl (i32.load (local.get $q)))
+    (local.set $vp (i32.add (local.get $q) (i32.const 4)))
+    (local.set $small (call $get (local.get $kp) (local.get $kl) (i32.const 1024) (i32.const 4)))
+    (local.set $big (call $get (local.get $kp) (local.get $kl) (i32.const 1024) (i32.const 4096)))
+    (if (i32.ne (local.get $small) (local.get $big)) (then (return (i32.const 1))))
+    (if (i32.ge_s (local.get $big) (i32.const 0))
+      (then (drop (call $emit (i32.const 16) (i32.const 6) (i32.const 0) (i32.const -1)
+                     (i32.const 1024) (local.get $big) (i32.const 0) (i32.const 0)))))
+    (drop (call $put (local.get $kp) (local.get $kl) (local.get $vp) (local.get $vl)))
+    (i32.const 0)))"#;
+
+#[test]
+fn value_larger_than_the_guests_buffer_is_handed_over_on_the_second_ask() {
+    let host = Host::new(HostConfig::default()).unwrap();
+    let manifest = crate::plugins::manifest::Manifest::parse(
+        "name = \"kv\"\nversion = \"1\"\ninputs = [\"kv.in\"]\noutputs = [\"kv.out\"]\nstate = true\n",
+    )
+    .unwrap();
+    let module = host.compile_named("kv", KV_RETRY.as_bytes()).unwrap();
+    let mut kv = host.instantiate(&manifest, &module).unwrap();
+    let send = |kv: &mut Instance, value: &[u8]| -> Vec<Vec<u8>> {
+        let record = crate::log::Record {
+            offset: 0,
+            timestamp_ms: 0,
+            key: Some(b"a".to_vec()),
+            value: value.to_vec(),
+            headers: Vec::new(),
+        };
+        kv.call("kv.in", &record).unwrap();
+        kv.drain_emits().map(|e| e.value).collect()
+    };
+    let big = vec![b'z'; 300];
+    assert!(send(&mut kv, &big).is_empty(), "nothing stored yet");
+    // From the batch's writes.
+    assert_eq!(send(&mut kv, b"small"), vec![big.clone()]);
+    // From the committed cache.
+    let ops = kv.take_state_ops();
+    kv.committed(ops);
+    assert_eq!(send(&mut kv, &big), vec![b"small".to_vec()]);
+    let ops = kv.take_state_ops();
+    kv.committed(ops);
+    assert_eq!(send(&mut kv, b"x"), vec![big]);
+}

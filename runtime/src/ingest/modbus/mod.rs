@@ -1,0 +1,92 @@
+//! Modbus ingestion: polls fridge and HVAC controllers and energy meters over Modbus TCP or
+//! RTU (serial, RS-485) and appends one JSON record per poll to the device's log topic.
+//!
+//! Owns the `[modbus]` config section (`config.rs`), the decoding of registers into typed
+//! values (`decode.rs`), the grouping of a register map into as few reads as possible
+//! (`plan.rs`), the serial port (`serial.rs`) and the polling task of each device
+//! (`poller.rs`: timeouts, busy retries, backoff, reconnects, gaps, status and metrics).
+//!
+//! # The record
+//! Topic `sensors.<device>` unless the device sets `topic`; key = the device name; value:
+//! ```json
+//! {"ts_ms": 1718000000000, "device": "fridge-1",
+//!  "values": {"temperature": 4.2, "door_open": false, "energy_wh": 120345},
+//!  "quality": "good", "units": {"temperature": "°C", "energy_wh": "Wh"}}
+//! ```
+//! `ts_ms` is when the poll started. `quality` is `good` when every value was read,
+//! `uncertain` when some requests were answered with an exception or a value could not be
+//! decoded (those values are missing and `errors` lists why), `bad` when none could be read.
+//! A poll that reaches no device (timeout, connection refused) stores no record: it opens a gap
+//! in the device's status instead. With `on_change = true` a record is stored only when a value
+//! or the quality changed, or every `heartbeat_polls` polls.
+//!
+//! # Status and metrics
+//! Each device is one source `modbus:<device>` on the [`StatusBoard`]: connected, retrying
+//! with the last error, or backpressured; records stored; gaps (the open one and the last ten
+//! closed ones, from–to with the reason); request, busy-retry and connect counters. Metrics:
+//! `outpost_modbus_polls_total{device,result}`, `outpost_modbus_poll_seconds{device}`,
+//! `outpost_modbus_requests_total{device,result}`, `outpost_modbus_records_stored_total`,
+//! `outpost_modbus_gaps_total`, `outpost_modbus_connected`, `outpost_modbus_connects_total`.
+//!
+//! Every device runs on its own task, so a slow or dead device never delays another.
+
+pub mod config;
+pub mod decode;
+pub mod plan;
+mod poller;
+pub mod serial;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use config::{
+    DeviceConfig, ModbusConfig, Order, Parity, PointConfig, RegisterKind, Transport, ValueType,
+};
+
+use crate::ingest::StatusBoard;
+use crate::log::Log;
+
+/// Errors of the Modbus source.
+#[derive(Debug, thiserror::Error)]
+pub enum ModbusError {
+    /// The configuration is invalid (`key` is the dotted config key).
+    #[error("invalid config key `{key}`: {problem}")]
+    Config { key: String, problem: String },
+    /// A device's polling task ended abnormally.
+    #[error("the polling task of a Modbus device failed: {0}")]
+    Task(String),
+}
+
+/// Validates `config`, registers every device on `board` and polls each on its own task until
+/// `shutdown` turns true. Returns once every task has stopped (with no devices: once shutdown
+/// is requested, so that it can run as an `outpost run` component either way).
+pub async fn run(
+    config: ModbusConfig,
+    log: Log,
+    board: StatusBoard,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ModbusError> {
+    config
+        .validate()
+        .map_err(|(key, problem)| ModbusError::Config { key, problem })?;
+    let mut tasks = JoinSet::new();
+    for device in config.devices {
+        let poller = poller::Poller::new(device, log.clone(), board.clone());
+        tasks.spawn(poller.run(shutdown.clone()));
+    }
+    if tasks.is_empty() {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        return Ok(());
+    }
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            tracing::error!(error = %e, "A Modbus polling task ended abnormally.");
+            failure.get_or_insert(ModbusError::Task(e.to_string()));
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

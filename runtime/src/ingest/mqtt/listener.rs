@@ -1,0 +1,448 @@
+//! The device-facing MQTT listener: a transparent proxy in front of the embedded broker whose
+//! acknowledgements follow the log.
+//!
+//! # Why a proxy
+//! A broker acknowledges a device's QoS 1 PUBLISH (PUBACK; PUBREC for QoS 2) as soon as it has
+//! the message in memory. A subscriber that stores it later can crash in between, and the
+//! device, holding its PUBACK, never sends the payment again. So devices do not talk to the
+//! broker directly: they connect here. For each connection the listener reads the CONNECT,
+//! opens a connection to the broker's loopback server of the same protocol version (3.1.1 or
+//! 5), forwards the CONNECT, and from then on
+//!
+//! - broker → device: bytes are copied unchanged (CONNACK, PUBACKs, deliveries to
+//!   subscribers, …);
+//! - device → broker: bytes are split into MQTT packets and forwarded unchanged and in order,
+//!   except that a PUBLISH whose topic matches a route (`mqtt.broker.routes`) is first appended
+//!   to its log topic, and forwarded only once that append returned (after the fsync on
+//!   `always` topics).
+//!
+//! The broker can only acknowledge what it received, and it receives a routed PUBLISH only
+//! after the record is durable, so a device's PUBACK always follows the durable append: kill
+//! Outpost at any moment and every acknowledged message is in the log. QoS 0 messages on routed
+//! topics are stored too (best effort: the device expects no acknowledgement). Subscribers get
+//! every message from the broker as usual; the broker itself stores nothing.
+//!
+//! # Batching
+//! The listener reads whatever the socket has (up to 256 KiB), appends every routed PUBLISH in
+//! it with one append per log topic, then forwards the whole chunk with one write. While an
+//! append waits for its fsync, further packets queue in the socket and make the next, larger,
+//! batch; appends of many connections share fsyncs through the log's group commit.
+//!
+//! # Failures
+//! When the log refuses appends for lack of space the connection holds: nothing is forwarded
+//! (so nothing is acknowledged), the status shows `backpressured`, and the append is retried
+//! with backoff. Any other log error, a malformed packet or a packet above the size limit
+//! closes the device's connection (the device publishes again after reconnecting); a publish
+//! whose route cannot name a log topic is passed on unstored and counted as an error. A
+//! redelivered PUBLISH (DUP) is stored again: delivery is at least once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::client::Backoff;
+use super::packet::{self, Aliases, Connect, PacketError};
+use super::route::{Mapped, Routes};
+use super::MqttError;
+use crate::ingest::{Link, SourceStatus, StatusBoard};
+use crate::log::{Log, LogError, NewRecord};
+
+/// The listener's name on the status board.
+pub const STATUS_NAME: &str = "mqtt:listener";
+/// Bytes read from a device socket at once, at most.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// What every connection of the listener shares.
+#[derive(Debug)]
+pub struct Listener {
+    routes: Routes,
+    log: Log,
+    board: StatusBoard,
+    v4: SocketAddr,
+    v5: SocketAddr,
+    max_packet: usize,
+    max_connections: usize,
+    connect_timeout: Duration,
+    open: AtomicU64,
+    accepted: AtomicU64,
+}
+
+/// Why a device connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Packet(#[from] PacketError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the device sent no CONNECT within {0} ms")]
+    ConnectTimeout(u128),
+    #[error("the embedded broker at {addr} cannot be reached: {source}")]
+    Broker {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("storing a message failed: {0}")]
+    Log(#[from] LogError),
+    #[error("the listener is shutting down")]
+    Shutdown,
+}
+
+impl Listener {
+    /// The shared part of a listener that proxies to the broker at `v4`/`v5`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        routes: Routes,
+        log: Log,
+        board: StatusBoard,
+        v4: SocketAddr,
+        v5: SocketAddr,
+        max_packet: usize,
+        max_connections: usize,
+        connect_timeout: Duration,
+    ) -> Listener {
+        Listener {
+            routes,
+            log,
+            board,
+            v4,
+            v5,
+            max_packet,
+            max_connections,
+            connect_timeout,
+            open: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+        }
+    }
+
+    fn publish_counts(&self) {
+        let open = self.open.load(Ordering::Relaxed);
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        self.board.update(STATUS_NAME, |s| {
+            s.details.insert("connections".into(), open.into());
+            s.details
+                .insert("connections_total".into(), accepted.into());
+        });
+    }
+
+    /// Binds `listen` (unless `bound` already is) and accepts device connections until
+    /// shutdown; then closes them all. A port in use is not fatal: the rest of the box keeps
+    /// working, the status shows `retrying` with the error, and binding is retried with backoff.
+    pub async fn run(
+        self: Arc<Self>,
+        listen: String,
+        bound: Option<TcpListener>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), MqttError> {
+        let mut status = SourceStatus::new(STATUS_NAME, "mqtt-listener");
+        status
+            .details
+            .insert("listen".into(), listen.clone().into());
+        status
+            .details
+            .insert("broker_v4".into(), self.v4.to_string().into());
+        status
+            .details
+            .insert("broker_v5".into(), self.v5.to_string().into());
+        self.board.register(status);
+        self.publish_counts();
+        let listener = match bound {
+            Some(listener) => listener,
+            None => {
+                let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+                let mut attempts = 0u64;
+                loop {
+                    match TcpListener::bind(&listen).await {
+                        Ok(listener) => break listener,
+                        Err(e) => {
+                            attempts += 1;
+                            let last_error =
+                                format!("cannot listen on {listen} (`mqtt.broker.listen`): {e}");
+                            if attempts == 1 || attempts % 20 == 0 {
+                                tracing::error!(mqtt_listen = %listen, error = %e, attempts, "The MQTT listener cannot bind its port; devices cannot connect until it can.");
+                            }
+                            self.board.update(STATUS_NAME, |s| {
+                                s.link = Link::Retrying {
+                                    last_error,
+                                    attempts,
+                                }
+                            });
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        _ = crate::api::shutdown_requested(&mut shutdown) => {
+                            self.board.update(STATUS_NAME, |s| s.link = Link::Stopped);
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        };
+        let local = listener.local_addr()?;
+        self.board.update(STATUS_NAME, |s| {
+            s.link = Link::Connected;
+            s.details.insert("listen".into(), local.to_string().into());
+        });
+        tracing::info!(mqtt_listen = %local, routes = self.routes.iter().count(), "The MQTT listener accepts devices.");
+
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        if connections.len() >= self.max_connections {
+                            tracing::warn!(peer = %peer, limit = self.max_connections, "A device connection was refused: too many connections (`mqtt.broker.max_connections`).");
+                            drop(stream);
+                            continue;
+                        }
+                        self.accepted.fetch_add(1, Ordering::Relaxed);
+                        self.open.fetch_add(1, Ordering::Relaxed);
+                        self.publish_counts();
+                        let me = Arc::clone(&self);
+                        let shutdown = shutdown.clone();
+                        connections.spawn(async move {
+                            let outcome = me.serve(stream, shutdown).await;
+                            me.open.fetch_sub(1, Ordering::Relaxed);
+                            me.publish_counts();
+                            match outcome {
+                                Ok(()) | Err(ConnError::Shutdown) => {
+                                    tracing::debug!(peer = %peer, "A device connection closed.")
+                                }
+                                Err(e) => {
+                                    tracing::info!(peer = %peer, error = %e, "A device connection ended.")
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "Accepting a device connection failed.");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                _ = crate::api::shutdown_requested(&mut shutdown) => break,
+            }
+        }
+        connections.shutdown().await;
+        self.board.update(STATUS_NAME, |s| s.link = Link::Stopped);
+        tracing::info!("The MQTT listener stopped.");
+        Ok(())
+    }
+
+    async fn serve(
+        &self,
+        device: TcpStream,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ConnError> {
+        device.set_nodelay(true)?;
+        let (mut dev_r, dev_w) = device.into_split();
+        let mut buf = Vec::with_capacity(8 * 1024);
+        let frame = tokio::time::timeout(self.connect_timeout, async {
+            loop {
+                if let Some(frame) = packet::frame(&buf, self.max_packet)? {
+                    return Ok::<_, ConnError>(Some(frame));
+                }
+                buf.reserve(4096);
+                if dev_r.read_buf(&mut buf).await? == 0 {
+                    return Ok(None);
+                }
+            }
+        })
+        .await
+        .map_err(|_| ConnError::ConnectTimeout(self.connect_timeout.as_millis()))??;
+        let Some(frame) = frame else {
+            return Ok(());
+        };
+        let connect = packet::parse_connect(&buf, &frame)?;
+        let addr = if connect.level == 5 { self.v5 } else { self.v4 };
+        let upstream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ConnError::Broker { addr, source })?;
+        upstream.set_nodelay(true)?;
+        let (up_r, mut up_w) = upstream.into_split();
+        up_w.write_all(&buf[..frame.total_len]).await?;
+        buf.drain(..frame.total_len);
+
+        tokio::select! {
+            r = copy_down(up_r, dev_w) => r,
+            r = self.pump_up(dev_r, up_w, buf, &connect, shutdown) => r,
+        }
+    }
+
+    /// Device → broker: frames packets, stores routed publishes, forwards in order.
+    async fn pump_up(
+        &self,
+        mut dev_r: OwnedReadHalf,
+        mut up_w: OwnedWriteHalf,
+        mut buf: Vec<u8>,
+        connect: &Connect,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ConnError> {
+        let mut aliases = Aliases::default();
+        loop {
+            let mut end = 0;
+            let mut batch: Vec<Mapped> = Vec::new();
+            while let Some(frame) = packet::frame(&buf[end..], self.max_packet)? {
+                if frame.kind() == packet::PUBLISH {
+                    let publish =
+                        packet::parse_publish(&buf[end..], &frame, connect.level, &mut aliases)?;
+                    if let Some(route) = self.routes.find(&publish.topic) {
+                        match route.map(&publish.topic, publish.payload, Some(&connect.client_id)) {
+                            Ok(mapped) => batch.push(mapped),
+                            Err(e) => {
+                                self.board.update(STATUS_NAME, |s| s.errors += 1);
+                                tracing::warn!(topic = %publish.topic, client_id = %connect.client_id, error = %e, "A device message was passed on without being stored.");
+                            }
+                        }
+                    }
+                }
+                end += frame.total_len;
+            }
+            if !batch.is_empty() {
+                self.store(batch, &shutdown).await?;
+            }
+            if end > 0 {
+                up_w.write_all(&buf[..end]).await?;
+                buf.drain(..end);
+            }
+            buf.reserve(READ_CHUNK.min(self.max_packet).max(4096));
+            if dev_r.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Appends a batch, one append per log topic (concurrently), retrying while the log is
+    /// full. Returns once everything is stored (durably on `always` topics).
+    async fn store(
+        &self,
+        batch: Vec<Mapped>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), ConnError> {
+        let count = batch.len() as u64;
+        let key_missing = batch.iter().filter(|m| m.key_missing).count() as u64;
+        let mut groups: Vec<(String, Vec<NewRecord>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for m in batch {
+            match index.get(&m.topic) {
+                Some(&i) => groups[i].1.push(m.record),
+                None => {
+                    index.insert(m.topic.clone(), groups.len());
+                    groups.push((m.topic, vec![m.record]));
+                }
+            }
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut backpressured = false;
+        while !groups.is_empty() {
+            let mut pending = Vec::with_capacity(groups.len());
+            for (topic, records) in groups {
+                let log = self.log.clone();
+                pending.push(tokio::task::spawn_blocking(move || {
+                    let result = log
+                        .topic_or_create(&topic)
+                        .and_then(|t| t.append(records.clone()));
+                    (topic, records, result)
+                }));
+            }
+            let mut retry = Vec::new();
+            let mut failure = None;
+            for handle in pending {
+                let (topic, records, result) = handle.await.map_err(|e| {
+                    ConnError::Io(std::io::Error::other(format!("an append task failed: {e}")))
+                })?;
+                match result {
+                    Ok(_) => {}
+                    Err(LogError::StorageFull(reason)) => {
+                        if !backpressured {
+                            tracing::warn!(topic = %topic, reason = %reason, "The log is full; device acknowledgements are held until it has room.");
+                        }
+                        let r = reason.clone();
+                        self.board.update(STATUS_NAME, |s| {
+                            s.link = Link::Backpressured { reason: r };
+                        });
+                        retry.push((topic, records));
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                self.board.update(STATUS_NAME, |s| s.errors += 1);
+                return Err(ConnError::Log(e));
+            }
+            groups = retry;
+            if !groups.is_empty() {
+                backpressured = true;
+                if *shutdown.borrow() {
+                    return Err(ConnError::Shutdown);
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+        let now = crate::ingest::mqtt::now_ms();
+        self.board.update(STATUS_NAME, |s| {
+            s.records_stored += count;
+            s.last_record_ms = Some(now);
+            if matches!(s.link, Link::Backpressured { .. }) {
+                s.link = Link::Connected;
+            }
+            if key_missing > 0 {
+                let before = s
+                    .details
+                    .get("key_missing")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                s.details
+                    .insert("key_missing".into(), (before + key_missing).into());
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Broker → device: bytes unchanged.
+///
+/// The broker does not set `TCP_NODELAY` on its sockets, so after sending one small packet
+/// (a PUBACK) it holds the next until this side's TCP acknowledges the first — and Linux
+/// delays that acknowledgement up to 40 ms when it has nothing to send back. Re-arming
+/// `TCP_QUICKACK` after every read makes this side acknowledge at once, so acknowledgements
+/// and deliveries flow without those stalls.
+async fn copy_down(mut up_r: OwnedReadHalf, mut dev_w: OwnedWriteHalf) -> Result<(), ConnError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = up_r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        quick_ack(up_r.as_ref());
+        dev_w.write_all(&buf[..n]).await?;
+    }
+}
+
+/// Asks Linux to acknowledge received data at once (until it next decides otherwise).
+fn quick_ack(stream: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt(2) on a socket this stream owns, with a pointer to a live c_int and
+    // its exact size; a failure (not a TCP socket, an old kernel) only loses the hint.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}

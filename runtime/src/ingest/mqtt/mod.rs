@@ -1,0 +1,618 @@
+//! MQTT ingestion: subscriptions to external brokers (this file, on `rumqttc`), the embedded
+//! broker ([`broker`], rumqttd on loopback) and the device-facing listener in front of it
+//! ([`listener`]), with the mapping rules they share ([`route`]) and the `[mqtt]` section
+//! ([`config`]).
+//!
+//! # The ack path of a source (external broker)
+//! The client keeps a persistent session (`clean_session = false`, a fixed client id) and
+//! acknowledges manually. The event loop hands each PUBLISH to an appender task; the appender
+//! takes everything queued (up to `batch_max_records`), maps it to log records, appends one
+//! batch per log topic and, only once every append of the batch returned (after the fsync on
+//! `always` topics), sends the PUBACKs (PUBREC for QoS 2) in the order the messages came.
+//! A `kill -9` before that leaves the messages unacknowledged at the broker, which redelivers
+//! them to the same session: at least once, nothing lost. While the log is full the appender
+//! holds the batch and its acks and retries with backoff (status `backpressured`); the broker
+//! stops sending once its in-flight window is full.
+//!
+//! Acks are tied to the connection a message came on: after a reconnect, acks for messages of
+//! the old connection are not sent (rumqttc also drops the ones still queued); the broker
+//! redelivers those messages and they are stored again. A message no rule maps, or one too
+//! large for a log record, is acknowledged without being stored, counted as an error and
+//! logged, so it cannot block the session forever.
+//!
+//! # Devices on the embedded broker
+//! Devices that publish to the box itself are stored by the [`listener`] before the broker sees
+//! their messages; sources never subscribe to the embedded broker, so nothing is stored twice.
+
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod listener;
+pub mod packet;
+pub mod route;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
+use tokio::sync::{mpsc, watch};
+
+use self::client::{Backoff, ClientSettings};
+use self::config::{MqttConfig, SourceConfig};
+use self::route::{Route, Routes};
+use crate::ingest::{Link, SourceStatus, StatusBoard};
+use crate::log::{Log, LogError, NewRecord};
+
+/// Errors of MQTT ingestion.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// A certificate or key file could not be read.
+    #[error("cannot read the {what} {path}: {source}")]
+    File {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The embedded broker did not start or stopped.
+    #[error("embedded MQTT broker: {0}")]
+    Broker(String),
+    /// A setting that cannot work (normally caught by config validation).
+    #[error("MQTT setup: {0}")]
+    Setup(String),
+    /// The log failed.
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    /// A socket or thread operation failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A long-running MQTT task, with the name it reports under.
+pub type Task = (
+    &'static str,
+    Pin<Box<dyn Future<Output = Result<(), MqttError>> + Send>>,
+);
+
+/// What [`start`] set up.
+#[derive(Debug)]
+pub struct Started {
+    /// Where Outpost's own sinks reach the embedded broker: the device listener (over
+    /// loopback when it listens on every interface), or the broker's own loopback port when
+    /// the listener could not bind. Going through the listener spares the sinks the broker's
+    /// Nagle stalls (see `listener::copy_down`).
+    pub embedded: Option<SocketAddr>,
+    /// The address devices connect to.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Starts the embedded broker and binds the device listener (when enabled), and returns the
+/// tasks to run: the listener, a watch on the broker, one task per source.
+pub async fn start(
+    config: &MqttConfig,
+    max_record_bytes: usize,
+    log: &Log,
+    board: &StatusBoard,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(Started, Vec<Task>), MqttError> {
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut started = Started {
+        embedded: None,
+        listen: None,
+    };
+    let b = &config.broker;
+    if b.enabled {
+        let routes = build_routes(
+            b.routes
+                .iter()
+                .map(|r| (r.filter.as_str(), r.topic.as_deref(), r.key.as_ref())),
+        )?;
+        // A packet carries the payload plus topic, packet id and properties.
+        let max_packet = b.max_payload_bytes + 65_535 + 1024;
+        // A port in use is reported and retried by the listener task (see `Listener::run`).
+        let listener = match tokio::net::TcpListener::bind(&b.listen).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::error!(mqtt_listen = %b.listen, error = %e, "The MQTT listener cannot bind its port; retrying in the background.");
+                None
+            }
+        };
+        let embedded = broker::start(b, max_packet).await?;
+        started.listen = match &listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        started.embedded = Some(match started.listen {
+            Some(mut addr) => {
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(match addr {
+                        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                addr
+            }
+            None => embedded.v4,
+        });
+        let shared = Arc::new(listener::Listener::new(
+            routes,
+            log.clone(),
+            board.clone(),
+            embedded.v4,
+            embedded.v5,
+            max_packet,
+            b.max_connections,
+            Duration::from_millis(b.connect_timeout_ms),
+        ));
+        tasks.push((
+            "mqtt-listener",
+            Box::pin(shared.run(b.listen.clone(), listener, shutdown.clone())),
+        ));
+        let mut watch_shutdown = shutdown.clone();
+        tasks.push((
+            "mqtt-broker",
+            Box::pin(async move {
+                tokio::select! {
+                    message = embedded.stopped() => Err(MqttError::Broker(message)),
+                    _ = crate::api::shutdown_requested(&mut watch_shutdown) => Ok(()),
+                }
+            }),
+        ));
+    }
+    for source in &config.sources {
+        let task = run_source(
+            source.clone(),
+            max_record_bytes,
+            log.clone(),
+            board.clone(),
+            shutdown.clone(),
+        );
+        tasks.push(("mqtt-source", Box::pin(task)));
+    }
+    Ok((started, tasks))
+}
+
+fn build_routes<'a>(
+    rules: impl Iterator<Item = (&'a str, Option<&'a str>, Option<&'a route::KeySource>)>,
+) -> Result<Routes, MqttError> {
+    let mut routes = Vec::new();
+    for (filter, topic, key) in rules {
+        let r = Route::new(filter, topic, key)
+            .map_err(|(field, p)| MqttError::Setup(format!("route {filter:?}: {field}: {p}")))?;
+        routes.push(r);
+    }
+    Ok(Routes::new(routes))
+}
+
+fn qos(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// A message handed from the event loop to the appender.
+#[derive(Debug)]
+struct Incoming {
+    publish: rumqttc::Publish,
+    /// The connection it came on (see [`Session::generation`]).
+    generation: u64,
+}
+
+/// QoS 0 messages queued for the appender beyond which new QoS 0 messages are dropped (and
+/// counted as a gap). QoS 1/2 are never dropped; the broker's in-flight window bounds them.
+const QOS0_QUEUE_LIMIT: usize = 100_000;
+
+/// What the event loop and the appender of one source share.
+#[derive(Debug)]
+struct Session {
+    /// Bumped on every disconnect: acks for messages of an older connection are not sent.
+    generation: AtomicU64,
+    /// Messages queued for the appender.
+    queued: AtomicUsize,
+}
+
+fn bump(board: &StatusBoard, name: &str, key: &str, by: u64) {
+    board.update(name, |s| {
+        let before = s.details.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+        s.details.insert(key.into(), (before + by).into());
+    });
+}
+
+/// Runs one `[[mqtt.sources]]` entry until shutdown: connects (and reconnects with backoff),
+/// subscribes, stores and acknowledges.
+pub async fn run_source(
+    cfg: SourceConfig,
+    max_record_bytes: usize,
+    log: Log,
+    board: StatusBoard,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), MqttError> {
+    let name = format!("mqtt:{}", cfg.name);
+    let routes = build_routes(
+        cfg.filters
+            .iter()
+            .map(|f| (f.filter.as_str(), f.topic.as_deref(), f.key.as_ref())),
+    )?;
+    let settings = ClientSettings {
+        host: cfg.host.clone(),
+        port: cfg.port,
+        client_id: cfg
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("outpost-{}", cfg.name)),
+        username: cfg.username.clone(),
+        password: cfg.password.clone(),
+        clean_session: cfg.clean_session,
+        keep_alive: Duration::from_millis(cfg.keep_alive_ms),
+        tls: cfg.tls.clone(),
+        max_incoming_packet: max_record_bytes + 1024,
+        max_outgoing_packet: 64 * 1024,
+        inflight: 16,
+        manual_acks: true,
+    };
+    let mut status = SourceStatus::new(&name, "mqtt");
+    status
+        .details
+        .insert("broker".into(), settings.address().into());
+    status
+        .details
+        .insert("client_id".into(), settings.client_id.clone().into());
+    status.details.insert(
+        "filters".into(),
+        cfg.filters
+            .iter()
+            .map(|f| f.filter.clone())
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    board.register(status);
+
+    let options = client::options(&settings)?;
+    let (client, mut eventloop) = client::connect(options, cfg.batch_max_records * 2 + 64);
+    let session = Arc::new(Session {
+        generation: AtomicU64::new(0),
+        queued: AtomicUsize::new(0),
+    });
+    let (tx, rx) = mpsc::unbounded_channel::<Incoming>();
+    let appender = tokio::spawn(append_loop(Appender {
+        rx,
+        client: client.clone(),
+        log,
+        routes,
+        board: board.clone(),
+        name: name.clone(),
+        session: Arc::clone(&session),
+        batch_max: cfg.batch_max_records,
+        max_record_bytes,
+        shutdown: shutdown.clone(),
+    }));
+    let filters: Vec<SubscribeFilter> = cfg
+        .filters
+        .iter()
+        .map(|f| SubscribeFilter::new(f.filter.clone(), qos(f.qos)))
+        .collect();
+    let mut backoff = Backoff::new(
+        Duration::from_millis(cfg.retry_initial_ms),
+        Duration::from_millis(cfg.retry_max_ms),
+    );
+    let mut attempts = 0u64;
+    let mut down_since: Option<u64> = None;
+    tracing::info!(source = %name, broker = %settings.address(), client_id = %settings.client_id, "MQTT source starting.");
+    loop {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            _ = crate::api::shutdown_requested(&mut shutdown) => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                attempts = 0;
+                backoff.reset();
+                let gap = down_since.take().map(|since| {
+                    format!(
+                        "disconnected for {} ms (until {})",
+                        now_ms().saturating_sub(since),
+                        now_ms()
+                    )
+                });
+                board.update(&name, |s| {
+                    s.link = Link::Connected;
+                    if let Some(gap) = gap {
+                        s.gaps += 1;
+                        s.last_gap = Some(gap);
+                    }
+                });
+                bump(&board, &name, "connects", 1);
+                tracing::info!(source = %name, session_present = ack.session_present, "MQTT source connected.");
+                if !ack.session_present {
+                    // A new session: subscribe. With a kept session the broker still has the
+                    // subscriptions (subscribing again would resend retained messages).
+                    let (c, f, board, name) =
+                        (client.clone(), filters.clone(), board.clone(), name.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = c.subscribe_many(f).await {
+                            board.update(&name, |s| s.errors += 1);
+                            tracing::error!(source = %name, error = %e, "Subscribing failed.");
+                        }
+                    });
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if publish.dup {
+                    bump(&board, &name, "redelivered", 1);
+                }
+                let queued = session.queued.load(Ordering::Relaxed);
+                if publish.qos == QoS::AtMostOnce && queued >= QOS0_QUEUE_LIMIT {
+                    let now = now_ms();
+                    board.update(&name, |s| {
+                        s.gaps += 1;
+                        s.last_gap = Some(format!(
+                            "a QoS 0 message on {} was dropped at {now}: {queued} messages wait for the log",
+                            publish.topic
+                        ));
+                    });
+                    continue;
+                }
+                session.queued.fetch_add(1, Ordering::Relaxed);
+                let generation = session.generation.load(Ordering::Acquire);
+                if tx
+                    .send(Incoming {
+                        publish,
+                        generation,
+                    })
+                    .is_err()
+                {
+                    // The appender ended: only on shutdown.
+                    break;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .filter(|c| matches!(c, SubscribeReasonCode::Failure))
+                    .count();
+                if refused > 0 {
+                    board.update(&name, |s| s.errors += refused as u64);
+                    tracing::error!(source = %name, refused, "The broker refused subscriptions; check the filters and the broker's access rules.");
+                } else {
+                    tracing::info!(source = %name, filters = filters.len(), "MQTT source subscribed.");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                session.generation.fetch_add(1, Ordering::AcqRel);
+                attempts += 1;
+                if down_since.is_none() {
+                    down_since = Some(now_ms());
+                }
+                let message = e.to_string();
+                board.update(&name, |s| {
+                    s.link = Link::Retrying {
+                        last_error: message.clone(),
+                        attempts,
+                    }
+                });
+                let delay = backoff.next_delay();
+                if attempts == 1 || attempts % 10 == 0 {
+                    tracing::warn!(source = %name, error = %message, attempts, retry_in_ms = delay.as_millis() as u64, "MQTT source disconnected; retrying.");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = crate::api::shutdown_requested(&mut shutdown) => break,
+                }
+            }
+        }
+    }
+    // Shutdown: let the appender store and acknowledge what it already has, then leave the
+    // session politely so the broker keeps it (and redelivers anything unacknowledged).
+    drop(tx);
+    let _ = client.try_disconnect();
+    let flush = async {
+        let mut appender = appender;
+        let mut appender_done = false;
+        loop {
+            tokio::select! {
+                r = &mut appender, if !appender_done => {
+                    appender_done = true;
+                    let _ = r;
+                }
+                event = eventloop.poll() => match event {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) if appender_done => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                },
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+    board.update(&name, |s| s.link = Link::Stopped);
+    tracing::info!(source = %name, "MQTT source stopped.");
+    Ok(())
+}
+
+struct Appender {
+    rx: mpsc::UnboundedReceiver<Incoming>,
+    client: AsyncClient,
+    log: Log,
+    routes: Routes,
+    board: StatusBoard,
+    name: String,
+    session: Arc<Session>,
+    batch_max: usize,
+    max_record_bytes: usize,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn record_size(r: &NewRecord) -> usize {
+    r.key.as_ref().map_or(0, Vec::len)
+        + r.value.len()
+        + r.headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+}
+
+/// Stores batches of messages and acknowledges them once stored.
+async fn append_loop(mut a: Appender) {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    while let Some(first) = a.rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < a.batch_max {
+            match a.rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        a.session.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+
+        let mut groups: Vec<(String, Vec<NewRecord>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let (mut stored, mut key_missing, mut refused) = (0u64, 0u64, 0u64);
+        for m in &batch {
+            let topic = &m.publish.topic;
+            let mapped = match a.routes.find(topic) {
+                Some(route) => route.map(topic, &m.publish.payload, None),
+                None => {
+                    refused += 1;
+                    tracing::warn!(source = %a.name, topic = %topic, "A message matched no filter of the source; it is acknowledged without being stored.");
+                    continue;
+                }
+            };
+            let mapped = match mapped {
+                Ok(mapped) => mapped,
+                Err(e) => {
+                    refused += 1;
+                    tracing::warn!(source = %a.name, topic = %topic, error = %e, "A message could not be mapped to a log topic; it is acknowledged without being stored.");
+                    continue;
+                }
+            };
+            let size = record_size(&mapped.record);
+            if size > a.max_record_bytes {
+                refused += 1;
+                tracing::error!(source = %a.name, topic = %topic, bytes = size, limit = a.max_record_bytes, "A message is larger than `log.max_record_bytes`; it is acknowledged without being stored.");
+                continue;
+            }
+            key_missing += u64::from(mapped.key_missing);
+            stored += 1;
+            match index.get(&mapped.topic) {
+                Some(&i) => groups[i].1.push(mapped.record),
+                None => {
+                    index.insert(mapped.topic.clone(), groups.len());
+                    groups.push((mapped.topic, vec![mapped.record]));
+                }
+            }
+        }
+
+        // Store, holding every ack until all groups are in the log.
+        let mut attempt = 0u64;
+        while !groups.is_empty() {
+            let mut pending = Vec::with_capacity(groups.len());
+            for (topic, records) in groups {
+                let log = a.log.clone();
+                pending.push(tokio::task::spawn_blocking(move || {
+                    let result = log
+                        .topic_or_create(&topic)
+                        .and_then(|t| t.append(records.clone()));
+                    (topic, records, result)
+                }));
+            }
+            let mut retry = Vec::new();
+            let mut last_error = None;
+            for handle in pending {
+                let Ok((topic, records, result)) = handle.await else {
+                    // The blocking pool is gone: the runtime is shutting down.
+                    return;
+                };
+                match result {
+                    Ok(_) => {}
+                    Err(LogError::Closed) => return,
+                    Err(LogError::RecordTooLarge { size, limit }) => {
+                        refused += records.len() as u64;
+                        stored -= records.len() as u64;
+                        tracing::error!(source = %a.name, topic = %topic, size, limit, "Messages too large for the log are acknowledged without being stored.");
+                    }
+                    Err(e) => {
+                        let full = matches!(e, LogError::StorageFull(_));
+                        last_error = Some((full, e.to_string()));
+                        retry.push((topic, records));
+                    }
+                }
+            }
+            groups = retry;
+            if let Some((full, message)) = last_error {
+                attempt += 1;
+                let delay = backoff.next_delay();
+                if attempt == 1 {
+                    tracing::warn!(source = %a.name, error = %message, "Storing MQTT messages failed; their acknowledgements are held and the append is retried.");
+                }
+                a.board.update(&a.name, |s| {
+                    if full {
+                        s.link = Link::Backpressured { reason: message };
+                    } else {
+                        s.errors += 1;
+                        s.link = Link::Retrying {
+                            last_error: format!("storing failed: {message}"),
+                            attempts: attempt,
+                        };
+                    }
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = crate::api::shutdown_requested(&mut a.shutdown) => return,
+                }
+            }
+        }
+        if attempt > 0 {
+            backoff.reset();
+            a.board.update(&a.name, |s| {
+                if matches!(s.link, Link::Backpressured { .. } | Link::Retrying { .. }) {
+                    s.link = Link::Connected;
+                }
+            });
+        }
+
+        // Acknowledge, in arrival order, what came on the current connection.
+        let current = a.session.generation.load(Ordering::Acquire);
+        let mut stale = 0u64;
+        for m in &batch {
+            if m.generation != current {
+                stale += 1;
+                continue;
+            }
+            if a.client.ack(&m.publish).await.is_err() {
+                // The event loop is gone (shutdown); the broker redelivers.
+                return;
+            }
+        }
+        let now = now_ms();
+        a.board.update(&a.name, |s| {
+            s.records_stored += stored;
+            s.errors += refused;
+            if stored > 0 {
+                s.last_record_ms = Some(now);
+            }
+        });
+        if key_missing > 0 {
+            bump(&a.board, &a.name, "key_missing", key_missing);
+        }
+        if stale > 0 {
+            bump(&a.board, &a.name, "acks_skipped_after_reconnect", stale);
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Just enough of the MQTT wire format (3.1, 3.1.1 and 5) for the device-facing listener: find
+//! where one control packet ends, read a CONNECT's protocol level and client id, and read a
+//! PUBLISH's topic, QoS, packet id and payload (resolving MQTT 5 topic aliases).
+//!
+//! Every control packet starts with a fixed header: one byte (packet type in the high nibble,
+//! flags in the low one) and the *remaining length*, a variable byte integer of one to four
+//! bytes (7 bits each, least significant first, high bit = more bytes follow). The listener
+//! forwards packets byte for byte, so nothing here ever re-encodes a packet.
+
+/// Packet type of CONNECT (high nibble of the first byte).
+pub const CONNECT: u8 = 1;
+/// Packet type of PUBLISH.
+pub const PUBLISH: u8 = 3;
+
+/// The MQTT 5 property id of a topic alias (a two-byte integer).
+const PROP_TOPIC_ALIAS: u8 = 0x23;
+
+/// Malformed or unsupported packets. Any of them ends the device's connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    /// The remaining length uses more than four bytes.
+    #[error("the remaining length field is longer than four bytes")]
+    BadRemainingLength,
+    /// A packet larger than the listener accepts.
+    #[error("a packet of {size} bytes is larger than the limit of {limit} bytes (`mqtt.broker.max_payload_bytes`)")]
+    TooLarge { size: usize, limit: usize },
+    /// The first packet of a connection was not a CONNECT.
+    #[error("the first packet has type {0}, not CONNECT")]
+    NotConnect(u8),
+    /// A field runs past the end of its packet.
+    #[error("the {0} runs past the end of the packet")]
+    Truncated(&'static str),
+    /// A string that must be UTF-8 is not.
+    #[error("the {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    /// The protocol name is neither `MQTT` nor `MQIsdp`.
+    #[error("unknown protocol name {0:?}")]
+    UnknownProtocol(String),
+    /// A PUBLISH with QoS 3.
+    #[error("a PUBLISH has the invalid QoS 3")]
+    BadQos,
+    /// An MQTT 5 property this parser does not know (it cannot skip it safely).
+    #[error("unknown MQTT 5 property id {0:#04x}")]
+    UnknownProperty(u8),
+    /// An MQTT 5 PUBLISH with an empty topic and a topic alias never set on this connection.
+    #[error("topic alias {0} was never set on this connection")]
+    UnknownAlias(u16),
+}
+
+/// Where a complete packet sits at the front of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// The first byte: type and flags.
+    pub first: u8,
+    /// Bytes of the fixed header (1 + length of the remaining length field).
+    pub header_len: usize,
+    /// Bytes of the whole packet.
+    pub total_len: usize,
+}
+
+impl Frame {
+    /// The packet type (1 = CONNECT, 3 = PUBLISH, …).
+    pub fn kind(&self) -> u8 {
+        self.first >> 4
+    }
+}
+
+/// Finds the packet at the start of `buf`: `Ok(None)` when more bytes are needed.
+/// `max_len` caps the size of a whole packet.
+pub fn frame(buf: &[u8], max_len: usize) -> Result<Option<Frame>, PacketError> {
+    let Some(&first) = buf.first() else {
+        return Ok(None);
+    };
+    let mut remaining: usize = 0;
+    for i in 0..4 {
+        let Some(&byte) = buf.get(1 + i) else {
+            return Ok(None);
+        };
+        remaining |= ((byte & 0x7f) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            let header_len = 2 + i;
+            let total_len = header_len + remaining;
+            if total_len > max_len {
+                return Err(PacketError::TooLarge {
+                    size: total_len,
+                    limit: max_len,
+                });
+            }
+            if buf.len() < total_len {
+                return Ok(None);
+            }
+            return Ok(Some(Frame {
+                first,
+                header_len,
+                total_len,
+            }));
+        }
+    }
+    Err(PacketError::BadRemainingLength)
+}
+
+/// What the listener needs from a CONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5.
+    pub level: u8,
+    /// The client identifier (may be empty).
+    pub client_id: String,
+}
+
+/// A cursor over one packet's variable header and payload.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], PacketError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(PacketError::Truncated(what))?;
+        let bytes = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(PacketError::Truncated(what))?;
+        self.pos = end;
+        Ok(bytes)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, PacketError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, PacketError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn binary(&mut self, what: &'static str) -> Result<&'a [u8], PacketError> {
+        let n = self.u16(what)? as usize;
+        self.take(n, what)
+    }
+    fn string(&mut self, what: &'static str) -> Result<&'a str, PacketError> {
+        std::str::from_utf8(self.binary(what)?).map_err(|_| PacketError::NotUtf8(what))
+    }
+    fn varint(&mut self, what: &'static str) -> Result<usize, PacketError> {
+        let mut value = 0usize;
+        for i in 0..4 {
+            let byte = self.u8(what)?;
+            value |= ((byte & 0x7f) as usize) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(PacketError::BadRemainingLength)
+    }
+}
+
+/// Reads a CONNECT packet (the whole packet, fixed header included).
+pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketError> {
+    if frame.kind() != CONNECT {
+        return Err(PacketError::NotConnect(frame.kind()));
+    }
+    let mut r = Reader {
+        buf: &packet[..frame.total_len],
+        pos: frame.header_len,
+    };
+    let name = r.string("protocol name")?;
+    if name != "MQTT" && name != "MQIsdp" {
+        return Err(PacketError::UnknownProtocol(name.to_string()));
+    }
+    let level = r.u8("protocol level")?;
+    let _flags = r.u8("connect flags")?;
+    let _keep_alive = r.u16("keep alive")?;
+    if level == 5 {
+        let len = r.varint("connect properties")?;
+        r.take(len, "connect properties")?;
+    }
+    let client_id = r.string("client id")?.to_string();
+    Ok(Connect { level, client_id })
+}
+
+/// What the listener needs from a PUBLISH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish<'a> {
+    /// The topic (resolved through the connection's topic aliases for MQTT 5).
+    pub topic: std::borrow::Cow<'a, str>,
+    /// 0, 1 or 2.
+    pub qos: u8,
+    /// Set on a re-delivery attempt.
+    pub dup: bool,
+    /// The packet id (0 for QoS 0).
+    pub pkid: u16,
+    /// The application message.
+    pub payload: &'a [u8],
+}
+
+/// The topic aliases a device set on its connection (MQTT 5, client to server direction).
+#[derive(Debug, Default)]
+pub struct Aliases {
+    map: std::collections::HashMap<u16, String>,
+}
+
+/// Reads a PUBLISH packet. `level` is the connection's protocol level; `aliases` is updated
+/// when an MQTT 5 publish sets an alias.
+pub fn parse_publish<'a>(
+    packet: &'a [u8],
+    frame: &Frame,
+    level: u8,
+    aliases: &mut Aliases,
+) -> Result<Publish<'a>, PacketError> {
+    let flags = frame.first & 0x0f;
+    let qos = (flags >> 1) & 0x03;
+    if qos == 3 {
+        return Err(PacketError::BadQos);
+    }
+    let mut r = Reader {
+        buf: &packet[..frame.total_len],
+        pos: frame.header_len,
+    };
+    let topic = r.string("topic")?;
+    let pkid = if qos > 0 { r.u16("packet id")? } else { 0 };
+    let mut alias = None;
+    if level == 5 {
+        let len = r.varint("publish properties")?;
+        let props = r.take(len, "publish properties")?;
+        alias = topic_alias(props)?;
+    }
+    let payload = &r.buf[r.pos..];
+    let topic = match (topic.is_empty(), alias) {
+        (false, Some(a)) => {
+            aliases.map.insert(a, topic.to_string());
+            std::borrow::Cow::Borrowed(topic)
+        }
+        (false, None) => std::borrow::Cow::Borrowed(topic),
+        (true, Some(a)) => match aliases.map.get(&a) {
+            Some(t) => std::borrow::Cow::Owned(t.clone()),
+            None => return Err(PacketError::UnknownAlias(a)),
+        },
+        (true, None) => std::borrow::Cow::Borrowed(topic),
+    };
+    Ok(Publish {
+        topic,
+        qos,
+        dup: flags & 0x08 != 0,
+        pkid,
+        payload,
+    })
+}
+
+/// Walks MQTT 5 PUBLISH properties and returns the topic alias, if any.
+fn topic_alias(props: &[u8]) -> Result<Option<u16>, PacketError> {
+    let mut r = Reader { buf: props, pos: 0 };
+    let mut alias = None;
+    while r.pos < props.len() {
+        let id = r.varint("property id")?;
+        match id as u8 {
+            // payload format indicator
+            0x01 => {
+                r.u8("property")?;
+            }
+            // message expiry interval
+            0x02 => {
+                r.take(4, "property")?;
+            }
+            // content type, response topic
+            0x03 | 0x08 => {
+                r.binary("property")?;
+            }
+            // correlation data
+            0x09 => {
+                r.binary("property")?;
+            }
+            // subscription identifier
+            0x0b => {
+                r.varint("property")?;
+            }
+            PROP_TOPIC_ALIAS => alias = Some(r.u16("topic alias")?),
+            // user property: a string pair
+            0x26 => {
+                r.binary("property")?;
+                r.binary("property")?;
+            }
+            other => return Err(PacketError::UnknownProperty(other)),
+        }
+    }
+    Ok(alias)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remaining_length(mut n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let mut byte = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                byte |= 0x80;
+            }
+            out.push(byte);
+            if n == 0 {
+                return out;
+            }
+        }
+    }
+
+    fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut p = vec![first];
+        p.extend(remaining_length(body.len()));
+        p.extend_from_slice(body);
+        p
+    }
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    #[test]
+    fn frames_are_found_only_when_complete() {
+        let body = vec![7u8; 300];
+        let p = packet(0x30, &body);
+        assert_eq!(p[1..3], [0xac, 0x02]);
+        for cut in 0..p.len() {
+            assert_eq!(frame(&p[..cut], 1 << 20).unwrap(), None, "cut at {cut}");
+        }
+        let mut two = p.clone();
+        two.extend_from_slice(&p);
+        let f = frame(&two, 1 << 20).unwrap().unwrap();
+        assert_eq!((f.kind(), f.header_len, f.total_len), (3, 3, 303));
+    }
+
+    #[test]
+    fn oversized_and_malformed_lengths_are_refused() {
+        let p = packet(0x30, &[0u8; 100]);
+        assert!(matches!(
+            frame(&p, 50),
+            Err(PacketError::TooLarge {
+                size: 102,
+                limit: 50
+            })
+        ));
+        assert_eq!(
+            frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], usize::MAX),
+            Err(PacketError::BadRemainingLength)
+        );
+    }
+
+    #[test]
+    fn connect_of_each_version_yields_level_and_client_id() {
+        for (name, level) in [("MQIsdp", 3u8), ("MQTT", 4), ("MQTT", 5)] {
+            let mut body = string(name);
+            body.extend([level, 0x02, 0, 60]);
+            if level == 5 {
+                // properties: receive maximum = 10
+                body.extend([3, 0x21, 0, 10]);
+            }
+            body.extend(string("till-7"));
+            let p = packet(0x10, &body);
+            let f = frame(&p, 1 << 20).unwrap().unwrap();
+            let c = parse_connect(&p, &f).unwrap();
+            assert_eq!(
+                c,
+                Connect {
+                    level,
+                    client_id: "till-7".into()
+                }
+            );
+        }
+        let p = packet(0x30, &string("x"));
+        let f = frame(&p, 1 << 20).unwrap().unwrap();
+        assert_eq!(parse_connect(&p, &f), Err(PacketError::NotConnect(3)));
+    }
+
+    #[test]
+    fn publish_fields_are_read_for_each_qos() {
+        let mut aliases = Aliases::default();
+        let mut body = string("pos/payments");
+        body.extend_from_slice(b"{\"a\":1}");
+        let p = packet(0x31, &body);
+        let f = frame(&p, 1 << 20).unwrap().unwrap();
+        let pb = parse_publish(&p, &f, 4, &mut aliases).unwrap();
+        assert_eq!(
+            (pb.topic.as_ref(), pb.qos, pb.pkid, pb.dup, pb.payload),
+            ("pos/payments", 0, 0, false, &b"{\"a\":1}"[..])
+        );
+
+        let mut body = string("a/b");
+        body.extend([0x01, 0x02]);
+        body.extend_from_slice(b"xyz");
+        let p = packet(0x3a, &body); // dup, qos 1
+        let f = frame(&p, 1 << 20).unwrap().unwrap();
+        let pb = parse_publish(&p, &f, 4, &mut aliases).unwrap();
+        assert_eq!(
+            (pb.qos, pb.pkid, pb.dup, pb.payload),
+            (1, 258, true, &b"xyz"[..])
+        );
+
+        let p = packet(0x36, &string("a"));
+        let f = frame(&p, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            parse_publish(&p, &f, 4, &mut aliases),
+            Err(PacketError::BadQos)
+        );
+    }
+
+    #[test]
+    fn mqtt5_topic_aliases_resolve_across_publishes() {
+        let mut aliases = Aliases::default();
+        // topic set + alias 4, with a user property and a content type before it
+        let mut body = string("sensors/fridge");
+        body.extend([0, 9]);
+        let mut props = vec![0x26];
+        props.extend(string("k"));
+        props.extend(string("v"));
+        props.push(0x03);
+        props.extend(string("json"));
+        props.extend([PROP_TOPIC_ALIAS, 0, 4]);
+        body.push(props.len() as u8);
+        body.extend(&props);
+        body.extend_from_slice(b"1");
+        let p = packet(0x32, &body);
+        let f = frame(&p, 1 << 20).unwrap().unwrap();
+        let pb = parse_publish(&p, &f, 5, &mut aliases).unwrap();
+        assert_eq!(
+            (pb.topic.as_ref(), pb.pkid, pb.payload),
+            ("sensors/fridge", 9, &b"1"[..])
+        );
+
+        // empty topic + alias 4
+        let mut body = string("");
+        body.extend([0, 10, 3, PROP_TOPIC_ALIAS, 0, 4]);
+        body.extend_from_slice(b"2");
+        let p = packet(0x32, &body);
+        let f = frame(&p, 1 << 20).unwrap().unwrap();
+        let pb = parse_publish(&p, &f, 5, &mut aliases).unwrap();
+        assert_eq!(
+            (pb.topic.as_ref(), pb.payload),
+            ("sensors/fridge", &b"2"[..])
+        );
+
+        // an alias never set
+        let mut body = string("");
+        body.extend([0, 11, 3, PROP_TOPIC_ALIAS, 0, 5]);
+        let p = packet(0x32, &body);
+        let f = frame(&p, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            parse_publish(&p, &f, 5, &mut aliases),
+            Err(PacketError::UnknownAlias(5))
+        );
+    }
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Produces records to a Kafka cluster for Outpost's mirroring tests (confluent-kafka).
+
+Record i (from --start) has key "k<i>" and the JSON value {"i": i, "card_id": "c<i>"},
+header "source: cloud". The producer is idempotent with acks=all; it prints `DONE <count>`
+once every record was acknowledged, and exits 1 if any failed.
+
+Options:
+    --brokers B     bootstrap servers (host:port)
+    --topic T       topic to produce to
+    --count N       number of records
+    --start S       first index (default 0)
+"""
+
+import argparse
+import json
+import sys
+
+from confluent_kafka import Producer
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--brokers", required=True)
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--start", type=int, default=0)
+    args = ap.parse_args()
+
+    producer = Producer({
+        "bootstrap.servers": args.brokers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": "zstd",
+    })
+    failed = []
+
+    def report(err, _msg):
+        if err is not None:
+            failed.append(str(err))
+
+    for i in range(args.start, args.start + args.count):
+        value = json.dumps({"i": i, "card_id": f"c{i}"})
+        while True:
+            try:
+                producer.produce(args.topic, key=f"k{i}", value=value,
+                                 headers=[("source", b"cloud")], on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    remaining = producer.flush(60)
+    if failed or remaining:
+        print(f"failed: {failed[:5]} remaining: {remaining}", file=sys.stderr)
+        sys.exit(1)
+    print(f"DONE {args.count}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
