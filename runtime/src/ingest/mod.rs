@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::log::{AppendAck, Log, LogError, NewRecord};
+
 /// The connection state of one source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
@@ -94,6 +96,35 @@ impl StatusBoard {
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         map.values().cloned().collect()
     }
+}
+
+/// One group of records bound for one log topic, with what its append returned.
+pub(crate) type GroupResult = (String, Vec<NewRecord>, Result<AppendAck, LogError>);
+
+/// Appends each `(topic, records)` group with one append per topic, all concurrently on the
+/// blocking pool (creating topics on first write), and hands every group back with its result so
+/// the caller can hold acknowledgements and retry what failed. `None` when the blocking pool is
+/// gone (the runtime is shutting down).
+pub(crate) async fn append_groups(
+    log: &Log,
+    groups: Vec<(String, Vec<NewRecord>)>,
+) -> Option<Vec<GroupResult>> {
+    let mut pending = Vec::with_capacity(groups.len());
+    for (topic, records) in groups {
+        let log = log.clone();
+        pending.push(tokio::task::spawn_blocking(move || {
+            // The records are kept for a retry: the log consumes what it is given.
+            let result = log
+                .topic_or_create(&topic)
+                .and_then(|t| t.append(records.clone()));
+            (topic, records, result)
+        }));
+    }
+    let mut results = Vec::with_capacity(pending.len());
+    for handle in pending {
+        results.push(handle.await.ok()?);
+    }
+    Some(results)
 }
 
 #[cfg(test)]

@@ -344,22 +344,16 @@ impl Listener {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut backpressured = false;
         while !groups.is_empty() {
-            let mut pending = Vec::with_capacity(groups.len());
-            for (topic, records) in groups {
-                let log = self.log.clone();
-                pending.push(tokio::task::spawn_blocking(move || {
-                    let result = log
-                        .topic_or_create(&topic)
-                        .and_then(|t| t.append(records.clone()));
-                    (topic, records, result)
-                }));
-            }
+            let results = crate::ingest::append_groups(&self.log, groups)
+                .await
+                .ok_or_else(|| {
+                    ConnError::Io(std::io::Error::other(
+                        "an append task failed: the runtime is shutting down",
+                    ))
+                })?;
             let mut retry = Vec::new();
             let mut failure = None;
-            for handle in pending {
-                let (topic, records, result) = handle.await.map_err(|e| {
-                    ConnError::Io(std::io::Error::other(format!("an append task failed: {e}")))
-                })?;
+            for (topic, records, result) in results {
                 match result {
                     Ok(_) => {}
                     Err(LogError::StorageFull(reason)) => {

@@ -522,23 +522,13 @@ async fn append_loop(mut a: Appender) {
         // Store, holding every ack until all groups are in the log.
         let mut attempt = 0u64;
         while !groups.is_empty() {
-            let mut pending = Vec::with_capacity(groups.len());
-            for (topic, records) in groups {
-                let log = a.log.clone();
-                pending.push(tokio::task::spawn_blocking(move || {
-                    let result = log
-                        .topic_or_create(&topic)
-                        .and_then(|t| t.append(records.clone()));
-                    (topic, records, result)
-                }));
-            }
+            let Some(results) = crate::ingest::append_groups(&a.log, groups).await else {
+                // The blocking pool is gone: the runtime is shutting down.
+                return;
+            };
             let mut retry = Vec::new();
             let mut last_error = None;
-            for handle in pending {
-                let Ok((topic, records, result)) = handle.await else {
-                    // The blocking pool is gone: the runtime is shutting down.
-                    return;
-                };
+            for (topic, records, result) in results {
                 match result {
                     Ok(_) => {}
                     Err(LogError::Closed) => return,
