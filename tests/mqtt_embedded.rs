@@ -53,6 +53,13 @@ fn publisher(py: &PathBuf, port: u16, args: &[&str]) -> PythonPeer {
     PythonPeer::start(py, "mqtt_client.py", &all, "CONNECTED")
 }
 
+/// Starts `outpost run` with `toml` as its config file, on fresh ports, data under `dir`.
+fn start_with_config(dir: &std::path::Path, toml: &str) -> Outpost {
+    let config = dir.join("outpost.toml");
+    std::fs::write(&config, toml).unwrap();
+    Outpost::start(&dir.join("data"), Some(&config), free_port(), free_port())
+}
+
 fn acked(peer: &PythonPeer) -> BTreeSet<u64> {
     peer.lines()
         .iter()
@@ -253,16 +260,16 @@ fn a_full_log_holds_device_acks_until_it_has_room_again() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("outpost.toml");
-    // 256 KiB for everything; `filler` is cut into 4 KiB segments that expire 6 s after they
-    // were written, so the log is full for a few seconds and then has room again.
-    std::fs::write(
-        &config,
+    // 256 KiB for everything, filled with `fraud.alerts` — a critical topic, which eviction by
+    // priority never touches — cut into 4 KiB segments that expire 6 s after they were
+    // written, so the log is full for a few seconds and then has room again.
+    let box_ = start_with_config(
+        dir.path(),
         r#"
 [log]
 max_bytes = 262_144
 retention_check_ms = 250
-[log.topics."filler"]
+[log.topics."fraud.alerts"]
 segment_bytes = 4096
 retention_ms = 6000
 [plugins]
@@ -270,13 +277,6 @@ enabled = false
 [mqtt]
 sinks = []
 "#,
-    )
-    .unwrap();
-    let box_ = Outpost::start(
-        &dir.path().join("data"),
-        Some(&config),
-        free_port(),
-        free_port(),
     );
     let filled_at = Instant::now();
     // Big batches first, then single small records, until even a tiny append is refused.
@@ -289,7 +289,7 @@ sinks = []
         for _ in 0..500 {
             let code = peers::http_post(
                 box_.http_port,
-                "/topics/filler",
+                "/topics/fraud.alerts",
                 "application/vnd.kafka.json.v2+json",
                 &body,
             );
@@ -330,7 +330,7 @@ sinks = []
     assert_eq!(listener["link"]["state"], "backpressured", "{listener}");
     assert!(box_.records("pos.payments").is_empty());
 
-    // Retention frees the filler segments; the held message is stored, then acknowledged.
+    // Retention frees the fraud.alerts segments; the held message is stored, then acknowledged.
     assert!(
         device
             .wait_for_line(|l| l.starts_with("DONE 1"), Duration::from_secs(30))
@@ -344,4 +344,91 @@ sinks = []
     assert!(eventually(Duration::from_secs(5), || {
         box_.status("sources", "mqtt:listener").unwrap()["link"]["state"] == "connected"
     }));
+}
+
+#[test]
+fn a_device_that_vanishes_leaves_its_last_will_in_the_log_and_one_that_says_goodbye_does_not() {
+    let Some(py) = python::python("mqtt_embedded") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let box_ = start_with_config(
+        dir.path(),
+        r#"[mqtt.broker]
+routes = [
+  { filter = "pos/payments", key = { json_pointer = "/card_id" } },
+  { filter = "devices/status", key = { json_pointer = "/device" } },
+]
+"#,
+    );
+    let watchers = subscriber(&py, box_.mqtt_port, "devices/status", "311", 1);
+    let will = |id: &str| json!({"device": id, "state": "offline"}).to_string();
+
+    // till-4 says goodbye with a DISCONNECT: its will is discarded.
+    let polite_will = will("till-4");
+    let polite = publisher(
+        &py,
+        box_.mqtt_port,
+        &[
+            "--client-id",
+            "till-4",
+            "--topic",
+            "pos/payments",
+            "--payload",
+            &payment("4", "t-4"),
+            "--will-topic",
+            "devices/status",
+            "--will-payload",
+            &polite_will,
+        ],
+    );
+    assert!(polite
+        .wait_for_line(|l| l.starts_with("DONE 1"), Duration::from_secs(30))
+        .is_some());
+    // till-3 stays connected until its process is killed: no DISCONNECT, so the will fires.
+    let vanishing_will = will("till-3");
+    let mut vanishing = publisher(
+        &py,
+        box_.mqtt_port,
+        &[
+            "--client-id",
+            "till-3",
+            "--topic",
+            "pos/payments",
+            "--payload",
+            &payment("3", "t-3"),
+            "--count",
+            "0",
+            "--rate",
+            "2",
+            "--will-topic",
+            "devices/status",
+            "--will-payload",
+            &vanishing_will,
+        ],
+    );
+    assert!(vanishing
+        .wait_for_line(|l| l.starts_with("ACK "), Duration::from_secs(30))
+        .is_some());
+    vanishing.kill();
+
+    let line = watchers
+        .wait_for_line(|l| l.starts_with("MSG "), Duration::from_secs(30))
+        .expect("the broker did not publish till-3's will");
+    assert!(line.contains("till-3"), "{line}");
+    let records = box_.wait_records("devices.status", Duration::from_secs(10), |r| !r.is_empty());
+    assert_eq!(
+        records.len(),
+        1,
+        "only till-3's will is stored: {records:?}"
+    );
+    let r = &records[0];
+    assert_eq!(r["value"]["device"], "till-3");
+    assert_eq!(r["value"]["state"], "offline");
+    assert_eq!(r["headers"]["mqtt-will"], "true");
+    assert_eq!(r["headers"]["mqtt-client-id"], "till-3");
+    assert_eq!(r["headers"]["mqtt-topic"], "devices/status");
+    // A second look later still finds one: polite's goodbye never turns into a will.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(box_.records("devices.status").len(), 1);
 }

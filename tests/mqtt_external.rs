@@ -413,12 +413,13 @@ fn a_full_log_holds_broker_messages_until_it_has_room_and_drops_none() {
     };
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&mosquitto, dir.path(), free_port(), None);
-    // 256 KiB for everything; `filler` segments expire 6 s after they were written.
+    // 256 KiB for everything, filled with `fraud.alerts` (critical: never evicted by priority),
+    // whose segments expire 6 s after they were written.
     let head = r#"
 [log]
 max_bytes = 262_144
 retention_check_ms = 250
-[log.topics."filler"]
+[log.topics."fraud.alerts"]
 segment_bytes = 4096
 retention_ms = 6000
 "#;
@@ -440,7 +441,7 @@ retention_ms = 6000
         let full = (0..500).any(|_| {
             peers::http_post(
                 box_.http_port,
-                "/topics/filler",
+                "/topics/fraud.alerts",
                 "application/vnd.kafka.json.v2+json",
                 &body,
             ) == 507

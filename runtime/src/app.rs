@@ -125,8 +125,17 @@ fn open_storage(data_dir: &Path, config: &Config) -> Result<(Log, StateStore), A
 
 impl App {
     /// Opens storage and starts every component; returns once the API is accepting requests.
-    pub async fn start(config: Config) -> Result<App, AppError> {
+    pub async fn start(mut config: Config) -> Result<App, AppError> {
         let addr = config.http.listen_addr()?;
+        if config.simulate.enabled {
+            // The simulated fridge is a real Modbus TCP server on loopback, polled like hardware.
+            crate::simulate::prepare_box(&mut config)
+                .await
+                .map_err(|e| AppError::Component {
+                    name: "simulate",
+                    message: e.to_string(),
+                })?;
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::Bind { addr, source })?;
@@ -249,6 +258,9 @@ impl App {
         if let Some(f) = &forwarder {
             log.add_retention_guard(Arc::new(f.clone()));
         }
+        // Under the disk budget, segments are evicted by forwarding class (bulk first, never
+        // critical), with a gap marker in `outpost.gaps` for each; with or without a cloud.
+        crate::forward::evict::install(&log, &config.forward);
 
         // HTTP API.
         let api_state = ApiState::new(log.clone(), state.clone(), config.clone(), edge_id.clone())
@@ -309,8 +321,39 @@ impl App {
                 ("modbus", result)
             });
         }
+        // OPC-UA (issue 4): each configured server is one self-healing session; none by default.
+        if !config.opcua.servers.is_empty() {
+            let fut = crate::ingest::opcua::run(
+                config.opcua.clone(),
+                log.clone(),
+                sources.clone(),
+                shutdown_rx.clone(),
+            );
+            components.spawn(async move {
+                let result = fut.await.map_err(|e| AppError::Component {
+                    name: "opcua",
+                    message: e.to_string(),
+                });
+                ("opcua", result)
+            });
+        }
         if let Some(registry) = plugins {
             components.spawn(run_plugins(registry, shutdown_rx.clone()));
+        }
+        // Demo traffic (`run --simulate`): POS events over the box's own MQTT listener.
+        if config.simulate.enabled {
+            let fut = crate::simulate::run_in_box(
+                config.simulate.clone(),
+                mqtt_started.listen,
+                shutdown_rx.clone(),
+            );
+            components.spawn(async move {
+                let result = fut.await.map_err(|e| AppError::Component {
+                    name: "simulate",
+                    message: e.to_string(),
+                });
+                ("simulate", result)
+            });
         }
 
         tracing::info!(

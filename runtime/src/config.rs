@@ -96,6 +96,12 @@ pub struct Config {
     /// MQTT: the embedded broker and device listener, external brokers, sinks (`[mqtt]`).
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// OPC-UA servers to subscribe to (`[opcua]`, `[[opcua.servers]]`); none by default.
+    #[serde(default)]
+    pub opcua: crate::ingest::opcua::OpcuaConfig,
+    /// Demo store traffic generated inside `outpost run` (`[simulate]`); off by default.
+    #[serde(default)]
+    pub simulate: crate::simulate::SimulateConfig,
     /// Overrides read from the environment for sections that do not exist yet.
     #[serde(skip)]
     pub deferred: DeferredOverrides,
@@ -406,6 +412,12 @@ impl Config {
         self.mqtt
             .validate(&self.log)
             .map_err(|(key, problem)| self.invalid(&key, problem))?;
+        self.opcua
+            .validate()
+            .map_err(|(key, problem)| self.invalid(&key, problem))?;
+        self.simulate
+            .validate()
+            .map_err(|(key, problem)| self.invalid(&key, problem))?;
         Ok(())
     }
 }
@@ -480,11 +492,57 @@ mod tests {
             .map(|l| l.trim_start_matches('#').trim())
             .collect();
         for (path, leaf) in found {
+            // A key of its own line, or inside an inline table (`fsync = { interval_ms = 100 }`).
+            let documented = |l: &&str| {
+                l.starts_with(&format!("{leaf} ="))
+                    || l.contains(&format!("{{ {leaf} ="))
+                    || l.contains(&format!(", {leaf} ="))
+            };
             assert!(
-                lines.iter().any(|l| l.starts_with(&format!("{leaf} ="))),
+                lines.iter().any(documented),
                 "key `{path}` is missing from runtime/config/outpost.example.toml"
             );
         }
+    }
+
+    #[test]
+    fn answer_topics_fsync_on_an_interval_and_otherwise_follow_the_default_topic() {
+        use crate::log::{FsyncPolicy, NamedFsync};
+        let interval = FsyncPolicy::Interval { interval_ms: 100 };
+        let c = Config::from_toml_str(
+            "[log.default_topic]\nretention_ms = 3600000\n[log.topics.\"sensors.*\"]\nfsync = \"never\"\n",
+            "f.toml",
+        )
+        .unwrap();
+        let scores = c.log.topic_config("fraud.scores");
+        assert_eq!((scores.fsync, scores.retention_ms), (interval, 3_600_000));
+        assert_eq!(c.log.topic_config("recommendations").fsync, interval);
+        let payments = c.log.topic_config("pos.payments");
+        assert_eq!(payments.fsync, FsyncPolicy::Named(NamedFsync::Always));
+        assert_eq!(
+            c.log.topic_config("sensors.fridge").fsync,
+            FsyncPolicy::Named(NamedFsync::Never)
+        );
+        // An entry of its own wins; an empty list turns the answer policy off.
+        let c = Config::from_toml_str(
+            "[log]\nanswer_topics = []\n[log.topics.\"recommendations\"]\nfsync = \"never\"\n",
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.log.topic_config("fraud.scores").fsync,
+            FsyncPolicy::Named(NamedFsync::Always)
+        );
+        assert_eq!(
+            c.log.topic_config("recommendations").fsync,
+            FsyncPolicy::Named(NamedFsync::Never)
+        );
+        let err = Config::from_toml_str("[log]\nanswer_topics = [\"Bad\"]\n", "f.toml")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.answer_topics[0]"), "{err}");
     }
 
     #[test]

@@ -18,5 +18,6 @@ pub mod log;
 pub mod metrics;
 pub mod mirror;
 pub mod plugins;
+pub mod simulate;
 pub mod sink;
 pub mod state;

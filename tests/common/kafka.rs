@@ -4,7 +4,10 @@
 //! `OUTPOST_REQUIRE_PEERS` is set (CI), where it fails instead.
 //!
 //! The broker stores its data in SQLite under its own directory, so a stopped broker started
-//! again in the same directory keeps every topic and record. What arrived is read with the
+//! again in the same directory keeps every topic and record. tansu 0.6's schema has no index
+//! for the lookup of a fetched record's headers, which makes every fetch scan the whole header
+//! table per record (fetches stop answering in time beyond some ten thousand records with
+//! headers); [`Tansu::start`] adds that index (`kafka_bench.py index`) once the broker runs. What arrived is read with the
 //! independent Python client (`tests/peers/kafka_consume.py`, confluent-kafka).
 //! Include with `#[path = "common/kafka.rs"] mod kafka;` next to `common/python.rs`.
 
@@ -55,8 +58,11 @@ pub fn tansu_binary(test: &str) -> Option<PathBuf> {
 /// A tansu broker on 127.0.0.1; killed on drop.
 pub struct Tansu {
     bin: PathBuf,
+    python: PathBuf,
     dir: PathBuf,
     pub port: u16,
+    /// The port clients are told to connect to (a proxy in front of the broker), if not `port`.
+    advertised: u16,
     child: Option<Child>,
 }
 
@@ -72,12 +78,26 @@ fn listening(port: u16) -> bool {
 
 impl Tansu {
     /// Starts a broker keeping its data in `dir` and waits until it accepts connections.
-    pub fn start(bin: &Path, dir: &Path, port: u16) -> Tansu {
+    pub fn start(bin: &Path, python: &Path, dir: &Path, port: u16) -> Tansu {
+        Tansu::start_advertising(bin, python, dir, port, port)
+    }
+
+    /// Like [`Tansu::start`], but clients are told (in metadata) to connect to `advertised`,
+    /// where the test runs a proxy to the broker's `port`.
+    pub fn start_advertising(
+        bin: &Path,
+        python: &Path,
+        dir: &Path,
+        port: u16,
+        advertised: u16,
+    ) -> Tansu {
         std::fs::create_dir_all(dir).unwrap();
         let mut t = Tansu {
             bin: bin.to_path_buf(),
+            python: python.to_path_buf(),
             dir: dir.to_path_buf(),
             port,
+            advertised,
             child: None,
         };
         t.restart();
@@ -102,7 +122,7 @@ impl Tansu {
             .args(["broker", "--listener-url"])
             .arg(self.url())
             .arg("--advertised-listener-url")
-            .arg(self.url())
+            .arg(format!("tcp://127.0.0.1:{}", self.advertised))
             .args(["--storage-engine", "sqlite://tansu.db"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -120,6 +140,17 @@ impl Tansu {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        let out = Command::new(&self.python)
+            .arg(peer_script("kafka_bench.py"))
+            .args(["index", "--db"])
+            .arg(self.dir.join("tansu.db"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "indexing tansu's header table failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Kills the broker (SIGKILL) and waits until the port is closed.
@@ -173,6 +204,40 @@ impl Drop for Tansu {
         }
         self.stop();
     }
+}
+
+fn peer_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/peers")
+        .join(name)
+}
+
+/// The (low, high) watermarks of partition 0 of each topic, from the independent client.
+pub fn watermarks(
+    python: &Path,
+    brokers: &str,
+    topics: &[&str],
+) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let out = Command::new(python)
+        .arg(peer_script("kafka_bench.py"))
+        .args([
+            "watermarks",
+            "--brokers",
+            brokers,
+            "--topics",
+            &topics.join(","),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kafka_bench.py watermarks failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
+    let v: std::collections::BTreeMap<String, (i64, i64)> = serde_json::from_str(line).unwrap();
+    v
 }
 
 /// One record as `kafka_consume.py` prints it.

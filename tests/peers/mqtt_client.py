@@ -16,7 +16,8 @@ subscribe: subscribes to `--filter` (repeatable) and prints `READY` once the bro
     exits after `--count` messages or `--timeout` seconds.
 
 Common options: --host, --port, --protocol 311|5, --client-id, --qos, --clean-session 0|1,
---ca/--cert/--key for TLS with a client certificate.
+--ca/--cert/--key for TLS with a client certificate, --will-topic/--will-payload for a last
+will (QoS 1) that the broker publishes if the connection ends without a DISCONNECT.
 """
 
 import argparse
@@ -40,6 +41,8 @@ def make_client(args):
     )
     if args.ca:
         c.tls_set(ca_certs=args.ca, certfile=args.cert, keyfile=args.key)
+    if args.will_topic:
+        c.will_set(args.will_topic, args.will_payload, qos=1)
     c.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
     c.max_inflight_messages_set(args.inflight)
     c.max_queued_messages_set(0)
@@ -174,6 +177,8 @@ def main():
     p.add_argument("--rate", type=float, default=1000.0)
     p.add_argument("--filter", action="append", default=[])
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--will-topic")
+    p.add_argument("--will-payload", default="")
     args = p.parse_args()
     if args.mode == "publish":
         publish(args)

@@ -4,9 +4,14 @@
 //! |---|---|
 //! | `GET /health` | `{"status":"ok","edge_id":…,"store_id":…,"uptime_s":…,"version":…}`; never needs a token |
 //! | `GET /metrics` | the metrics registry as Prometheus text (`text/plain; version=0.0.4`) |
-//! | `GET /topics` | `{"topics":[{name, first_offset, next_offset, bytes, segments, records_per_sec}], "sources":[…], "sinks":[…]}` |
+//! | `GET /topics` | `{"topics":[{name, first_offset, next_offset, bytes, segments, records_per_sec, forward?}], "sources":[…], "sinks":[…], "forward":{…}}` |
 //! | `POST /topics/{topic}` | Confluent REST Proxy v2 produce, see [`produce`] |
 //! | `GET /topics/{topic}/records` | fetch by offset with optional long poll, see [`records`] |
+//!
+//! With a cloud configured, each forwarded topic in `/topics` carries `forward`: its class and
+//! data debt (`debt_records`, `debt_bytes`, `oldest_age_s`, `cursor`), and the top-level
+//! `forward` is the forwarder's status (online, last error, debt per class, as `GET /forward`);
+//! without one it is `{"enabled": false}`. `/metrics` refreshes the debt gauges at scrape time.
 //!
 //! Errors are JSON `{"error_code":…,"message":…}`, see [`error`]. When `http.auth_token` is
 //! set, everything but `/health` needs `Authorization: Bearer <token>` ([`auth`]).
@@ -27,7 +32,7 @@ use axum::http::{header, HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -150,7 +155,32 @@ async fn health(State(api): State<ApiState>) -> Json<Value> {
     }))
 }
 
-async fn metrics(State(api): State<ApiState>) -> Response {
+/// The forwarder's status as JSON (`{"enabled": false}` without a cloud); computing it reads
+/// one record per forwarded topic, so it runs on a blocking thread. Also refreshes the
+/// `outpost_forward_debt_*` gauges.
+async fn forward_status(forwarder: Option<Extension<crate::forward::Forwarder>>) -> Value {
+    let Some(Extension(f)) = forwarder else {
+        return json!({ "enabled": false });
+    };
+    match tokio::task::spawn_blocking(move || f.status()).await {
+        Ok(Ok(status)) => {
+            let mut value = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+            if let Some(map) = value.as_object_mut() {
+                map.insert("enabled".into(), json!(true));
+            }
+            value
+        }
+        Ok(Err(e)) => json!({ "enabled": true, "error": e.to_string() }),
+        Err(e) => json!({ "enabled": true, "error": e.to_string() }),
+    }
+}
+
+async fn metrics(
+    State(api): State<ApiState>,
+    forwarder: Option<Extension<crate::forward::Forwarder>>,
+) -> Response {
+    // Refreshes the data-debt gauges of the forwarded topics.
+    let _ = forward_status(forwarder).await;
     // The log keeps its own counters and byte gauges; the per-topic offsets and segment
     // counts are refreshed here, at scrape time.
     let registry = crate::metrics::global();
@@ -196,12 +226,41 @@ async fn metrics(State(api): State<ApiState>) -> Response {
     response
 }
 
-async fn list_topics(State(api): State<ApiState>) -> Json<Value> {
-    let topics: Vec<_> = api.log.topics().iter().map(|t| t.stats()).collect();
+async fn list_topics(
+    State(api): State<ApiState>,
+    forwarder: Option<Extension<crate::forward::Forwarder>>,
+) -> Json<Value> {
+    let forward = forward_status(forwarder).await;
+    // The debt of each forwarded topic, by name, to join into its entry.
+    let mut debts: std::collections::HashMap<String, Value> = forward
+        .get("topics")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| Some((t.get("topic")?.as_str()?.to_string(), t.clone())))
+        .collect();
+    let topics: Vec<Value> = api
+        .log
+        .topics()
+        .iter()
+        .map(|t| {
+            let stats = t.stats();
+            let mut entry = serde_json::to_value(&stats).unwrap_or_else(|_| json!({}));
+            if let (Some(map), Some(mut debt)) = (entry.as_object_mut(), debts.remove(&stats.name))
+            {
+                if let Some(d) = debt.as_object_mut() {
+                    d.remove("topic");
+                }
+                map.insert("forward".into(), debt);
+            }
+            entry
+        })
+        .collect();
     Json(json!({
         "topics": topics,
         "sources": api.sources.snapshot(),
         "sinks": api.sinks.snapshot(),
+        "forward": forward,
     }))
 }
 
@@ -344,5 +403,77 @@ mod status_tests {
             metrics.contains(r#"outpost_source_records_total{source="mqtt:store",kind="mqtt"} 50"#)
         );
         assert!(metrics.contains(r#"outpost_source_up{source="mqtt:store",kind="mqtt"} 1"#));
+    }
+
+    #[tokio::test]
+    async fn topics_and_metrics_show_the_data_debt_of_forwarded_topics() {
+        use crate::log::NewRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(&dir.path().join("log"), Default::default()).unwrap();
+        let state = StateStore::open(&dir.path().join("state")).unwrap();
+        let record = |v: &str| NewRecord {
+            value: v.as_bytes().to_vec(),
+            ..NewRecord::default()
+        };
+        let payments = log.topic_or_create("pos.payments").unwrap();
+        payments
+            .append(vec![record("{}"), record("{}"), record("{}")])
+            .unwrap();
+        let baskets = log.topic_or_create("pos.baskets").unwrap();
+        baskets.append(vec![record("{}"), record("{}")]).unwrap();
+        log.topic_or_create("sensors.fridge")
+            .unwrap()
+            .append(vec![record("{}")])
+            .unwrap();
+        let mut config = crate::forward::ForwardConfig::default();
+        config.kafka.brokers = "127.0.0.1:1".into();
+        let forwarder =
+            crate::forward::Forwarder::new(log.clone(), state.clone(), config, "e", "s");
+        let app = crate::forward::api::with_forwarder(
+            router(ApiState::new(
+                log,
+                state,
+                Arc::new(Config::default()),
+                "e".into(),
+            )),
+            Some(forwarder),
+        );
+
+        let topics: serde_json::Value = serde_json::from_str(&get(&app, "/topics").await).unwrap();
+        let entry = |name: &str| {
+            topics["topics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["name"] == name)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(entry("pos.payments")["forward"]["class"], "critical");
+        assert_eq!(entry("pos.payments")["forward"]["debt_records"], 3);
+        assert_eq!(entry("pos.baskets")["forward"]["class"], "bulk");
+        assert_eq!(entry("pos.baskets")["forward"]["debt_records"], 2);
+        assert!(entry("sensors.fridge").get("forward").is_none());
+        assert_eq!(topics["forward"]["enabled"], true);
+        assert_eq!(topics["forward"]["classes"]["critical"]["debt_records"], 3);
+
+        let metrics = get(&app, "/metrics").await;
+        let line = r#"outpost_forward_debt_records{topic="pos.baskets",class="bulk"} 2"#;
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
+    #[tokio::test]
+    async fn topics_say_forwarding_is_off_without_a_cloud() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(&dir.path().join("log"), Default::default()).unwrap();
+        let state = StateStore::open(&dir.path().join("state")).unwrap();
+        let app = router(ApiState::new(
+            log,
+            state,
+            Arc::new(Config::default()),
+            "e".into(),
+        ));
+        let topics: serde_json::Value = serde_json::from_str(&get(&app, "/topics").await).unwrap();
+        assert_eq!(topics["forward"]["enabled"], false);
     }
 }

@@ -1,6 +1,8 @@
 //! Built-in benchmarks run by `outpost bench …`. Each reports its figures next to a baseline
 //! measured in the same run (raw `write`+`fsync`, native code, …), as ratios and medians.
 //!
+//! - [`forward`]: `outpost bench forward`, draining a backlog to Kafka against librdkafka
+//!   producing the same records directly (confluent-kafka).
 //! - [`log`]: `outpost bench log`, the log's append throughput against plain
 //!   `write`+`fdatasync` at the same batch cadence.
 //! - [`mqtt`]: `outpost bench mqtt`, QoS 1 ingest through the embedded broker (messages/s and
@@ -8,6 +10,7 @@
 //! - [`plugins`]: `outpost bench plugins`, the bundled fraud-score plugin in wasm against the
 //!   same logic built natively, and the per-record overhead of a do-nothing plugin.
 
+pub mod forward;
 pub mod log;
 pub mod mqtt;
 pub mod plugins;

@@ -17,6 +17,10 @@
 //!   N per second for `--seconds` while another subscribes to `pos/+/verdict`; the bundled
 //!   fraud-score plugin scores each payment and the MQTT sink publishes the verdict. Reported:
 //!   verdicts received and the latency from publishing a payment to receiving its verdict.
+//!   The baseline, measured in the same run on the same disk: a thread appends 4 KiB and
+//!   calls `fdatasync` every 10 ms in `--dir`; its p50/p99 are printed next to the round trip,
+//!   since at least one fsync (the payment's) is on the path and this VM's fsync latency
+//!   swings tenfold with other load.
 //!
 //! The child box runs on the embedded defaults (bundled plugins only for the round trip);
 //! it is stopped with SIGTERM at the end and its data directory removed.
@@ -210,6 +214,49 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A thread that appends 4 KiB and fdatasyncs every 10 ms, recording each fsync's latency.
+struct FsyncProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Duration>>,
+    path: PathBuf,
+}
+
+impl FsyncProbe {
+    fn start(dir: &std::path::Path) -> anyhow::Result<FsyncProbe> {
+        let path = dir.join(format!("outpost-bench-fsync-{}", std::process::id()));
+        let mut file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let block = [0x5au8; 4096];
+            let mut samples = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                if file.write_all(&block).is_err() {
+                    break;
+                }
+                let started = Instant::now();
+                if file.sync_data().is_err() {
+                    break;
+                }
+                samples.push(started.elapsed());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            samples
+        });
+        Ok(FsyncProbe { stop, thread, path })
+    }
+
+    /// Stops the thread and returns the sorted latencies.
+    fn finish(self) -> Vec<Duration> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut samples = self.thread.join().unwrap_or_default();
+        let _ = std::fs::remove_file(&self.path);
+        samples.sort();
+        samples
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -401,6 +448,7 @@ fn round_trip(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let target = start_box(args, true)?;
+    let probe = FsyncProbe::start(&args.dir)?;
     let total = u64::from(rate) * args.seconds;
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let run_id = std::process::id();
@@ -476,6 +524,7 @@ fn round_trip(
         pub_events.abort();
         Ok::<_, anyhow::Error>((latencies, elapsed))
     })?;
+    let fsyncs = probe.finish();
     let mut sorted = latencies;
     sorted.sort();
     writeln!(
@@ -490,6 +539,13 @@ fn round_trip(
         ms(percentile(&sorted, 0.50)),
         ms(percentile(&sorted, 0.99)),
         ms(percentile(&sorted, 1.0))
+    )?;
+    writeln!(
+        out,
+        "  baseline, raw fdatasync of 4 KiB on the same disk meanwhile ({} samples): p50 {:.2} ms, p99 {:.2} ms",
+        fsyncs.len(),
+        ms(percentile(&fsyncs, 0.50)),
+        ms(percentile(&fsyncs, 0.99)),
     )?;
     if (sorted.len() as u64) < total {
         bail!(

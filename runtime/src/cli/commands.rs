@@ -324,7 +324,59 @@ pub async fn status(client: &mut Client, out: &mut dyn Write) -> Result<(), CliE
             writeln!(out, "  {}", describe_status(item, counted))?;
         }
     }
+    if let Some(forward) = listing.get("forward") {
+        for line in describe_forward(forward) {
+            writeln!(out, "{line}")?;
+        }
+    }
     Ok(())
+}
+
+/// The forwarding lines of `outpost status`: the uplink state and the data debt per class,
+/// most urgent class first.
+fn describe_forward(forward: &Value) -> Vec<String> {
+    let text = |k: &str| forward.get(k).and_then(Value::as_str).unwrap_or("?");
+    if forward.get("enabled").and_then(Value::as_bool) != Some(true) {
+        return vec!["forward:  off (no cloud configured; everything is kept for later)".into()];
+    }
+    if let Some(error) = forward.get("error").and_then(Value::as_str) {
+        return vec![format!("forward:  status unavailable: {error}")];
+    }
+    let online = forward.get("online").and_then(Value::as_bool) == Some(true);
+    let mut state = if online {
+        "online".to_string()
+    } else {
+        "offline".to_string()
+    };
+    if let Some(e) = forward.get("last_error").and_then(Value::as_str) {
+        if !online {
+            state.push_str(&format!(" (last error: {e})"));
+        }
+    }
+    let mut lines = vec![format!(
+        "forward:  {state} to {} ({}); bulk {}",
+        text("cluster"),
+        text("brokers"),
+        if forward.get("bulk_enabled").and_then(Value::as_bool) == Some(true) {
+            "enabled"
+        } else {
+            "per schedule"
+        }
+    )];
+    let classes = forward.get("classes").and_then(Value::as_object);
+    for class in ["critical", "normal", "bulk"] {
+        let Some(c) = classes.and_then(|m| m.get(class)) else {
+            continue;
+        };
+        let n = |k: &str| c.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let age = c.get("oldest_age_s").and_then(Value::as_f64).unwrap_or(0.0);
+        lines.push(format!(
+            "  debt {class:<8} {} records, {} bytes, oldest {age:.0} s",
+            n("debt_records"),
+            n("debt_bytes")
+        ));
+    }
+    lines
 }
 
 /// One line of `outpost status` for a source or sink: name, kind, link state, counters.
@@ -369,6 +421,30 @@ mod tests {
         assert_eq!(
             super::describe_status(&item, "stored"),
             "mqtt:store (mqtt) retrying (attempt 3: connection refused): 12 stored, 1 errors, 2 gaps; last gap: down for 5 s"
+        );
+    }
+
+    #[test]
+    fn status_shows_the_uplink_and_the_debt_per_class_most_urgent_first() {
+        let forward = serde_json::json!({
+            "enabled": true, "cluster": "cloud", "brokers": "k:9092", "online": false,
+            "last_error": "broker down", "bulk_enabled": false,
+            "classes": {
+                "bulk": {"debt_records": 9, "debt_bytes": 900, "oldest_age_s": 60.4},
+                "critical": {"debt_records": 1, "debt_bytes": 100, "oldest_age_s": 2.0},
+            },
+        });
+        assert_eq!(
+            super::describe_forward(&forward),
+            [
+                "forward:  offline (last error: broker down) to cloud (k:9092); bulk per schedule",
+                "  debt critical 1 records, 100 bytes, oldest 2 s",
+                "  debt bulk     9 records, 900 bytes, oldest 60 s",
+            ]
+        );
+        assert_eq!(
+            super::describe_forward(&serde_json::json!({"enabled": false})),
+            ["forward:  off (no cloud configured; everything is kept for later)"]
         );
     }
 

@@ -58,6 +58,9 @@ pub enum Command {
     /// Built-in benchmarks, each measured next to a baseline in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Send demo store traffic (payments with planted fraud, baskets, loyalty scans, cart
+    /// events) to a running box over MQTT and report the answers its plugins send back.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// `outpost bench …`.
@@ -71,6 +74,9 @@ pub enum BenchCommand {
     /// MQTT QoS 1 ingest through the embedded broker from a separate process (msg/s, publish to
     /// durable PUBACK latency), or the payment -> fraud-score -> verdict round trip.
     Mqtt(crate::bench::mqtt::MqttBenchArgs),
+    /// Drain a backlog to a Kafka broker against librdkafka producing the same records
+    /// directly (confluent-kafka), at the same batching, compression and acks.
+    Forward(crate::bench::forward::ForwardBenchArgs),
 }
 
 /// Arguments of `outpost run`. Precedence: these flags, then OUTPOST_* variables, then the
@@ -90,6 +96,10 @@ pub struct RunArgs {
     /// DEVELOPMENT ONLY: accept unsigned plugin bundles (sets `plugins.allow_unsigned`).
     #[arg(long)]
     pub allow_unsigned_plugins: bool,
+    /// Generate demo store traffic inside the box (sets `simulate.enabled`): POS payments with
+    /// planted fraud, baskets, loyalty scans and a simulated Modbus fridge.
+    #[arg(long)]
+    pub simulate: bool,
 }
 
 /// `outpost config …`.
@@ -173,6 +183,9 @@ pub enum CliError {
         #[source]
         source: Box<CliError>,
     },
+    /// The demo traffic generator failed.
+    #[error("simulate: {0}")]
+    Simulate(#[from] crate::simulate::SimulateError),
     /// A benchmark failed.
     #[error("benchmark failed: {0:#}")]
     Bench(anyhow::Error),
@@ -205,14 +218,19 @@ impl CliError {
 /// Installs the stderr log subscriber: `--log-level`, else RUST_LOG, else `info` for `run` and
 /// `warn` for the other commands. The embedded broker (rumqttd) is silenced by default: it logs
 /// an ERROR for every ordinary client disconnect; Outpost's own MQTT listener reports what
-/// devices see (`RUST_LOG=info,rumqttd=info` brings it back).
+/// devices see (`RUST_LOG=info,rumqttd=info` brings it back). So are two modules of the OPC-UA
+/// client that log an ERROR on every connection to a server without security (about the
+/// missing client certificate, which such a connection does not use); the OPC-UA source reports
+/// connection failures itself.
 pub fn init_logging(cli: &Cli) -> Result<(), CliError> {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
+    const QUIET: &str =
+        "rumqttd=off,opcua_client::session::client=off,opcua_core::comms::secure_channel=off";
     let default = if matches!(cli.command, Command::Run(_)) {
-        "info,rumqttd=off"
+        format!("info,{QUIET}")
     } else {
-        "warn,rumqttd=off"
+        format!("warn,{QUIET}")
     };
     let filter = match &cli.log_level {
         Some(level) => EnvFilter::try_new(level)
@@ -247,6 +265,9 @@ pub fn execute(
             let mut config = Config::load(args.config.as_deref(), &overrides)?;
             if args.allow_unsigned_plugins {
                 config.plugins.allow_unsigned = true;
+            }
+            if args.simulate {
+                config.simulate.enabled = true;
             }
             let rt = runtime()?;
             let result = rt.block_on(crate::app::run(config));
@@ -305,6 +326,12 @@ pub fn execute(
         }
         Command::Bench(BenchCommand::Mqtt(args)) => {
             crate::bench::mqtt::run(&args, output).map_err(CliError::Bench)
+        }
+        Command::Bench(BenchCommand::Forward(args)) => {
+            crate::bench::forward::run(&args, output).map_err(CliError::Bench)
+        }
+        Command::Simulate(args) => {
+            crate::simulate::run_command(args, output).map_err(CliError::Simulate)
         }
     };
     match result {

@@ -315,6 +315,11 @@ pub struct ForwardConfig {
     /// About how many bytes are read from one topic for one send round.
     #[serde(default = "default_batch_bytes_fwd")]
     pub batch_bytes: usize,
+    /// How many such batches may await the broker's acknowledgement at once: the forwarder
+    /// keeps reading and handing over while earlier batches are in flight (per topic in
+    /// order, the cursor moving over the acknowledged prefix).
+    #[serde(default = "default_in_flight_batches")]
+    pub in_flight_batches: usize,
     /// First pause after a failed send, in ms; doubles per failure.
     #[serde(default = "default_backoff_initial_ms")]
     pub backoff_initial_ms: u64,
@@ -341,6 +346,9 @@ fn default_batch_records() -> usize {
 fn default_batch_bytes_fwd() -> usize {
     4 * 1024 * 1024
 }
+fn default_in_flight_batches() -> usize {
+    8
+}
 fn default_backoff_initial_ms() -> u64 {
     500
 }
@@ -358,6 +366,7 @@ impl Default for ForwardConfig {
             bulk_bytes_per_sec: 0,
             batch_records: default_batch_records(),
             batch_bytes: default_batch_bytes_fwd(),
+            in_flight_batches: default_in_flight_batches(),
             backoff_initial_ms: default_backoff_initial_ms(),
             backoff_max_ms: default_backoff_max_ms(),
             default_rules: true,
@@ -413,6 +422,12 @@ impl ForwardConfig {
             return Err((
                 "forward.batch_bytes".into(),
                 "must be between 1024 and 268435456".into(),
+            ));
+        }
+        if !(1..=1024).contains(&self.in_flight_batches) {
+            return Err((
+                "forward.in_flight_batches".into(),
+                "must be between 1 and 1024".into(),
             ));
         }
         if self.backoff_initial_ms == 0 || self.backoff_initial_ms > self.backoff_max_ms {

@@ -13,12 +13,18 @@
 //! For each picked topic it reads up to `forward.batch_records` / `batch_bytes` from its cursor,
 //! takes the bytes from the uplink and class token buckets (sleeping off a deficit), and hands
 //! the records to librdkafka's idempotent producer (acks=all, max 5 in flight: order per
-//! partition is kept even across retries). It then awaits every delivery report; a topic's
-//! cursor moves (one `StateStore::commit` as consumer `forward:<cluster>`) to just past the
-//! longest prefix the broker acknowledged. A failed delivery marks the uplink offline, drops
-//! the producer (its records are sent again from the cursor: duplicates only then, each
-//! recognisable by the `outpost-topic` and `outpost-offset` headers) and backs off
-//! exponentially. With nothing to send the task waits on [`crate::log::Topic::wait_for`] of
+//! partition is kept even across retries).
+//!
+//! Sending is pipelined: each handed-over chunk (a *flight*) goes into a queue of at most
+//! `forward.in_flight_batches` to a second task of the producer's *session*, which awaits the
+//! delivery reports in hand-over order and moves a topic's cursor (one `StateStore::commit` as
+//! consumer `forward:<cluster>`) to just past the longest prefix the broker acknowledged. The
+//! sender meanwhile goes on from where it handed over (not from the cursor), so reading,
+//! budgeting and the broker's round trips overlap; it waits only while the queue is full. A
+//! failed delivery ends the session: the uplink is marked offline, the producer is dropped
+//! (purging what it still held), and the next session sends again from the committed cursors
+//! (duplicates only then, each recognisable by the `outpost-topic` and `outpost-offset`
+//! headers) after an exponential back-off. With nothing to send the task waits on [`crate::log::Topic::wait_for`] of
 //! the eligible topics (or an operator's switch, or 1 s for schedules and new topics): no
 //! busy loop.
 //!
@@ -35,10 +41,11 @@
 pub mod api;
 pub mod budget;
 pub mod config;
+pub mod evict;
 pub mod rules;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,7 +54,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::log::{Log, LogError, Record, RetentionGuard, Topic};
 use crate::metrics::{self, Counter, Gauge};
@@ -203,6 +210,65 @@ struct InFlight {
     pending: Vec<(u64, u64, DeliveryFuture)>,
     /// Set when the producer refused a record: nothing from it on was handed over.
     refused: Option<String>,
+    /// When the first record was handed over.
+    handed_at: Instant,
+}
+
+/// One producer (one idempotence session) with its acknowledging task.
+struct Session {
+    producer: FutureProducer,
+    /// Flights in hand-over order; the bound is `forward.in_flight_batches`.
+    flights: mpsc::Sender<InFlight>,
+    acker: tokio::task::JoinHandle<()>,
+    shared: Arc<SessionShared>,
+    /// Per topic: the offset after the last record handed to this producer.
+    sent: BTreeMap<String, u64>,
+    /// Records handed to this producer so far.
+    handed: u64,
+}
+
+impl Session {
+    fn take_error(&self) -> Option<ForwardError> {
+        crate::log::lock(&self.shared.error).take()
+    }
+}
+
+/// Counts a flight's records as settled when dropped (however its handling ends).
+struct Settled<'a>(&'a SessionShared, u64);
+
+impl Drop for Settled<'_> {
+    fn drop(&mut self) {
+        self.0.settled_records.fetch_add(self.1, Ordering::SeqCst);
+        self.0.progress.notify_one();
+    }
+}
+
+/// What the acknowledging task tells the sender.
+#[derive(Default)]
+struct SessionShared {
+    /// The first failure; set once, the session then ends.
+    error: Mutex<Option<ForwardError>>,
+    failed: AtomicBool,
+    /// Flights acknowledged in full.
+    acked_flights: AtomicU64,
+    /// Records whose delivery report arrived (acknowledged or not).
+    settled_records: AtomicU64,
+    /// Acknowledged records per second, smoothed; 0 until the first flight is acknowledged.
+    rate: Mutex<f64>,
+    /// Signalled after each settled flight.
+    progress: Notify,
+}
+
+impl SessionShared {
+    fn fail(&self, e: ForwardError) {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            *crate::log::lock(&self.error) = Some(e);
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
 }
 
 impl Forwarder {
@@ -295,7 +361,19 @@ impl Forwarder {
     /// already removed from the log are skipped with a warning).
     fn cursor(&self, topic: &Topic) -> Result<u64, ForwardError> {
         let name = topic.name();
-        if let Some(c) = crate::log::lock(&self.inner.cursors).get(name) {
+        if let Some(c) = crate::log::lock(&self.inner.cursors).get_mut(name) {
+            // Eviction under the disk budget (or retention) may have removed records below
+            // the cached cursor: skip ahead to the log start; `outpost.gaps` records the range.
+            let start = topic.start_offset();
+            if *c < start {
+                tracing::warn!(
+                    topic = name,
+                    from_offset = *c,
+                    to_offset = start - 1,
+                    "Records were removed from the log before they were forwarded; forwarding continues after the gap."
+                );
+                *c = start;
+            }
             return Ok(*c);
         }
         let resume = self
@@ -397,26 +475,43 @@ impl Forwarder {
             brokers = %cfg.kafka.brokers,
             cluster = %cfg.cluster,
             consumer = %self.inner.consumer,
+            in_flight_batches = cfg.in_flight_batches,
             "Forwarding to the cloud cluster is on."
         );
-        let mut producer: Option<FutureProducer> = None;
+        let mut session: Option<Session> = None;
         let mut backoff = Duration::from_millis(cfg.backoff_initial_ms);
         let max_backoff = Duration::from_millis(cfg.backoff_max_ms);
         let mut last_metrics: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
+                if let Some(s) = session.take() {
+                    self.end_session(s, true).await;
+                }
                 return Ok(());
             }
-            let prod = match &producer {
-                Some(p) => p.clone(),
-                None => {
-                    let p = self.producer()?;
-                    producer = Some(p.clone());
-                    p
+            if let Some(e) = session.as_ref().and_then(Session::take_error) {
+                if let Some(s) = session.take() {
+                    if s.shared.acked_flights.load(Ordering::SeqCst) > 0 {
+                        backoff = Duration::from_millis(cfg.backoff_initial_ms);
+                    }
+                    // Records handed over after the failure are purged; the next session
+                    // sends again from the committed cursors.
+                    self.end_session(s, false).await;
                 }
+                self.note_failure(&e, backoff);
+                self.pause(backoff, &mut shutdown).await;
+                backoff = (backoff * 2).min(max_backoff);
+                continue;
+            }
+            let s = match &mut session {
+                Some(s) => s,
+                None => session.insert(self.start_session()?),
             };
+            if s.shared.acked_flights.load(Ordering::SeqCst) > 0 {
+                backoff = Duration::from_millis(cfg.backoff_initial_ms);
+            }
             let this = self.clone();
-            let all = tokio::task::spawn_blocking(move || this.survey())
+            let mut all = tokio::task::spawn_blocking(move || this.survey())
                 .await
                 .map_err(|e| ForwardError::Task(e.to_string()))??;
             if last_metrics.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
@@ -424,13 +519,179 @@ impl Forwarder {
                 let this = self.clone();
                 let _ = tokio::task::spawn_blocking(move || this.status()).await;
             }
+            // Records handed over but not yet acknowledged are not picked again.
+            for w in &mut all {
+                if let Some(&sent) = s.sent.get(w.topic.name()) {
+                    w.cursor = w.cursor.max(sent);
+                }
+            }
             let (send, waits) = self.pick(all, now_ms());
             if send.is_empty() {
                 self.idle(waits, &mut shutdown).await;
                 continue;
             }
-            match self.round(&prod, send, &mut shutdown).await {
-                Ok(()) => {
+            if let Err(e) = self.send_round(s, send, &mut shutdown).await {
+                self.note_failure(&e, backoff);
+                self.pause(backoff, &mut shutdown).await;
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+
+    /// Logs a failed attempt and records it in the status.
+    fn note_failure(&self, e: &ForwardError, backoff: Duration) {
+        match e {
+            ForwardError::Log { .. } | ForwardError::State { .. } | ForwardError::Task(_) => {
+                tracing::error!(error = %e, "Forwarding failed on local storage; trying again after a pause.");
+            }
+            _ => {
+                self.inner.metrics.failures.inc();
+                self.inner.metrics.online.set(0.0);
+                let was_online = self.inner.online.swap(false, Ordering::SeqCst);
+                tracing::warn!(
+                    error = %e,
+                    was_online,
+                    backoff_ms = backoff.as_millis() as u64,
+                    "Forwarding is offline; records are sent again from the cursor after a pause."
+                );
+            }
+        }
+        *crate::log::lock(&self.inner.last_error) = Some(e.to_string());
+    }
+
+    /// A fresh producer (a fresh idempotence session) and its acknowledging task.
+    fn start_session(&self) -> Result<Session, ForwardError> {
+        let producer = self.producer()?;
+        let (tx, rx) = mpsc::channel(self.inner.config.in_flight_batches);
+        let shared = Arc::new(SessionShared::default());
+        let acker = tokio::spawn(self.clone().acknowledge(rx, shared.clone()));
+        Ok(Session {
+            producer,
+            flights: tx,
+            acker,
+            shared,
+            sent: BTreeMap::new(),
+            handed: 0,
+        })
+    }
+
+    /// Ends a session. `graceful`: the reports of what was handed over are awaited up to 5 s
+    /// first; otherwise the producer is dropped at once, which purges what it still holds
+    /// (those records fail and their cursors stay).
+    async fn end_session(&self, s: Session, graceful: bool) {
+        let Session {
+            producer,
+            flights,
+            mut acker,
+            ..
+        } = s;
+        drop(flights);
+        if graceful
+            && tokio::time::timeout(Duration::from_secs(5), &mut acker)
+                .await
+                .is_ok()
+        {
+            let _ = tokio::task::spawn_blocking(move || drop(producer)).await;
+            return;
+        }
+        // Dropping the producer purges its queue and flushes for up to 0.5 s: blocking.
+        let _ = tokio::task::spawn_blocking(move || drop(producer)).await;
+        let _ = acker.await;
+    }
+
+    /// Awaits the delivery reports of every flight in hand-over order and moves each topic's
+    /// cursor over its acknowledged prefix. After a topic's first failure nothing more of it is
+    /// committed in this session (its later records may have landed: they are the duplicates
+    /// the next session's resend makes, recognisable by their headers).
+    async fn acknowledge(self, mut flights: mpsc::Receiver<InFlight>, shared: Arc<SessionShared>) {
+        let mut failed_topics: BTreeSet<String> = BTreeSet::new();
+        let mut last_settled: Option<Instant> = None;
+        while let Some(flight) = flights.recv().await {
+            let count = flight.pending.len() as u64;
+            let _settled = Settled(&shared, count);
+            if failed_topics.contains(&flight.topic) {
+                continue;
+            }
+            let mut next = flight.cursor;
+            let mut records = 0u64;
+            let mut bytes = 0u64;
+            let mut failed = flight.refused.clone();
+            let handed_at = flight.handed_at;
+            for (offset, size, fut) in flight.pending {
+                match fut.await {
+                    Ok(Ok(_)) => {
+                        next = offset + 1;
+                        records += 1;
+                        bytes += size;
+                    }
+                    Ok(Err((e, _))) => {
+                        failed.get_or_insert_with(|| e.to_string());
+                        break;
+                    }
+                    Err(_) => {
+                        failed.get_or_insert_with(|| "the delivery report was lost".into());
+                        break;
+                    }
+                }
+            }
+            if next > flight.cursor {
+                let this = self.clone();
+                let topic = flight.topic.clone();
+                let committed =
+                    tokio::task::spawn_blocking(move || this.commit_cursor(&topic, next))
+                        .await
+                        .map_err(|e| ForwardError::Task(e.to_string()))
+                        .and_then(|r| r);
+                if let Err(e) = committed {
+                    failed_topics.insert(flight.topic.clone());
+                    shared.fail(e);
+                    self.inner.wake.notify_one();
+                    continue;
+                }
+                let reg = metrics::global();
+                let labels = [
+                    ("topic", flight.topic.as_str()),
+                    ("class", flight.class.as_str()),
+                ];
+                reg.counter(
+                    "outpost_forward_records_total",
+                    "Records the cloud cluster acknowledged.",
+                    &labels,
+                )
+                .add(records);
+                reg.counter(
+                    "outpost_forward_bytes_total",
+                    "Bytes (key, value, headers) the cloud cluster acknowledged.",
+                    &labels,
+                )
+                .add(bytes);
+            }
+            match failed {
+                Some(message) => {
+                    failed_topics.insert(flight.topic.clone());
+                    shared.fail(ForwardError::Delivery {
+                        destination: flight.destination.clone(),
+                        message,
+                    });
+                    self.inner.wake.notify_one();
+                }
+                None => {
+                    // The broker's pace: this flight's records over the time since it was
+                    // handed over or the previous flight settled, whichever is later.
+                    let now = Instant::now();
+                    let since = last_settled.map_or(handed_at, |t| t.max(handed_at));
+                    let secs = now.duration_since(since).as_secs_f64().max(1e-3);
+                    let sample = records as f64 / secs;
+                    {
+                        let mut rate = crate::log::lock(&shared.rate);
+                        *rate = if *rate == 0.0 {
+                            sample
+                        } else {
+                            0.7 * *rate + 0.3 * sample
+                        };
+                    }
+                    last_settled = Some(now);
+                    shared.acked_flights.fetch_add(1, Ordering::SeqCst);
                     if !self.inner.online.swap(true, Ordering::SeqCst) {
                         tracing::info!(
                             "The cloud cluster acknowledges records; forwarding is online."
@@ -438,34 +699,6 @@ impl Forwarder {
                     }
                     self.inner.metrics.online.set(1.0);
                     *crate::log::lock(&self.inner.last_error) = None;
-                    backoff = Duration::from_millis(cfg.backoff_initial_ms);
-                }
-                Err(
-                    e @ (ForwardError::Log { .. }
-                    | ForwardError::State { .. }
-                    | ForwardError::Task(_)),
-                ) => {
-                    tracing::error!(error = %e, "Forwarding failed on local storage; trying again after a pause.");
-                    *crate::log::lock(&self.inner.last_error) = Some(e.to_string());
-                    self.pause(backoff, &mut shutdown).await;
-                    backoff = (backoff * 2).min(max_backoff);
-                }
-                Err(e) => {
-                    self.inner.metrics.failures.inc();
-                    self.inner.metrics.online.set(0.0);
-                    let was_online = self.inner.online.swap(false, Ordering::SeqCst);
-                    tracing::warn!(
-                        error = %e,
-                        was_online,
-                        backoff_ms = backoff.as_millis() as u64,
-                        "Forwarding is offline; records are sent again from the cursor after a pause."
-                    );
-                    *crate::log::lock(&self.inner.last_error) = Some(e.to_string());
-                    // A fresh producer starts a fresh idempotence session.
-                    producer = None;
-                    drop(prod);
-                    self.pause(backoff, &mut shutdown).await;
-                    backoff = (backoff * 2).min(max_backoff);
                 }
             }
         }
@@ -495,17 +728,20 @@ impl Forwarder {
         set.abort_all();
     }
 
-    /// Reads, budgets and sends one chunk per picked topic, then awaits the reports and moves
-    /// the cursors. Any failed delivery fails the round (after committing what was acked).
-    async fn round(
+    /// Reads, budgets and hands over one chunk per picked topic, queueing each for the
+    /// acknowledging task; waits only when `in_flight_batches` chunks are unacknowledged.
+    async fn send_round(
         &self,
-        producer: &FutureProducer,
+        session: &mut Session,
         send: Vec<Work>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ForwardError> {
         let cfg = &self.inner.config;
-        let mut flights = Vec::with_capacity(send.len());
         for w in send {
+            if session.shared.failed() {
+                // The session ends at the top of the loop.
+                return Ok(());
+            }
             let class = w.route.class;
             let max_bytes = {
                 let b = crate::log::lock(&self.inner.buckets);
@@ -518,6 +754,12 @@ impl Forwarder {
                 .fold(cfg.batch_bytes, usize::min)
             };
             let max_records = cfg.batch_records.min((w.end - w.cursor) as usize);
+            if !self
+                .window_open(session, max_records as u64, shutdown)
+                .await
+            {
+                return Ok(());
+            }
             let topic = w.topic.clone();
             let from = w.cursor;
             let fetch =
@@ -539,9 +781,10 @@ impl Forwarder {
                 );
                 cursor = fetch.start_offset;
             }
-            if fetch.records.is_empty() {
+            let Some(last) = fetch.records.last() else {
                 continue;
-            }
+            };
+            let sent_to = last.offset + 1;
             // The budget counts what goes on the uplink: the record plus the four headers.
             let extra = (HEADER_EDGE.len()
                 + HEADER_STORE.len()
@@ -568,89 +811,70 @@ impl Forwarder {
                     _ = crate::api::shutdown_requested(shutdown) => true,
                 };
                 if stopping {
-                    // What was handed over already is still awaited and committed below.
-                    break;
+                    return Ok(());
                 }
             }
-            flights.push(self.hand_over(
-                producer,
+            let flight = self.hand_over(
+                &session.producer,
                 &w.route,
                 w.topic.name(),
                 cursor,
                 &fetch.records,
-            ));
+            );
+            let refused = flight.refused.is_some();
+            session.handed += flight.pending.len() as u64;
+            if !refused {
+                session.sent.insert(w.topic.name().to_string(), sent_to);
+            }
+            let queued = tokio::select! {
+                r = session.flights.send(flight) => r.is_ok(),
+                _ = crate::api::shutdown_requested(shutdown) => return Ok(()),
+            };
+            if !queued {
+                session
+                    .shared
+                    .fail(ForwardError::Task("the acknowledging task ended".into()));
+                return Ok(());
+            }
+            if refused {
+                // The acknowledging task reports the refusal once the flight's earlier
+                // records are settled.
+                return Ok(());
+            }
         }
+        Ok(())
+    }
 
-        let mut first_error = None;
-        // After shutdown was requested, reports are awaited a little longer, then given up.
-        let give_up = {
-            let mut rx = shutdown.clone();
-            async move {
-                crate::api::shutdown_requested(&mut rx).await;
-                tokio::time::sleep(Duration::from_secs(5)).await;
+    /// Waits until `records` more may be handed over: the records awaiting their reports must
+    /// stay within what the broker acknowledges in a quarter of `delivery_timeout_ms` at its
+    /// recent pace (at least one batch), so that a slow broker is never given more than it can
+    /// take before records time out in librdkafka's queue. False when the session failed or
+    /// shutdown was requested meanwhile.
+    async fn window_open(
+        &self,
+        session: &Session,
+        records: u64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let cfg = &self.inner.config;
+        let horizon_s = cfg.kafka.delivery_timeout_ms as f64 / 4000.0;
+        loop {
+            if session.shared.failed() || *shutdown.borrow() {
+                return false;
             }
-        };
-        tokio::pin!(give_up);
-        for flight in flights {
-            let mut next = flight.cursor;
-            let mut records = 0u64;
-            let mut bytes = 0u64;
-            let mut failed = flight.refused.clone();
-            for (offset, size, fut) in flight.pending {
-                let outcome = tokio::select! {
-                    r = fut => r,
-                    _ = &mut give_up => { failed.get_or_insert_with(|| "shutdown".into()); break; }
-                };
-                match outcome {
-                    Ok(Ok(_)) => {
-                        next = offset + 1;
-                        records += 1;
-                        bytes += size;
-                    }
-                    Ok(Err((e, _))) => {
-                        failed.get_or_insert_with(|| e.to_string());
-                        break;
-                    }
-                    Err(_) => {
-                        failed.get_or_insert_with(|| "the delivery report was lost".into());
-                        break;
-                    }
-                }
+            let settled = session.shared.settled_records.load(Ordering::SeqCst);
+            let waiting = session.handed.saturating_sub(settled);
+            let rate = *crate::log::lock(&session.shared.rate);
+            let window = (rate * horizon_s).max(cfg.batch_records as f64);
+            if waiting == 0 || (waiting + records) as f64 <= window {
+                return true;
             }
-            if next > flight.cursor {
-                let this = self.clone();
-                let topic = flight.topic.clone();
-                tokio::task::spawn_blocking(move || this.commit_cursor(&topic, next))
-                    .await
-                    .map_err(|e| ForwardError::Task(e.to_string()))??;
-                let reg = metrics::global();
-                let labels = [
-                    ("topic", flight.topic.as_str()),
-                    ("class", flight.class.as_str()),
-                ];
-                reg.counter(
-                    "outpost_forward_records_total",
-                    "Records the cloud cluster acknowledged.",
-                    &labels,
-                )
-                .add(records);
-                reg.counter(
-                    "outpost_forward_bytes_total",
-                    "Bytes (key, value, headers) the cloud cluster acknowledged.",
-                    &labels,
-                )
-                .add(bytes);
+            tokio::select! {
+                _ = session.shared.progress.notified() => {}
+                // A report can settle between the check and the wait.
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = crate::api::shutdown_requested(shutdown) => return false,
             }
-            if let Some(message) = failed {
-                first_error.get_or_insert(ForwardError::Delivery {
-                    destination: flight.destination.clone(),
-                    message,
-                });
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
         }
     }
 
@@ -670,6 +894,7 @@ impl Forwarder {
             cursor,
             pending: Vec::with_capacity(records.len()),
             refused: None,
+            handed_at: Instant::now(),
         };
         for r in records {
             let offset_text = r.offset.to_string();

@@ -7,6 +7,7 @@
 pub mod modbus;
 pub mod modbus_sim;
 pub mod mqtt;
+pub mod opcua;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

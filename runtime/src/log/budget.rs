@@ -2,6 +2,11 @@
 //! space of the data directory's file system against `log.min_free_bytes`. Free space is
 //! asked of the kernel (`statvfs`) at most once a second or after every few MiB written, not
 //! per append; in between it is estimated from the bytes written since.
+//!
+//! It also says how much eviction should free ([`Budget::eviction_need`]): eviction starts
+//! when the log passes `eviction_high_water_percent` of `max_bytes` (or the free space falls
+//! below `min_free_bytes * 100 / eviction_high_water_percent`) and frees until it is back at
+//! `eviction_low_water_percent` (free space `min_free_bytes * 100 / eviction_low_water_percent`).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -10,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::LogError;
+use super::{lock, LogError};
 use crate::metrics::Counter;
 
 /// Ask the file system again after this long…
@@ -44,6 +49,10 @@ pub(crate) struct Budget {
     written_since_check: AtomicU64,
     last_check: Mutex<Option<Instant>>,
     full: Counter,
+    /// Eviction starts above this share of the limits, in percent.
+    high_water_percent: u64,
+    /// Eviction frees down to this share of the limits, in percent.
+    low_water_percent: u64,
 }
 
 impl Budget {
@@ -57,7 +66,65 @@ impl Budget {
             written_since_check: AtomicU64::new(0),
             last_check: Mutex::new(None),
             full,
+            high_water_percent: 100,
+            low_water_percent: 100,
         }
+    }
+
+    /// Sets the eviction water marks (percent of the limits; `low <= high`, both 1..=100).
+    pub fn with_water_marks(mut self, high_percent: u8, low_percent: u8) -> Budget {
+        self.high_water_percent = u64::from(high_percent.clamp(1, 100));
+        self.low_water_percent = u64::from(low_percent.clamp(1, 100)).min(self.high_water_percent);
+        self
+    }
+
+    /// Counts `bytes` as written without checking the limits: only for the few bytes of gap
+    /// markers, which must not be refused by the budget whose pressure causes them.
+    pub fn force_reserve(&self, bytes: u64) {
+        self.total.fetch_add(bytes, Ordering::AcqRel);
+        self.written_since_check.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Asks the file system for its free space now (eviction does before it decides).
+    pub fn refresh_free_now(&self) {
+        if self.min_free_bytes == 0 {
+            return;
+        }
+        let mut last = lock(&self.last_check);
+        *last = None;
+        drop(last);
+        self.maybe_refresh(0);
+    }
+
+    /// Free bytes as estimated now (`u64::MAX` when unknown or not enforced).
+    fn estimated_free(&self) -> u64 {
+        self.free_at_check
+            .load(Ordering::Acquire)
+            .saturating_sub(self.written_since_check.load(Ordering::Acquire))
+    }
+
+    /// Bytes eviction should free so that `extra` more bytes fit and the log is back at the
+    /// low-water mark; 0 when the log is below the high-water mark (unless `force`, used
+    /// after an append was refused, when any excess over the low-water mark counts).
+    pub fn eviction_need(&self, extra: u64, force: bool) -> u64 {
+        let mut need = 0u64;
+        if self.max_bytes > 0 {
+            let total = self.total().saturating_add(extra);
+            let high = percent_of(self.max_bytes, self.high_water_percent);
+            let low = percent_of(self.max_bytes, self.low_water_percent);
+            if force || total > high {
+                need = need.max(total.saturating_sub(low));
+            }
+        }
+        if self.min_free_bytes > 0 {
+            let free = self.estimated_free().saturating_sub(extra);
+            let trigger = scale_up(self.min_free_bytes, self.high_water_percent);
+            let target = scale_up(self.min_free_bytes, self.low_water_percent);
+            if force || free < trigger {
+                need = need.max(target.saturating_sub(free));
+            }
+        }
+        need
     }
 
     /// Bytes of all segments.
@@ -116,7 +183,7 @@ impl Budget {
         Ok(())
     }
 
-    fn maybe_refresh(&self, written: u64) {
+    pub(crate) fn maybe_refresh(&self, written: u64) {
         let Ok(mut last) = self.last_check.try_lock() else {
             return; // another appender is refreshing right now
         };
@@ -137,6 +204,17 @@ impl Budget {
             }
         }
     }
+}
+
+/// `value * percent / 100` without overflow.
+fn percent_of(value: u64, percent: u64) -> u64 {
+    (u128::from(value) * u128::from(percent) / 100) as u64
+}
+
+/// `value * 100 / percent` (saturating), the free space that corresponds to `percent`.
+fn scale_up(value: u64, percent: u64) -> u64 {
+    let v = u128::from(value) * 100 / u128::from(percent.max(1));
+    u64::try_from(v).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -168,5 +246,39 @@ mod tests {
         let err = b.reserve(10).unwrap_err().to_string();
         assert!(err.contains("`log.min_free_bytes`"), "{err}");
         assert_eq!(b.total(), 0);
+    }
+
+    #[test]
+    fn eviction_starts_above_the_high_water_mark_and_frees_down_to_the_low_one() {
+        let b =
+            Budget::new(PathBuf::from("/"), 1_000, 0, Counter::default()).with_water_marks(90, 70);
+        b.reserve(850).unwrap();
+        assert_eq!(b.eviction_need(0, false), 0);
+        assert_eq!(b.eviction_need(100, false), 250);
+        assert_eq!(b.eviction_need(0, true), 150);
+        b.reserve(100).unwrap();
+        assert_eq!(b.eviction_need(0, false), 250);
+        b.release(300);
+        assert_eq!(b.eviction_need(0, false), 0);
+        b.force_reserve(2_000);
+        assert_eq!(b.total(), 2_650);
+    }
+
+    #[test]
+    fn free_space_pressure_scales_min_free_bytes_by_the_water_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        // min_free is 80 % of the free space: at a high mark of 75 % the trigger (min_free /
+        // 0.75) lies above the free space, so eviction is asked for.
+        let min_free = free / 10 * 8;
+        let b = Budget::new(dir.path().to_path_buf(), 0, min_free, Counter::default())
+            .with_water_marks(75, 50);
+        b.refresh_free_now();
+        let need = b.eviction_need(0, false);
+        assert!(need > 0 && need <= min_free * 2, "{need}");
+        let relaxed = Budget::new(dir.path().to_path_buf(), 0, free / 10, Counter::default())
+            .with_water_marks(90, 80);
+        relaxed.refresh_free_now();
+        assert_eq!(relaxed.eviction_need(0, false), 0);
     }
 }

@@ -68,7 +68,35 @@ impl LogConfig {
                 self.retention_check_ms
             ));
         }
+        if !(1..=100).contains(&self.eviction_high_water_percent) {
+            return Err(format!(
+                "log.eviction_high_water_percent must be between 1 and 100, not {}",
+                self.eviction_high_water_percent
+            ));
+        }
+        if self.eviction_low_water_percent == 0
+            || self.eviction_low_water_percent > self.eviction_high_water_percent
+        {
+            return Err(format!(
+                "log.eviction_low_water_percent must be between 1 and log.eviction_high_water_percent ({}), not {}",
+                self.eviction_high_water_percent, self.eviction_low_water_percent
+            ));
+        }
         check_topic("log.default_topic", &self.default_topic)?;
+        check_topic(
+            "log.answer_fsync",
+            &TopicConfig {
+                fsync: self.answer_fsync,
+                ..TopicConfig::default()
+            },
+        )?;
+        for (i, name) in self.answer_topics.iter().enumerate() {
+            if let Some(problem) = topic_name_problem(name) {
+                return Err(format!(
+                    "log.answer_topics[{i}] ({name:?}) is not a valid topic name: {problem}"
+                ));
+            }
+        }
         for (pattern, t) in &self.topics {
             let name = pattern.strip_suffix('*').unwrap_or(pattern);
             if let Some(problem) = topic_name_problem(name) {
@@ -81,11 +109,17 @@ impl LogConfig {
         Ok(())
     }
 
-    /// The settings that apply to `topic` (exact name, then longest matching prefix pattern).
+    /// The settings that apply to `topic`: its entry in `topics` (exact name, then longest
+    /// matching prefix pattern), else `default_topic` — with `answer_fsync` for an answer topic.
     pub fn topic_config(&self, topic: &str) -> TopicConfig {
-        self.configured(topic)
-            .unwrap_or(&self.default_topic)
-            .clone()
+        if let Some(t) = self.configured(topic) {
+            return t.clone();
+        }
+        let mut t = self.default_topic.clone();
+        if self.answer_topics.iter().any(|a| a == topic) {
+            t.fsync = self.answer_fsync;
+        }
+        t
     }
 
     /// The entry of `topics` that applies to `topic`, if any.

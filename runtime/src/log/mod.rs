@@ -88,11 +88,14 @@
 //! `before_delete` agreed. An idle active segment older than `segment_ms` is rolled by the
 //! retention pass so that it can age out too. The global budget (`max_bytes`,
 //! `min_free_bytes`) refuses appends with [`LogError::StorageFull`] before anything is
-//! written.
+//! written. With an [`EvictionPolicy`] set, pressure on the budget evicts the oldest segments
+//! of the lowest-ranked topics first, guards or not, each with a gap marker in
+//! [`GAPS_TOPIC`] (see `evict.rs`).
 //!
 //! # Threads
 //! Each open [`Log`] runs two background threads: `outpost-log-sync` (the `interval_ms`
-//! fsyncs) and `outpost-log-retention` (retention every `retention_check_ms`). They stop when
+//! fsyncs) and `outpost-log-retention` (retention every `retention_check_ms`, and eviction
+//! whenever an append leaves the log above the high-water mark). They stop when
 //! the log is closed or its last handle is dropped.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -100,6 +103,7 @@
 
 mod budget;
 mod config;
+mod evict;
 mod format;
 mod index;
 mod retention;
@@ -109,12 +113,17 @@ mod topic;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
-use std::time::Duration;
+use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{self, Counter, Gauge};
+pub use evict::{
+    EvictionPolicy, EvictionRank, EvictionReport, GapMarker, GAPS_TOPIC, REASON_DISK_BUDGET,
+};
 use topic::TopicInner;
 
 /// Errors of the log store.
@@ -252,12 +261,38 @@ pub struct LogConfig {
     /// How often retention runs, in ms.
     #[serde(default = "default_retention_check_ms")]
     pub retention_check_ms: u64,
+    /// With an eviction policy installed (the forwarding classes): eviction starts when the
+    /// log passes this share of `max_bytes` (or free space falls below `min_free_bytes` * 100 /
+    /// this), in percent, 1-100.
+    #[serde(default = "default_eviction_high_water_percent")]
+    pub eviction_high_water_percent: u8,
+    /// Eviction frees until the log is back at this share of `max_bytes` (free space
+    /// `min_free_bytes` * 100 / this), in percent, 1 up to the high-water mark.
+    #[serde(default = "default_eviction_low_water_percent")]
+    pub eviction_low_water_percent: u8,
     /// Settings for topics not matched in `topics`.
     #[serde(default)]
     pub default_topic: TopicConfig,
     /// Per-topic settings by exact name, or by prefix pattern ending in `*` (`"sensors.*"`).
     #[serde(default)]
     pub topics: std::collections::BTreeMap<String, TopicConfig>,
+    /// Answer topics: what sinks send back to devices (`fraud.scores` → POS verdicts,
+    /// `recommendations` → signage offers). Unless `topics` has an entry for one, it takes
+    /// `default_topic` with `answer_fsync` as its fsync policy.
+    #[serde(default = "default_answer_topics")]
+    pub answer_topics: Vec<String>,
+    /// The fsync policy of the answer topics. An interval lets a sink send an answer the
+    /// moment the plugin appended it instead of after an fsync; nothing is lost by it, since a
+    /// plugin runner fsyncs its `interval` outputs before it commits its input offsets.
+    #[serde(default = "default_answer_fsync")]
+    pub answer_fsync: FsyncPolicy,
+}
+
+fn default_answer_topics() -> Vec<String> {
+    vec!["fraud.scores".into(), "recommendations".into()]
+}
+fn default_answer_fsync() -> FsyncPolicy {
+    FsyncPolicy::Interval { interval_ms: 100 }
 }
 
 fn default_true() -> bool {
@@ -272,6 +307,12 @@ fn default_max_record_bytes() -> usize {
 fn default_retention_check_ms() -> u64 {
     60_000
 }
+fn default_eviction_high_water_percent() -> u8 {
+    90
+}
+fn default_eviction_low_water_percent() -> u8 {
+    80
+}
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -281,8 +322,12 @@ impl Default for LogConfig {
             min_free_bytes: default_min_free_bytes(),
             max_record_bytes: default_max_record_bytes(),
             retention_check_ms: default_retention_check_ms(),
+            eviction_high_water_percent: default_eviction_high_water_percent(),
+            eviction_low_water_percent: default_eviction_low_water_percent(),
             default_topic: TopicConfig::default(),
             topics: Default::default(),
+            answer_topics: default_answer_topics(),
+            answer_fsync: default_answer_fsync(),
         }
     }
 }
@@ -346,13 +391,15 @@ pub struct TopicStats {
 /// Asked by retention before it deletes a segment (e.g. by the state store and the forwarder).
 pub trait RetentionGuard: Send + Sync + std::fmt::Debug {
     /// The lowest offset of `topic` that must not be deleted yet, if any. Segments whose last
-    /// offset is below it may go.
+    /// offset is below it may go. Eviction under the disk budget does not ask (see
+    /// [`EvictionPolicy`]): it writes a gap marker instead.
     fn protected_from(&self, topic: &str) -> Option<u64> {
         let _ = topic;
         None
     }
-    /// Called once before segments of `topic` up to (excluding) `end_offset` are deleted, so
-    /// consumers can make their offsets durable first. An error cancels the deletion.
+    /// Called once before segments of `topic` up to (excluding) `end_offset` are deleted, by
+    /// retention or by eviction, so consumers can make their offsets durable first. An error
+    /// cancels the deletion.
     fn before_delete(&self, topic: &str, end_offset: u64) -> Result<(), String> {
         let _ = (topic, end_offset);
         Ok(())
@@ -456,6 +503,23 @@ pub(crate) struct Shared {
     retention_deleted: Counter,
     fsync_nanos: Mutex<u64>,
     fsync_seconds: Gauge,
+    /// The eviction policy, if one is set (see `evict.rs`).
+    eviction: RwLock<evict::Policy>,
+    /// A policy is set (read on every append without a lock).
+    has_policy: AtomicBool,
+    /// One eviction pass at a time.
+    evicting: Mutex<()>,
+    /// When the last eviction pass could not free what was needed (until one does).
+    futile_since: Mutex<Option<Instant>>,
+    /// That was logged already.
+    futile_warned: AtomicBool,
+    /// The retention thread was woken for eviction and has not run it yet.
+    kick_pending: AtomicBool,
+    /// The log these topics belong to (set right after it is made), for eviction from an
+    /// append.
+    log: OnceLock<Weak<LogInner>>,
+    /// Wakes the background threads.
+    stop: Arc<Stop>,
 }
 
 impl Shared {
@@ -474,14 +538,34 @@ impl Shared {
     }
 }
 
-/// Wakes the background threads when the log closes or goes away.
+/// Wakes the background threads when the log closes or goes away, and the retention thread
+/// when eviction is due.
 #[derive(Debug, Default)]
 struct Stop {
     stopped: Mutex<bool>,
+    kicked: AtomicBool,
     cv: Condvar,
 }
 
 impl Stop {
+    /// Wakes the retention thread for an eviction pass.
+    fn kick(&self) {
+        self.kicked.store(true, Ordering::Release);
+        let _guard = lock(&self.stopped);
+        self.cv.notify_all();
+    }
+    /// Sleeps up to `timeout` or until kicked; true if the log stopped.
+    fn wait_or_kick(&self, timeout: Duration) -> bool {
+        let guard = lock(&self.stopped);
+        let (guard, _) = self
+            .cv
+            .wait_timeout_while(guard, timeout, |stopped| {
+                !*stopped && !self.kicked.load(Ordering::Acquire)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        self.kicked.store(false, Ordering::Release);
+        *guard
+    }
     fn stop(&self) {
         *lock(&self.stopped) = true;
         self.cv.notify_all();
@@ -558,21 +642,33 @@ fn sync_loop(log: Weak<LogInner>, stop: Arc<Stop>) {
     }
 }
 
-/// Periodic retention.
+/// Periodic retention, and eviction whenever an append found the log above the high-water
+/// mark.
 fn retention_loop(log: Weak<LogInner>, stop: Arc<Stop>, every: Duration) {
+    let mut last_round = Instant::now();
     loop {
-        if stop.wait(every) {
+        if stop.wait_or_kick(every.saturating_sub(last_round.elapsed())) {
             return;
         }
         let Some(inner) = log.upgrade() else { return };
-        for t in inner.topic_list() {
-            // The log may have been closed or dropped while this pass was under way.
-            if inner.shared.is_closed() || stop.is_stopped() {
-                return;
+        if last_round.elapsed() >= every {
+            last_round = Instant::now();
+            for t in inner.topic_list() {
+                // The log may have been closed or dropped while this pass was under way.
+                if inner.shared.is_closed() || stop.is_stopped() {
+                    return;
+                }
+                if let Err(e) = t.enforce_retention() {
+                    tracing::warn!(topic = %t.name, error = %e, "Retention failed; it is tried again next round.");
+                }
             }
-            if let Err(e) = t.enforce_retention() {
-                tracing::warn!(topic = %t.name, error = %e, "Retention failed; it is tried again next round.");
-            }
+        }
+        inner.shared.kick_pending.store(false, Ordering::Release);
+        if inner.shared.is_closed() || stop.is_stopped() {
+            return;
+        }
+        if let Err(e) = inner.evict(0, false) {
+            tracing::warn!(error = %e, "Eviction failed; it is tried again next round.");
         }
     }
 }
@@ -593,6 +689,7 @@ impl Log {
         std::fs::create_dir_all(dir)
             .map_err(|e| io_error(format!("creating log directory {}", dir.display()), e))?;
         let reg = metrics::global();
+        let stop = Arc::new(Stop::default());
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             budget: budget::Budget::new(
@@ -604,6 +701,10 @@ impl Log {
                     "Appends refused because the disk budget was exhausted.",
                     &[],
                 ),
+            )
+            .with_water_marks(
+                config.eviction_high_water_percent,
+                config.eviction_low_water_percent,
             ),
             clock,
             closed: AtomicBool::new(false),
@@ -627,12 +728,21 @@ impl Log {
                 &[],
             ),
             config,
+            eviction: RwLock::new(None),
+            has_policy: AtomicBool::new(false),
+            evicting: Mutex::new(()),
+            futile_since: Mutex::new(None),
+            futile_warned: AtomicBool::new(false),
+            kick_pending: AtomicBool::new(false),
+            log: OnceLock::new(),
+            stop: Arc::clone(&stop),
         });
         let inner = Arc::new(LogInner {
             shared: Arc::clone(&shared),
             topics: RwLock::new(BTreeMap::new()),
-            stop: Arc::new(Stop::default()),
+            stop,
         });
+        let _ = shared.log.set(Arc::downgrade(&inner));
         let entries = std::fs::read_dir(dir)
             .map_err(|e| io_error(format!("listing log directory {}", dir.display()), e))?;
         for entry in entries {
@@ -715,6 +825,19 @@ impl Log {
     /// Adds a guard that retention consults before deleting segments.
     pub fn add_retention_guard(&self, guard: Arc<dyn RetentionGuard>) {
         write_lock(&self.inner.shared.guards).push(guard);
+    }
+
+    /// Sets the policy that ranks topics for eviction under the disk budget (replacing any
+    /// earlier one). Without one, nothing is evicted and a full budget only refuses appends.
+    pub fn set_eviction_policy(&self, policy: Arc<dyn EvictionPolicy>) {
+        *write_lock(&self.inner.shared.eviction) = Some(policy);
+        self.inner.shared.has_policy.store(true, Ordering::Release);
+        self.inner.shared.kick_eviction_if_pressed();
+    }
+
+    /// Runs one eviction pass now if the log is above the high-water mark (see `evict.rs`).
+    pub fn enforce_eviction(&self) -> Result<EvictionReport, LogError> {
+        self.inner.evict(0, false)
     }
 
     /// Runs retention now over every topic. Every topic is tried; the first error is returned.
@@ -821,6 +944,16 @@ impl Topic {
     /// The topic's numbers.
     pub fn stats(&self) -> TopicStats {
         self.inner.stats()
+    }
+    /// The topic's durability policy: on `always` an append returns (and becomes readable)
+    /// after its fsync; on the others readers see records before their fsync.
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.inner.config.fsync
+    }
+    /// Test hook: the written and the durable end.
+    #[cfg(test)]
+    pub(crate) fn ends_for_test(&self) -> (u64, u64) {
+        self.inner.ends_for_test()
     }
     /// Fsyncs everything appended so far, whatever the topic's policy.
     pub fn sync(&self) -> Result<(), LogError> {

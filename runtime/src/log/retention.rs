@@ -10,10 +10,9 @@
 //! - only a prefix is deleted: the first segment that must stay ends the plan, so the log
 //!   stays contiguous.
 //!
-//! Seam for eviction by priority (the forwarding work): when the global disk budget is hit,
-//! an eviction policy will pick topics by priority and ask [`plan_eviction`] how many of a
-//! topic's oldest segments it may drop to free a number of bytes; that function applies the
-//! same guard rule, and deletion goes through the same path as retention.
+//! Eviction by priority (see `evict.rs`) is planned here too: when the disk budget is under
+//! pressure, [`plan_eviction`] picks the oldest sealed segments of the lowest-ranked topics,
+//! ignoring `protected_from`; deletion goes through the same path as retention.
 
 /// What retention knows about one sealed segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,25 +61,45 @@ pub(crate) fn plan(
     n
 }
 
-/// How many of the oldest `sealed` segments an eviction may delete to free at least
-/// `bytes_needed` bytes, honouring `protected_from` (the same rule as [`plan`]). Returns fewer
-/// when the guard stops it. Not used until eviction by priority exists.
-#[allow(dead_code)]
+/// A topic eviction may shrink: its rank (lower goes first) and its sealed segments, oldest
+/// first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EvictionCandidate {
+    pub rank: u8,
+    pub sealed: Vec<SegmentInfo>,
+}
+
+/// Which sealed segments eviction deletes, in order, to free at least `bytes_needed` bytes
+/// (fewer when the candidates run out). Guards' `protected_from` is not consulted: pressure on
+/// the disk is exactly when unforwarded data has to go. Rules:
+/// - the lowest rank goes first; a higher rank is touched only when the lower ones have no
+///   sealed segment left;
+/// - within a rank, among the topics' oldest remaining segments, the one whose newest append
+///   is oldest goes next (an unknown time counts as oldest; ties by base offset, then topic);
+/// - per topic only a prefix is taken, so every topic stays contiguous.
+///
+/// Returns (candidate index, segment) pairs in the order to evict them.
 pub(crate) fn plan_eviction(
-    sealed: &[SegmentInfo],
+    candidates: &[EvictionCandidate],
     bytes_needed: u64,
-    protected_from: Option<u64>,
-) -> usize {
+) -> Vec<(usize, SegmentInfo)> {
+    let mut next = vec![0usize; candidates.len()];
     let mut freed = 0u64;
-    let mut n = 0;
-    for seg in sealed {
-        if freed >= bytes_needed || protected_from.is_some_and(|p| seg.end > p) {
+    let mut out = Vec::new();
+    while freed < bytes_needed {
+        let pick = candidates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.sealed.get(next[i]).map(|seg| (i, c.rank, seg)))
+            .min_by_key(|(i, rank, seg)| (*rank, seg.newest_ms.unwrap_or(0), seg.base, *i));
+        let Some((i, _, seg)) = pick else {
             break;
-        }
-        freed += seg.bytes;
-        n += 1;
+        };
+        next[i] += 1;
+        freed = freed.saturating_add(seg.bytes);
+        out.push((i, *seg));
     }
-    n
+    out
 }
 
 #[cfg(test)]
@@ -149,8 +168,6 @@ mod tests {
         assert_eq!(plan(&segs(), 400, limits, 100_000, Some(15)), 1);
         assert_eq!(plan(&segs(), 400, limits, 100_000, Some(10)), 1);
         assert_eq!(plan(&segs(), 400, limits, 100_000, Some(9)), 0);
-        assert_eq!(plan_eviction(&segs(), 150, Some(25)), 2);
-        assert_eq!(plan_eviction(&segs(), 150, Some(5)), 0);
     }
 
     #[test]
@@ -162,5 +179,61 @@ mod tests {
             retention_bytes: 0,
         };
         assert_eq!(plan(&s, 400, limits, 100_000, None), 0);
+    }
+
+    fn seg(base: u64, end: u64, bytes: u64, newest_ms: Option<u64>) -> SegmentInfo {
+        SegmentInfo {
+            base,
+            end,
+            bytes,
+            newest_ms,
+        }
+    }
+
+    #[test]
+    fn eviction_takes_the_lowest_rank_first_and_oldest_within_a_rank() {
+        let candidates = vec![
+            // rank 2 ("normal"), oldest data of all
+            EvictionCandidate {
+                rank: 2,
+                sealed: vec![seg(0, 10, 100, Some(1)), seg(10, 20, 100, Some(2))],
+            },
+            // rank 1 ("bulk"), two topics interleaved by age
+            EvictionCandidate {
+                rank: 1,
+                sealed: vec![seg(0, 5, 100, Some(50)), seg(5, 9, 100, Some(70))],
+            },
+            EvictionCandidate {
+                rank: 1,
+                sealed: vec![seg(0, 7, 100, Some(60))],
+            },
+        ];
+        let order: Vec<(usize, u64)> = plan_eviction(&candidates, 250)
+            .into_iter()
+            .map(|(i, s)| (i, s.base))
+            .collect();
+        assert_eq!(order, vec![(1, 0), (2, 0), (1, 5)]);
+        let all: Vec<(usize, u64)> = plan_eviction(&candidates, u64::MAX)
+            .into_iter()
+            .map(|(i, s)| (i, s.base))
+            .collect();
+        assert_eq!(all, vec![(1, 0), (2, 0), (1, 5), (0, 0), (0, 10)]);
+        assert!(plan_eviction(&candidates, 0).is_empty());
+        assert!(plan_eviction(&[], 1_000).is_empty());
+    }
+
+    #[test]
+    fn eviction_keeps_each_topic_a_prefix_even_when_a_later_segment_looks_older() {
+        // A device clock or a reopen can make a later segment's time look older; the order
+        // within a topic still follows the offsets.
+        let candidates = vec![EvictionCandidate {
+            rank: 0,
+            sealed: vec![seg(0, 3, 10, Some(900)), seg(3, 6, 10, Some(100))],
+        }];
+        let order: Vec<u64> = plan_eviction(&candidates, 15)
+            .into_iter()
+            .map(|(_, s)| s.base)
+            .collect();
+        assert_eq!(order, vec![0, 3]);
     }
 }

@@ -497,6 +497,12 @@ impl Segment {
         }
     }
 
+    /// The newest append time if it is known without reading the file.
+    pub fn known_newest_append_ms(&self) -> Option<u64> {
+        let known = self.newest_append_ms.load(Ordering::Acquire);
+        (known != 0).then_some(known)
+    }
+
     /// The newest append time of the segment, reading the tail after its last index entry
     /// when it is not known yet (a segment from an earlier run).
     pub fn newest_append_ms(&self) -> Result<Option<u64>, LogError> {

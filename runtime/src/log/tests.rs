@@ -16,6 +16,8 @@ fn config(fsync: FsyncPolicy, segment_bytes: u64) -> LogConfig {
             retention_ms: 0,
             retention_bytes: 0,
         },
+        // No built-in answer-topic entries: these tests create exactly the topics they name.
+        topics: Default::default(),
         ..LogConfig::default()
     }
 }
@@ -685,4 +687,128 @@ fn many_threads_appending_and_reading_see_a_consistent_log() {
     done.store(true, Ordering::SeqCst);
     assert_eq!(reader.join().unwrap(), 400);
     assert!(reads.load(Ordering::SeqCst) > 0);
+}
+
+/// Ranks `bulk*` topics for eviction and never anything else (the gap topic included, which
+/// must be spared even by a policy that ranks it).
+#[derive(Debug)]
+struct TestPolicy;
+
+impl EvictionPolicy for TestPolicy {
+    fn rank(&self, topic: &str) -> Option<EvictionRank> {
+        (topic.starts_with("bulk") || topic == GAPS_TOPIC).then_some(EvictionRank {
+            rank: 0,
+            class: "test",
+        })
+    }
+}
+
+fn budget_config(max_bytes: u64) -> LogConfig {
+    LogConfig {
+        max_bytes,
+        ..config(ALWAYS, 4096)
+    }
+}
+
+fn fill_above_high_water(log: &Log, topic: &str, max_bytes: u64) {
+    let t = log.topic_or_create(topic).unwrap();
+    while log.total_bytes() <= max_bytes * 9 / 10 {
+        let i = t.next_offset();
+        t.append(vec![rec(i, 300)]).unwrap();
+    }
+}
+
+#[test]
+fn eviction_ignores_protected_offsets_but_a_refused_before_delete_keeps_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 40_000;
+    let log = Log::open(dir.path(), budget_config(max)).unwrap();
+    log.set_eviction_policy(Arc::new(TestPolicy));
+    let guard = Arc::new(TestGuard::default());
+    *lock(&guard.protected) = Some(0);
+    guard.refuse.store(true, Ordering::SeqCst);
+    log.add_retention_guard(guard.clone());
+    fill_above_high_water(&log, "bulk", max);
+    let bulk = log.topic("bulk").unwrap();
+    let first_end = bulk.inner.segment_bases()[1];
+
+    let report = log.enforce_eviction().unwrap();
+    assert_eq!(report.segments_evicted, 0);
+    assert!(report.bytes_needed > 0);
+    assert_eq!(bulk.start_offset(), 0);
+    assert!(lock(&guard.calls).contains(&("bulk".to_string(), first_end)));
+    let gaps = log.topic(GAPS_TOPIC).map(|t| t.next_offset()).unwrap_or(0);
+    assert_eq!(gaps, 0, "a marker was written for a segment that stayed");
+
+    guard.refuse.store(false, Ordering::SeqCst);
+    log.enforce_eviction().unwrap();
+    assert!(log.total_bytes() <= max * 8 / 10, "{}", log.total_bytes());
+    let start = bulk.start_offset();
+    assert!(start >= first_end, "protected_from stopped eviction");
+    let markers = read_all(&log.topic(GAPS_TOPIC).unwrap());
+    let mut expect = 0;
+    for m in &markers {
+        let g: GapMarker = serde_json::from_slice(&m.value).unwrap();
+        assert_eq!((g.topic.as_str(), g.from_offset), ("bulk", expect));
+        expect = g.to_offset + 1;
+    }
+    assert_eq!(expect, start);
+    assert_eq!(read_all(&bulk).first().map(|r| r.offset), Some(start));
+    assert_eq!(log.topic(GAPS_TOPIC).unwrap().start_offset(), 0);
+}
+
+#[test]
+fn a_gap_marker_that_cannot_be_made_durable_cancels_the_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 40_000;
+    let log = Log::open(dir.path(), budget_config(max)).unwrap();
+    let gaps = log.topic_or_create(GAPS_TOPIC).unwrap();
+    let read_only =
+        std::fs::File::open(dir.path().join(GAPS_TOPIC).join("00000000000000000000.log")).unwrap();
+    gaps.inner.replace_file_for_test(read_only);
+    log.set_eviction_policy(Arc::new(TestPolicy));
+    fill_above_high_water(&log, "bulk", max);
+    assert!(log.enforce_eviction().is_err());
+    let bulk = log.topic("bulk").unwrap();
+    assert_eq!(bulk.start_offset(), 0);
+    assert_eq!(read_all(&bulk).len() as u64, bulk.next_offset());
+    // With no marker possible, a full budget refuses instead of losing data silently.
+    let refused = loop {
+        let i = bulk.next_offset();
+        if let Err(e) = bulk.append(vec![rec(i, 300)]) {
+            break e;
+        }
+    };
+    assert!(matches!(refused, LogError::StorageFull(_)), "{refused}");
+    assert_eq!(bulk.start_offset(), 0);
+}
+
+#[test]
+fn a_refused_append_evicts_once_and_then_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = 40_000;
+    // The high-water mark at 100 %: only the refused append itself can trigger eviction.
+    let config = LogConfig {
+        eviction_high_water_percent: 100,
+        eviction_low_water_percent: 50,
+        ..budget_config(max)
+    };
+    let log = Log::open(dir.path(), config).unwrap();
+    log.set_eviction_policy(Arc::new(TestPolicy));
+    let bulk = log.topic_or_create("bulk-a").unwrap();
+    let critical = log.topic_or_create("critical").unwrap();
+    append_n(&bulk, 40, 300);
+    let mut n = 0;
+    while log.topic(GAPS_TOPIC).is_err() {
+        let i = critical.next_offset();
+        critical.append(vec![rec(i, 300)]).unwrap();
+        n += 1;
+        assert!(n < 1_000, "no eviction happened");
+    }
+    // Everything evictable went (the low-water mark is out of reach), so the append fit.
+    assert_eq!(bulk.inner.segment_bases().len(), 1);
+    assert!(bulk.start_offset() > 0);
+    assert!(log.total_bytes() < max - 8_000, "{}", log.total_bytes());
+    assert_eq!(read_all(&critical).len(), n);
+    assert_eq!(critical.start_offset(), 0);
 }

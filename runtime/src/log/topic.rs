@@ -1,5 +1,5 @@
 //! One topic's machinery: the append path with group commit, segment roll, the visible end
-//! readers see, fetches across segments, and carrying out retention.
+//! readers see, fetches across segments, and carrying out retention and eviction.
 //!
 //! Locks, always taken in this order when nested: `write` (appends, rolls) → `index` of a
 //! segment → `sync` (group-commit state). `segments` (the list) is only held briefly and never
@@ -376,6 +376,16 @@ impl TopicInner {
     }
 
     pub fn append(&self, records: Vec<NewRecord>) -> Result<AppendAck, LogError> {
+        self.append_with(records, true)
+    }
+
+    /// Appends; `budgeted = false` skips the disk budget (gap markers only: they must not be
+    /// refused by the pressure that causes them) and never triggers eviction.
+    pub fn append_with(
+        &self,
+        records: Vec<NewRecord>,
+        budgeted: bool,
+    ) -> Result<AppendAck, LogError> {
         if records.is_empty() {
             return Err(LogError::EmptyAppend);
         }
@@ -399,58 +409,19 @@ impl TopicInner {
         drop(records);
         let batch_len = batch.len() as u64;
 
-        let (first, end) = {
-            let mut w = lock(&self.write);
-            if w.closed || self.shared.is_closed() {
-                return Err(LogError::Closed);
-            }
-            if self.poisoned.load(Ordering::Acquire) {
-                return Err(LogError::Poisoned(self.name.clone()));
-            }
-            let too_big = w.len > 0 && w.len + batch_len > self.segment_bytes();
-            let too_old = w
-                .first_append_ms
-                .is_some_and(|t| now.saturating_sub(t) >= self.config.segment_ms);
-            if w.active.is_sealed() || too_big || too_old {
-                self.roll(&mut w)?;
-            }
-            self.shared.budget.reserve(batch_len)?;
-            let base = w.next_offset;
-            format::finalize_batch(&mut batch, base);
-            let pos = w.len;
-            if self.always() {
-                // Written by the group-commit leader together with the rest of its group.
-                w.pending.extend_from_slice(&batch);
-                w.pending_notes.push((pos, base, now));
-            } else {
-                if let Err(e) = w.file.write_all_at(&batch, pos) {
-                    self.shared.budget.release(batch_len);
-                    self.poison("append", &e);
-                    return Err(io_error(
-                        format!("appending to {}", w.active.log_path.display()),
-                        e,
-                    ));
+        let (first, end) = match self.append_locked(&mut batch, count, now, budgeted) {
+            // The disk budget is exhausted: evict (lowest priority first) once, then retry.
+            Err(LogError::StorageFull(why)) if budgeted => {
+                if self.shared.evict_for_append(batch_len) == 0 {
+                    return Err(LogError::StorageFull(why));
                 }
-                w.file_len = pos + batch_len;
-                w.active.len.store(w.file_len, Ordering::Release);
-                w.active.note_batch(pos, base, now);
+                self.append_locked(&mut batch, count, now, budgeted)?
             }
-            let end = base + count;
-            w.len += batch_len;
-            w.next_offset = end;
-            w.first_append_ms.get_or_insert(now);
-            w.rate.add(count);
-            self.written.store(end, Ordering::Release);
-            let total = self.bytes.fetch_add(batch_len, Ordering::AcqRel) + batch_len;
-            self.metrics.size.set(total as f64);
-            self.metrics.records.add(count);
-            self.metrics.bytes.add(batch_len);
-            if !self.always() {
-                w.active.visible_len.store(w.len, Ordering::Release);
-                self.publish_visible(end);
-            }
-            (base, end)
+            other => other?,
         };
+        if budgeted {
+            self.shared.kick_eviction_if_pressed();
+        }
         if self.always() {
             self.wait_durable(end)?;
         }
@@ -458,6 +429,72 @@ impl TopicInner {
             first_offset: first,
             last_offset: end - 1,
         })
+    }
+
+    /// The part of an append under the write lock: roll if due, reserve the bytes, assign
+    /// offsets and write or queue the batch. Returns (first offset, end).
+    fn append_locked(
+        &self,
+        batch: &mut [u8],
+        count: u64,
+        now: u64,
+        budgeted: bool,
+    ) -> Result<(u64, u64), LogError> {
+        let batch_len = batch.len() as u64;
+        let mut w = lock(&self.write);
+        if w.closed || self.shared.is_closed() {
+            return Err(LogError::Closed);
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(LogError::Poisoned(self.name.clone()));
+        }
+        let too_big = w.len > 0 && w.len + batch_len > self.segment_bytes();
+        let too_old = w
+            .first_append_ms
+            .is_some_and(|t| now.saturating_sub(t) >= self.config.segment_ms);
+        if w.active.is_sealed() || too_big || too_old {
+            self.roll(&mut w)?;
+        }
+        if budgeted {
+            self.shared.budget.reserve(batch_len)?;
+        } else {
+            self.shared.budget.force_reserve(batch_len);
+        }
+        let base = w.next_offset;
+        format::finalize_batch(batch, base);
+        let pos = w.len;
+        if self.always() {
+            // Written by the group-commit leader together with the rest of its group.
+            w.pending.extend_from_slice(batch);
+            w.pending_notes.push((pos, base, now));
+        } else {
+            if let Err(e) = w.file.write_all_at(batch, pos) {
+                self.shared.budget.release(batch_len);
+                self.poison("append", &e);
+                return Err(io_error(
+                    format!("appending to {}", w.active.log_path.display()),
+                    e,
+                ));
+            }
+            w.file_len = pos + batch_len;
+            w.active.len.store(w.file_len, Ordering::Release);
+            w.active.note_batch(pos, base, now);
+        }
+        let end = base + count;
+        w.len += batch_len;
+        w.next_offset = end;
+        w.first_append_ms.get_or_insert(now);
+        w.rate.add(count);
+        self.written.store(end, Ordering::Release);
+        let total = self.bytes.fetch_add(batch_len, Ordering::AcqRel) + batch_len;
+        self.metrics.size.set(total as f64);
+        self.metrics.records.add(count);
+        self.metrics.bytes.add(batch_len);
+        if !self.always() {
+            w.active.visible_len.store(w.len, Ordering::Release);
+            self.publish_visible(end);
+        }
+        Ok((base, end))
     }
 
     /// Seals the active segment (fsynced first unless the policy is `never`) and starts a new
@@ -872,16 +909,37 @@ impl TopicInner {
                 return Ok(RetentionReport::default());
             }
         }
+        let Some(result) = self.drop_oldest(sealed, n) else {
+            return Ok(RetentionReport::default());
+        };
+        let (report, first_error) = result;
+        self.shared.retention_deleted.add(report.bytes_deleted);
+        tracing::info!(topic = %self.name, segments = report.segments_deleted, bytes = report.bytes_deleted, start_offset = end_offset, "Retention deleted old segments.");
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Removes the `n` oldest of `sealed` from the topic and deletes their files, if they are
+    /// still its oldest segments (`None` otherwise: someone else deleted meanwhile). Called
+    /// with the retention lock held. Returns what went and the first deletion error.
+    fn drop_oldest(
+        &self,
+        sealed: &[Arc<Segment>],
+        n: usize,
+    ) -> Option<(RetentionReport, Option<LogError>)> {
         let removed: Vec<Arc<Segment>> = {
             let mut list = write_lock(&self.segments);
             let still_oldest = list.len() > n
+                && n <= sealed.len()
                 && list
                     .iter()
                     .zip(sealed)
                     .take(n)
                     .all(|(a, b)| Arc::ptr_eq(a, b));
             if !still_oldest {
-                return Ok(RetentionReport::default());
+                return None;
             }
             list.drain(..n).collect()
         };
@@ -910,16 +968,81 @@ impl TopicInner {
             .fetch_sub(removed.len() as u64, Ordering::AcqRel)
             - removed.len() as u64;
         self.shared.segments_gauge.set(n_total as f64);
-        self.shared.retention_deleted.add(report.bytes_deleted);
         self.metrics
             .size
             .set(self.bytes.load(Ordering::Acquire) as f64);
         let _ = sync_dir(&self.dir);
-        tracing::info!(topic = %self.name, segments = report.segments_deleted, bytes = report.bytes_deleted, start_offset = end_offset, "Retention deleted old segments.");
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(report),
+        Some((report, first_error))
+    }
+
+    /// Facts eviction plans with: every sealed segment, oldest first (the active one never
+    /// goes).
+    pub fn sealed_infos(&self) -> Vec<SegmentInfo> {
+        let list: Vec<Arc<Segment>> = read_lock(&self.segments).clone();
+        let mut out = Vec::with_capacity(list.len().saturating_sub(1));
+        for pair in list.windows(2) {
+            let seg = &pair[0];
+            let newest_ms = match seg.known_newest_append_ms() {
+                Some(t) => Some(t),
+                None => {
+                    // Read once (then cached); the file is closed again unless a reader had
+                    // it open, so a long log does not pin one descriptor per segment.
+                    let opened = seg.handle().map(|(_, opened)| opened).unwrap_or(false);
+                    let newest = seg.newest_append_ms().unwrap_or_else(|e| {
+                        tracing::warn!(topic = %self.name, segment = %seg.log_path.display(), error = %e, "Could not read a segment's newest append time; eviction treats it as oldest.");
+                        None
+                    });
+                    if opened {
+                        seg.release_handle();
+                    }
+                    newest
+                }
+            };
+            out.push(SegmentInfo {
+                base: seg.base,
+                end: pair[1].base,
+                bytes: seg.len.load(Ordering::Acquire),
+                newest_ms,
+            });
         }
+        out
+    }
+
+    /// Evicts the topic's oldest segment if it is still the sealed segment starting at
+    /// `base`: asks the guards' `before_delete` (their `protected_from` is ignored: that is
+    /// eviction), calls `mark_gap` with (from offset, last offset, bytes) — which must make
+    /// the gap marker durable, or fail and so cancel the eviction — then deletes the files.
+    /// Returns the evicted range, or `None` when nothing was evicted.
+    pub fn evict_oldest(
+        &self,
+        base: u64,
+        mark_gap: &mut dyn FnMut(u64, u64, u64) -> Result<(), LogError>,
+    ) -> Result<Option<(u64, u64, u64)>, LogError> {
+        let _one_at_a_time = lock(&self.retention);
+        let (seg, end) = {
+            let list = read_lock(&self.segments);
+            match (list.first(), list.get(1)) {
+                (Some(first), Some(next)) if first.base == base => (Arc::clone(first), next.base),
+                _ => return Ok(None),
+            }
+        };
+        let bytes = seg.len.load(Ordering::Acquire);
+        for guard in &self.shared.guards() {
+            if let Err(reason) = guard.before_delete(&self.name, end) {
+                tracing::warn!(topic = %self.name, end_offset = end, reason = %reason, guard = ?guard, "A retention guard refused; the segment is not evicted now.");
+                return Ok(None);
+            }
+        }
+        if end > base {
+            mark_gap(base, end - 1, bytes)?;
+        }
+        let sealed = [Arc::clone(&seg)];
+        // A file that could not be deleted was warned about; the range is gone from the log
+        // either way, and its gap marker is written.
+        let Some((report, _)) = self.drop_oldest(&sealed, 1) else {
+            return Ok(None);
+        };
+        Ok(Some((base, end, report.bytes_deleted)))
     }
 
     /// Every segment's base offset (for tests).

@@ -33,8 +33,12 @@
 //!
 //! After the batch: each output topic's records are appended with one append per topic (the
 //! dead letters likewise), every output record carrying `outpost-plugin: <name>`,
-//! `outpost-source-topic` and `outpost-source-offset` of the input it came from; THEN the
-//! batch's state ops and the new input offsets are committed in one `StateStore::commit`.
+//! `outpost-source-topic` and `outpost-source-offset` of the input it came from; output topics
+//! whose fsync policy is `interval` are then fsynced (on `always` the append already was;
+//! `never` means never); THEN the batch's state ops and the new input offsets are committed in
+//! one `StateStore::commit`. So an answer topic such as `fraud.scores` can be an `interval`
+//! topic — readable, and sent back to the POS by its sink, the moment it is appended — and
+//! still never lose an output.
 //!
 //! # Delivery semantics
 //! - **State is exactly-once per input record.** A record's state writes and the offset past it
@@ -85,7 +89,7 @@ use super::host::{
     HEADER_PLUGIN, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC,
 };
 use super::manifest::Manifest;
-use crate::log::{Log, NewRecord, Record, Topic};
+use crate::log::{FsyncPolicy, Log, NewRecord, Record, Topic};
 use crate::metrics::{self, Counter, Gauge};
 use crate::state::{Commit, StateStore};
 
@@ -949,6 +953,7 @@ impl Worker {
         let call_nanos = started.elapsed().as_nanos();
 
         // Outputs first (one append per topic), then state + offsets in one commit.
+        let mut to_sync = Vec::new();
         for (topic, records) in self.outputs.iter().zip(outputs) {
             if !records.is_empty() {
                 if let Err(e) = topic.append(records) {
@@ -957,6 +962,16 @@ impl Worker {
                         topic.name()
                     ));
                 }
+                if matches!(topic.fsync_policy(), FsyncPolicy::Interval { .. }) {
+                    to_sync.push(topic);
+                }
+            }
+        }
+        // An `interval` output is readable (a sink can send the verdict) before its fsync; it
+        // is made durable here, before the commit moves the offsets past its inputs.
+        for topic in to_sync {
+            if let Err(e) = topic.sync() {
+                return Step::HostError(format!("syncing output {} failed: {e}", topic.name()));
             }
         }
         let letters = dead_letters.len() as u64;
@@ -1090,5 +1105,69 @@ mod tests {
         assert_eq!(header(&letter, HEADER_DLQ_VALUE_DROPPED), [b"5000"]);
         assert!(payload_size(&letter) <= 1000);
         assert_eq!(header(&letter, HEADER_ERROR).len(), 1);
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used, clippy::panic)]
+    fn interval_outputs_are_durable_before_the_input_offsets_move() {
+        use crate::log::{LogConfig, TopicConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = LogConfig {
+            min_free_bytes: 0,
+            ..LogConfig::default()
+        };
+        // An hour: only the runner's own sync can make the outputs durable in this test.
+        let hourly = TopicConfig {
+            fsync: FsyncPolicy::Interval {
+                interval_ms: 3_600_000,
+            },
+            ..TopicConfig::default()
+        };
+        config.topics.insert("echo.out".into(), hourly);
+        let log = Log::open(&dir.path().join("log"), config).unwrap();
+        let state = StateStore::open(&dir.path().join("state")).unwrap();
+        let input = log.topic_or_create("echo.in").unwrap();
+        let records: Vec<NewRecord> = (0..50)
+            .map(|i| NewRecord {
+                key: Some(format!("k{i}").into_bytes()),
+                value: format!("v{i}").into_bytes(),
+                ..NewRecord::default()
+            })
+            .collect();
+        input.append(records).unwrap();
+
+        let host = Host::new(super::super::host::HostConfig::default()).unwrap();
+        let wat = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/wat/echo.wat"
+        ))
+        .unwrap();
+        let module = host.compile_named("echo", &wat).unwrap();
+        let manifest = Manifest::parse(
+            "name = \"echo\"\nversion = \"1\"\ninputs = [\"echo.in\"]\noutputs = [\"echo.out\"]\n",
+        )
+        .unwrap();
+        let runner = RunnerHandle::start(
+            &host,
+            manifest,
+            module,
+            log.clone(),
+            state.clone(),
+            RunnerConfig {
+                batch_records: 7,
+                ..RunnerConfig::default()
+            },
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while state.offset("plugin:echo", "echo.in").unwrap() != Some(50) {
+            assert!(Instant::now() < deadline, "the runner did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        runner.stop_blocking();
+        let out = log.topic("echo.out").unwrap();
+        let (written, durable) = out.ends_for_test();
+        assert_eq!(written, 50);
+        assert_eq!(durable, 50, "outputs were committed past without an fsync");
     }
 }

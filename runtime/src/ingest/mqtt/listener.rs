@@ -35,6 +35,15 @@
 //! closes the device's connection (the device publishes again after reconnecting); a publish
 //! whose route cannot name a log topic is passed on unstored and counted as an error. A
 //! redelivered PUBLISH (DUP) is stored again: delivery is at least once.
+//!
+//! # Last wills
+//! A device's last will (from its CONNECT) is published by the broker when the connection ends
+//! without a DISCONNECT (or, in MQTT 5, with reason 0x04 "Disconnect with Will Message"):
+//! the device's socket closed or failed, or the broker dropped it (keep-alive expired). When
+//! the will's topic matches a route, the listener stores it like a publish at that moment,
+//! with the header `mqtt-will: true`, so "till 7 went offline" is in the log next to its
+//! payments. Not when Outpost itself is shutting down (the devices did not go away). An MQTT 5
+//! will delay interval is not waited for: the stored copy is written at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,7 +59,7 @@ use tokio::task::JoinSet;
 
 use super::client::Backoff;
 use super::packet::{self, Aliases, Connect, PacketError};
-use super::route::{Mapped, Routes};
+use super::route::{Mapped, Routes, HEADER_WILL};
 use super::MqttError;
 use crate::ingest::{Link, SourceStatus, StatusBoard};
 use crate::log::{Log, LogError, NewRecord};
@@ -272,9 +281,43 @@ impl Listener {
         up_w.write_all(&buf[..frame.total_len]).await?;
         buf.drain(..frame.total_len);
 
-        tokio::select! {
+        let mut will_discarded = false;
+        let ended = tokio::select! {
             r = copy_down(up_r, dev_w) => r,
-            r = self.pump_up(dev_r, up_w, buf, &connect, shutdown) => r,
+            r = self.pump_up(dev_r, up_w, buf, &connect, shutdown.clone(), &mut will_discarded) => r,
+        };
+        if let Some(will) = &connect.will {
+            if !will_discarded && !*shutdown.borrow() {
+                self.store_will(will, &connect.client_id, &shutdown).await?;
+            }
+        }
+        ended
+    }
+
+    /// Stores a device's last will when its topic is routed (see the module doc).
+    async fn store_will(
+        &self,
+        will: &packet::Will,
+        client_id: &str,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), ConnError> {
+        let Some(route) = self.routes.find(&will.topic) else {
+            return Ok(());
+        };
+        match route.map(&will.topic, &will.payload, Some(client_id)) {
+            Ok(mut mapped) => {
+                mapped
+                    .record
+                    .headers
+                    .push((HEADER_WILL.to_string(), b"true".to_vec()));
+                tracing::info!(topic = %will.topic, client_id = %client_id, log_topic = %mapped.topic, "A device's last will was stored.");
+                self.store(vec![mapped], shutdown).await
+            }
+            Err(e) => {
+                self.board.update(STATUS_NAME, |s| s.errors += 1);
+                tracing::warn!(topic = %will.topic, client_id = %client_id, error = %e, "A device's last will could not be stored.");
+                Ok(())
+            }
         }
     }
 
@@ -286,6 +329,7 @@ impl Listener {
         mut buf: Vec<u8>,
         connect: &Connect,
         shutdown: watch::Receiver<bool>,
+        will_discarded: &mut bool,
     ) -> Result<(), ConnError> {
         let mut aliases = Aliases::default();
         loop {
@@ -304,6 +348,9 @@ impl Listener {
                             }
                         }
                     }
+                } else if frame.kind() == packet::DISCONNECT {
+                    *will_discarded =
+                        !packet::disconnect_keeps_will(&buf[end..], &frame, connect.level);
                 }
                 end += frame.total_len;
             }

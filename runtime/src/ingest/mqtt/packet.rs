@@ -1,6 +1,7 @@
 //! Just enough of the MQTT wire format (3.1, 3.1.1 and 5) for the device-facing listener: find
-//! where one control packet ends, read a CONNECT's protocol level and client id, and read a
-//! PUBLISH's topic, QoS, packet id and payload (resolving MQTT 5 topic aliases).
+//! where one control packet ends, read a CONNECT's protocol level, client id and last will,
+//! read a PUBLISH's topic, QoS, packet id and payload (resolving MQTT 5 topic aliases), and
+//! tell whether a DISCONNECT asks for the will to be published.
 //!
 //! Every control packet starts with a fixed header: one byte (packet type in the high nibble,
 //! flags in the low one) and the *remaining length*, a variable byte integer of one to four
@@ -11,6 +12,11 @@
 pub const CONNECT: u8 = 1;
 /// Packet type of PUBLISH.
 pub const PUBLISH: u8 = 3;
+/// Packet type of DISCONNECT.
+pub const DISCONNECT: u8 = 14;
+
+/// MQTT 5 DISCONNECT reason code "Disconnect with Will Message".
+const REASON_DISCONNECT_WITH_WILL: u8 = 0x04;
 
 /// The MQTT 5 property id of a topic alias (a two-byte integer).
 const PROP_TOPIC_ALIAS: u8 = 0x23;
@@ -106,6 +112,18 @@ pub struct Connect {
     pub level: u8,
     /// The client identifier (may be empty).
     pub client_id: String,
+    /// The last will the broker publishes when the connection ends without a DISCONNECT.
+    pub will: Option<Will>,
+}
+
+/// A CONNECT's last will.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// 0, 1 or 2.
+    pub qos: u8,
+    pub retain: bool,
 }
 
 /// A cursor over one packet's variable header and payload.
@@ -168,14 +186,46 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
         return Err(PacketError::UnknownProtocol(name.to_string()));
     }
     let level = r.u8("protocol level")?;
-    let _flags = r.u8("connect flags")?;
+    let flags = r.u8("connect flags")?;
     let _keep_alive = r.u16("keep alive")?;
     if level == 5 {
         let len = r.varint("connect properties")?;
         r.take(len, "connect properties")?;
     }
     let client_id = r.string("client id")?.to_string();
-    Ok(Connect { level, client_id })
+    let will = if flags & 0x04 != 0 {
+        if level == 5 {
+            let len = r.varint("will properties")?;
+            r.take(len, "will properties")?;
+        }
+        let topic = r.string("will topic")?.to_string();
+        let payload = r.binary("will payload")?.to_vec();
+        let qos = (flags >> 3) & 0x03;
+        if qos > 2 {
+            return Err(PacketError::BadQos);
+        }
+        Some(Will {
+            topic,
+            payload,
+            qos,
+            retain: flags & 0x20 != 0,
+        })
+    } else {
+        None
+    };
+    Ok(Connect {
+        level,
+        client_id,
+        will,
+    })
+}
+
+/// Whether a DISCONNECT packet (the whole packet) still asks the broker to publish the will:
+/// never in MQTT 3.1/3.1.1; in MQTT 5 with reason code 0x04 "Disconnect with Will Message".
+pub fn disconnect_keeps_will(packet: &[u8], frame: &Frame, level: u8) -> bool {
+    level == 5
+        && frame.total_len > frame.header_len
+        && packet.get(frame.header_len) == Some(&REASON_DISCONNECT_WITH_WILL)
 }
 
 /// What the listener needs from a PUBLISH.
@@ -364,13 +414,60 @@ mod tests {
                 c,
                 Connect {
                     level,
-                    client_id: "till-7".into()
+                    client_id: "till-7".into(),
+                    will: None,
                 }
             );
         }
         let p = packet(0x30, &string("x"));
         let f = frame(&p, 1 << 20).unwrap().unwrap();
         assert_eq!(parse_connect(&p, &f), Err(PacketError::NotConnect(3)));
+    }
+
+    #[test]
+    fn a_connect_with_a_last_will_yields_its_topic_payload_qos_and_retain() {
+        for level in [4u8, 5] {
+            let mut body = string("MQTT");
+            // will flag, will QoS 1, will retain, clean start
+            body.extend([level, 0x04 | 0x08 | 0x20 | 0x02, 0, 60]);
+            if level == 5 {
+                body.push(0); // no connect properties
+            }
+            body.extend(string("till-7"));
+            if level == 5 {
+                body.extend([5, 0x18, 0, 0, 0, 10]); // will delay interval = 10 s
+            }
+            body.extend(string("devices/till-7/status"));
+            body.extend(string("offline"));
+            let p = packet(0x10, &body);
+            let f = frame(&p, 1 << 20).unwrap().unwrap();
+            let c = parse_connect(&p, &f).unwrap();
+            assert_eq!(
+                c.will,
+                Some(Will {
+                    topic: "devices/till-7/status".into(),
+                    payload: b"offline".to_vec(),
+                    qos: 1,
+                    retain: true,
+                }),
+                "level {level}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_an_mqtt5_disconnect_with_reason_4_keeps_the_will() {
+        let plain = [0xe0, 0x00];
+        let f = frame(&plain, 1 << 20).unwrap().unwrap();
+        assert!(!disconnect_keeps_will(&plain, &f, 4));
+        assert!(!disconnect_keeps_will(&plain, &f, 5));
+        let with_will = [0xe0, 0x01, 0x04];
+        let f = frame(&with_will, 1 << 20).unwrap().unwrap();
+        assert!(disconnect_keeps_will(&with_will, &f, 5));
+        assert!(!disconnect_keeps_will(&with_will, &f, 4));
+        let normal = [0xe0, 0x01, 0x00];
+        let f = frame(&normal, 1 << 20).unwrap().unwrap();
+        assert!(!disconnect_keeps_will(&normal, &f, 5));
     }
 
     #[test]

@@ -18,6 +18,8 @@ use crate::log::NewRecord;
 pub const HEADER_TOPIC: &str = "mqtt-topic";
 /// The header with the client id of the device that published (embedded listener only).
 pub const HEADER_CLIENT_ID: &str = "mqtt-client-id";
+/// Header set (to `true`) on a record made from a device's last will.
+pub const HEADER_WILL: &str = "mqtt-will";
 
 /// Where a record's key comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,42 +15,9 @@ use super::store::{guest_slice, guest_slice_mut, Emitted, Phase, StoreData};
 /// The import module name.
 pub(crate) const MODULE: &str = "outpost";
 
-/// The ABI version this host speaks; `outpost_abi_version` must return it.
-pub const ABI_VERSION: i32 = 1;
-
-/// Status codes returned to the guest (negative = error).
-pub mod status {
-    /// `state_get`: the key does not exist.
-    pub const NOT_FOUND: i32 = -1;
-    /// Not granted: undeclared output topic, state not enabled, a write during init.
-    pub const DENIED: i32 = -2;
-    /// A key, value, record or per-call total over the limits.
-    pub const TOO_LARGE: i32 = -3;
-    /// A pointer/length outside memory, bad UTF-8, a malformed header block, an empty key.
-    pub const INVALID: i32 = -4;
-    /// The host failed; the current call fails whatever the guest returns.
-    pub const INTERNAL: i32 = -5;
-}
-
-/// Per-call and per-name limits of ABI v1 that are not box settings.
-pub mod limits {
-    /// Longest topic name accepted by `emit`, in bytes.
-    pub const MAX_TOPIC_LEN: usize = 249;
-    /// Most records one call may emit.
-    pub const MAX_EMITS_PER_CALL: usize = 1024;
-    /// Most bytes (as the ABI counts a record) one call may emit.
-    pub const MAX_EMIT_BYTES_PER_CALL: usize = 8 << 20;
-    /// Most bytes of state (keys + values) one call may write.
-    pub const MAX_STATE_BYTES_PER_CALL: usize = 8 << 20;
-    /// Longest log or error message kept, in bytes.
-    pub const MAX_MESSAGE_LEN: usize = 4096;
-}
-
-/// Header names starting with this belong to the host; the host drops them from emits.
-pub const RESERVED_HEADER_PREFIX: &str = "outpost-";
-
-/// The key length that means "no key" in the record encoding.
-const NO_KEY: u32 = u32::MAX;
+// The ABI's numbers (version, status codes, per-call limits, the reserved header prefix, the
+// "no key" length) are the SDK's own constants, so host and guests cannot drift apart.
+pub use outpost_sdk::abi::{limits, status, ABI_VERSION, NO_KEY, RESERVED_HEADER_PREFIX};
 
 /// Encodes one input record for `outpost_on_record` into `out` (cleared first):
 /// `u32 topic_len, topic, u64 offset, u64 timestamp_ms, u32 key_len (0xFFFFFFFF = none), key,
