@@ -16,7 +16,9 @@
 //! - **round trip** (`--round-trip-rate N`): one client publishes contract-shaped payments at
 //!   N per second for `--seconds` while another subscribes to `pos/+/verdict`; the bundled
 //!   fraud-score plugin scores each payment and the MQTT sink publishes the verdict. Reported:
-//!   verdicts received and the latency from publishing a payment to receiving its verdict.
+//!   verdicts received and the latency from publishing a payment to receiving its verdict,
+//!   after `--warmup-s` seconds of payments at the same rate that are not counted (the child
+//!   box is used only once every bundled plugin is compiled and running).
 //!   The baseline, measured in the same run on the same disk: a thread appends 4 KiB and
 //!   calls `fdatasync` every 10 ms in `--dir`; its p50/p99 are printed next to the round trip,
 //!   since at least one fsync (the payment's) is on the path and this VM's fsync latency
@@ -57,6 +59,10 @@ pub struct MqttBenchArgs {
     /// Measure the round trip payment → fraud-score → verdict at this many payments/s instead.
     #[arg(long, value_name = "PER_SECOND")]
     pub round_trip_rate: Option<u32>,
+    /// Payments sent at the same rate before the measured ones, in seconds; their verdicts
+    /// are not counted (a fresh box's caches and files warm up meanwhile).
+    #[arg(long, default_value_t = 2)]
+    pub warmup_s: u64,
     /// Length of the round-trip run, in seconds.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
@@ -188,12 +194,13 @@ fn start_box(args: &MqttBenchArgs, plugins: bool) -> anyhow::Result<Target> {
                     .any(|s| s["name"] == "mqtt:listener" && s["link"]["state"] == "connected")
             })
         });
-        // The round trip needs fraud-score running (it compiles at start).
+        // The round trip needs fraud-score running, and every bundled plugin compiled (they
+        // compile at start, which takes the CPU for a few seconds).
         let plugins_up = !plugins
             || http_get(&http, "/plugins").ok().is_some_and(|p| {
                 p["plugins"].as_array().is_some_and(|list| {
-                    list.iter()
-                        .any(|p| p["name"] == "fraud-score" && p["state"] == "running")
+                    list.iter().any(|p| p["name"] == "fraud-score")
+                        && list.iter().all(|p| p["state"] == "running")
                 })
             });
         if listener_up && plugins_up {
@@ -499,21 +506,32 @@ fn round_trip(
             2048,
         );
         let pub_events = tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
-        let started = Instant::now();
         let every = Duration::from_secs_f64(1.0 / f64::from(rate));
-        for i in 0..total {
-            let due = started + every.mul_f64(i as f64);
+        let warmup = u64::from(rate) * args.warmup_s;
+        let warm_started = Instant::now();
+        let mut started = warm_started;
+        for i in 0..warmup + total {
+            let due = warm_started + every.mul_f64(i as f64);
             tokio::time::sleep_until(due.into()).await;
-            let id = format!("bench-{run_id}-{i}");
+            if i == warmup {
+                started = Instant::now();
+            }
+            let id = if i < warmup {
+                format!("warmup-{run_id}-{i}")
+            } else {
+                format!("bench-{run_id}-{}", i - warmup)
+            };
             let payment = serde_json::json!({
-                "payment_id": id, "ts_ms": crate::ingest::mqtt::now_ms(), "store_id": "bench",
+                "payment_id": &id, "ts_ms": crate::ingest::mqtt::now_ms(), "store_id": "bench",
                 "terminal_id": format!("t-{}", i % 20), "card_id": format!("card-{}", i % 5000),
                 "amount": 10.0 + (i % 100) as f64, "currency": "EUR", "channel": "card_present",
                 "kind": "sale",
             });
-            sent.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id, Instant::now());
+            if i >= warmup {
+                sent.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), Instant::now());
+            }
             publ.publish("pos/payments", QoS::AtLeastOnce, false, payment.to_string())
                 .await?;
         }
