@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use crate::log::{AppendAck, Log, LogError, NewRecord};
+use crate::log::{AppendAck, AppendFailed, Log, LogError, NewRecord};
 
 /// The connection state of one source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -99,7 +99,8 @@ impl StatusBoard {
     }
 }
 
-/// One group of records bound for one log topic, with what its append returned.
+/// One group of records bound for one log topic, with what its append returned: the records
+/// handed back when it failed (empty after a success).
 pub(crate) type GroupResult = (String, Vec<NewRecord>, Result<AppendAck, LogError>);
 
 /// Appends each `(topic, records)` group with one append per topic, all concurrently on the
@@ -114,11 +115,15 @@ pub(crate) async fn append_groups(
     for (topic, records) in groups {
         let log = log.clone();
         pending.push(tokio::task::spawn_blocking(move || {
-            // The records are kept for a retry: the log consumes what it is given.
-            let result = log
-                .topic_or_create(&topic)
-                .and_then(|t| t.append(records.clone()));
-            (topic, records, result)
+            // A failed append hands the records back for a retry.
+            let result = match log.topic_or_create(&topic) {
+                Ok(t) => t.try_append(records),
+                Err(error) => Err(AppendFailed { error, records }),
+            };
+            match result {
+                Ok(ack) => (topic, Vec::new(), Ok(ack)),
+                Err(AppendFailed { error, records }) => (topic, records, Err(error)),
+            }
         }));
     }
     let mut results = Vec::with_capacity(pending.len());

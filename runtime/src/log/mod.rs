@@ -351,6 +351,13 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+/// A failed [`Topic::try_append`]: why, and the records it was given.
+#[derive(Debug)]
+pub struct AppendFailed {
+    pub error: LogError,
+    pub records: Vec<NewRecord>,
+}
+
 /// What an append returns once it is acknowledged under the topic's fsync policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendAck {
@@ -900,6 +907,11 @@ impl Topic {
     /// All records go into one batch with one write.
     pub fn append(&self, records: Vec<NewRecord>) -> Result<AppendAck, LogError> {
         self.inner.append(records)
+    }
+    /// [`Topic::append`] that hands the records back when it fails (a full disk, a closed
+    /// log…), so the caller can retry later without keeping a copy of them.
+    pub fn try_append(&self, records: Vec<NewRecord>) -> Result<AppendAck, AppendFailed> {
+        self.inner.try_append_with(records, true)
     }
     /// [`Topic::append`] from async code (runs on the blocking pool).
     pub async fn append_async(&self, records: Vec<NewRecord>) -> Result<AppendAck, LogError> {

@@ -351,6 +351,11 @@ fn max_bytes_refuses_appends_without_writing_and_recovers_when_space_returns() {
         t.append(vec![rec(0, 1000)]),
         Err(LogError::StorageFull(_))
     ));
+    // try_append hands the refused records back, unchanged, for a later retry.
+    let batch = vec![rec(7, 1000), rec(8, 10)];
+    let failed = t.try_append(batch.clone()).unwrap_err();
+    assert!(matches!(failed.error, LogError::StorageFull(_)));
+    assert_eq!(failed.records, batch);
     assert_eq!(
         (t.next_offset(), t.stats().bytes),
         (next, bytes),

@@ -19,8 +19,8 @@ use super::format::{self, Take};
 use super::retention::{self, Limits, SegmentInfo};
 use super::segment::{self, ReadEnd, Segment};
 use super::{
-    io_error, lock, read_lock, write_lock, AppendAck, Fetch, FsyncPolicy, LogError, NamedFsync,
-    NewRecord, Record, RetentionReport, Shared, TopicConfig, TopicStats,
+    io_error, lock, read_lock, write_lock, AppendAck, AppendFailed, Fetch, FsyncPolicy, LogError,
+    NamedFsync, NewRecord, Record, RetentionReport, Shared, TopicConfig, TopicStats,
 };
 use crate::metrics::{self, Counter, Gauge};
 
@@ -386,44 +386,66 @@ impl TopicInner {
         records: Vec<NewRecord>,
         budgeted: bool,
     ) -> Result<AppendAck, LogError> {
+        self.try_append_with(records, budgeted)
+            .map_err(|failed| failed.error)
+    }
+
+    /// [`Self::append_with`] that hands the records back when the append fails, so a caller
+    /// can retry (after a full disk has room again) without keeping a copy. The records are
+    /// kept until the append is acknowledged; after a failure on an `always` topic some of
+    /// them may have been written but not made durable.
+    pub fn try_append_with(
+        &self,
+        records: Vec<NewRecord>,
+        budgeted: bool,
+    ) -> Result<AppendAck, AppendFailed> {
+        let fail = |error: LogError, records: Vec<NewRecord>| Err(AppendFailed { error, records });
         if records.is_empty() {
-            return Err(LogError::EmptyAppend);
+            return fail(LogError::EmptyAppend, records);
         }
         let limit = self.shared.config.max_record_bytes;
         for r in &records {
             let size = format::payload_size(r.key.as_deref(), &r.value, &r.headers);
             if size > limit {
-                return Err(LogError::RecordTooLarge { size, limit });
+                return fail(LogError::RecordTooLarge { size, limit }, records);
             }
         }
         if self.shared.is_closed() {
-            return Err(LogError::Closed);
+            return fail(LogError::Closed, records);
         }
         let now = self.shared.clock.now_ms();
-        let mut batch =
-            format::encode_batch(&records, now).map_err(|size| LogError::RecordTooLarge {
-                size,
-                limit: format::MAX_BATCH_BYTES,
-            })?;
+        let mut batch = match format::encode_batch(&records, now) {
+            Ok(batch) => batch,
+            Err(size) => {
+                let limit = format::MAX_BATCH_BYTES;
+                return fail(LogError::RecordTooLarge { size, limit }, records);
+            }
+        };
         let count = records.len() as u64;
-        drop(records);
         let batch_len = batch.len() as u64;
 
         let (first, end) = match self.append_locked(&mut batch, count, now, budgeted) {
+            Ok(ends) => ends,
             // The disk budget is exhausted: evict (lowest priority first) once, then retry.
             Err(LogError::StorageFull(why)) if budgeted => {
                 if self.shared.evict_for_append(batch_len) == 0 {
-                    return Err(LogError::StorageFull(why));
+                    return fail(LogError::StorageFull(why), records);
                 }
-                self.append_locked(&mut batch, count, now, budgeted)?
+                match self.append_locked(&mut batch, count, now, budgeted) {
+                    Ok(ends) => ends,
+                    Err(e) => return fail(e, records),
+                }
             }
-            other => other?,
+            Err(e) => return fail(e, records),
         };
+        drop(batch);
         if budgeted {
             self.shared.kick_eviction_if_pressed();
         }
         if self.always() {
-            self.wait_durable(end)?;
+            if let Err(e) = self.wait_durable(end) {
+                return fail(e, records);
+            }
         }
         Ok(AppendAck {
             first_offset: first,
