@@ -523,11 +523,6 @@ min_free_bytes = 0
 [log.default_topic]
 segment_bytes = {SEGMENT_BYTES}
 
-# Replaces the built-in entry of this answer topic (64 MiB segments would never be sealed).
-[log.topics."fraud.scores"]
-segment_bytes = {SEGMENT_BYTES}
-fsync = {{ interval_ms = 100 }}
-
 [plugins]
 bundled = false
 

@@ -16,7 +16,6 @@ fn config(fsync: FsyncPolicy, segment_bytes: u64) -> LogConfig {
             retention_ms: 0,
             retention_bytes: 0,
         },
-        // No built-in answer-topic entries: these tests create exactly the topics they name.
         topics: Default::default(),
         ..LogConfig::default()
     }
