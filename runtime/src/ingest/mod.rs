@@ -4,6 +4,7 @@
 //! This file owns what sources share: the [`SourceStatus`] board that `/topics`, `/metrics` and
 //! `outpost status` show (connected / retrying with the last error / counters / gaps).
 
+pub mod gaps;
 pub mod modbus;
 pub mod modbus_sim;
 pub mod mqtt;

@@ -19,7 +19,6 @@
 //! poll's record is not kept anywhere: the device shows `backpressured` and the skipped interval
 //! is a gap like any other, so nothing is lost silently.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -33,12 +32,10 @@ use super::config::{DeviceConfig, RegisterKind, Transport};
 use super::decode::decode_registers;
 use super::plan::{plan_device, ReadGroup};
 use super::serial::{LineSettings, SerialPort};
+use crate::ingest::gaps::{Gaps, OpenGap};
 use crate::ingest::{Link, SourceStatus, StatusBoard};
 use crate::log::{Log, LogError, NewRecord, Topic};
 use crate::metrics::{self, Counter, Gauge};
-
-/// How many closed gaps a device's status keeps.
-const RECENT_GAPS: usize = 10;
 
 /// What one read returned.
 #[derive(Debug)]
@@ -66,13 +63,6 @@ enum Poll {
     },
     /// No record: the device could not be reached or stopped answering.
     Failed(String),
-}
-
-#[derive(Debug, Clone)]
-struct OpenGap {
-    from_ms: u64,
-    missed_polls: u64,
-    reason: String,
 }
 
 #[derive(Debug)]
@@ -161,18 +151,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `HH:MM:SS.mmmZ` of an epoch-ms time (UTC).
-fn clock(ms: u64) -> String {
-    let day_ms = ms % 86_400_000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}Z",
-        day_ms / 3_600_000,
-        day_ms / 60_000 % 60,
-        day_ms / 1000 % 60,
-        day_ms % 1000
-    )
-}
-
 fn exception_text(code: ExceptionCode) -> String {
     format!("exception 0x{:02X} ({code:?})", u8::from(code))
 }
@@ -192,7 +170,7 @@ pub(super) struct Poller {
     last_request: Option<Instant>,
     consecutive_failures: u32,
     open_gap: Option<OpenGap>,
-    recent_gaps: VecDeque<Value>,
+    gaps: Gaps,
     last_stored: Option<(Map<String, Value>, &'static str)>,
     polls_since_stored: u32,
     polls_ok: u64,
@@ -260,7 +238,7 @@ impl Poller {
             last_request: None,
             consecutive_failures: 0,
             open_gap: None,
-            recent_gaps: VecDeque::new(),
+            gaps: Gaps::new("missed_polls", "polls missed"),
             last_stored: None,
             polls_since_stored: 0,
             polls_ok: 0,
@@ -575,7 +553,7 @@ impl Poller {
             self.busy_retries,
             self.connects,
         );
-        let gaps: Vec<Value> = self.recent_gaps.iter().cloned().collect();
+        let gaps = self.gaps.recent();
         let error_count = u64::from(!errors.is_empty());
         self.board.update(&self.status_name, |s| {
             s.link = Link::Connected;
@@ -597,7 +575,7 @@ impl Poller {
                 .insert("last_quality".into(), Value::from(quality));
             s.details.insert("last_poll_ms".into(), Value::from(ts_ms));
             s.details.insert("open_gap".into(), Value::Null);
-            s.details.insert("recent_gaps".into(), Value::from(gaps));
+            s.details.insert("recent_gaps".into(), gaps);
         });
         true
     }
@@ -655,7 +633,7 @@ impl Poller {
         }
         match self.open_gap.as_mut() {
             Some(gap) => {
-                gap.missed_polls += 1;
+                gap.missed += 1;
                 gap.reason.clone_from(&reason);
             }
             None => {
@@ -667,14 +645,12 @@ impl Poller {
                 );
                 self.open_gap = Some(OpenGap {
                     from_ms: ts_ms,
-                    missed_polls: 1,
+                    missed: 1,
                     reason: reason.clone(),
                 });
             }
         }
-        let open = self.open_gap.as_ref().map(
-            |g| json!({"from_ms": g.from_ms, "missed_polls": g.missed_polls, "reason": g.reason}),
-        );
+        let open = self.open_gap.as_ref().map(|g| self.gaps.open_json(g));
         let attempts = u64::from(self.consecutive_failures);
         let polls_failed = self.polls_failed;
         let connected = self.context.is_some();
@@ -700,48 +676,22 @@ impl Poller {
 
     /// Closes a gap at `to_ms`; returns its human-readable text.
     fn close_gap(&mut self, gap: OpenGap, to_ms: u64) -> String {
-        let text = format!(
-            "{}–{} ({:.1} s, {} polls missed): {}",
-            clock(gap.from_ms),
-            clock(to_ms),
-            to_ms.saturating_sub(gap.from_ms) as f64 / 1000.0,
-            gap.missed_polls,
-            gap.reason
-        );
         tracing::info!(
             device = %self.device.name,
             from_ms = gap.from_ms,
             to_ms,
-            missed_polls = gap.missed_polls,
+            missed_polls = gap.missed,
             reason = %gap.reason,
             "A Modbus device answers again; the gap is closed."
         );
         self.metrics.gaps.inc();
-        if self.recent_gaps.len() == RECENT_GAPS {
-            self.recent_gaps.pop_front();
-        }
-        self.recent_gaps.push_back(json!({
-            "from_ms": gap.from_ms,
-            "to_ms": to_ms,
-            "missed_polls": gap.missed_polls,
-            "reason": gap.reason,
-        }));
-        text
+        self.gaps.close(gap, to_ms)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gap_times_read_as_utc_clock_times() {
-        assert_eq!(clock(0), "00:00:00.000Z");
-        assert_eq!(
-            clock(86_400_000 + 12 * 3_600_000 + 5 * 60_000 + 7_250),
-            "12:05:07.250Z"
-        );
-    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_never_undercuts_the_interval() {

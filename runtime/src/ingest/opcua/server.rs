@@ -1,7 +1,7 @@
 //! One server's task: find the endpoint, open a session, subscribe, store every data change,
 //! and keep the session healthy; see the module documentation of `opcua` for the behaviour.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,18 +17,17 @@ use opcua::types::{
     MonitoringMode, MonitoringParameters, NodeId, NotificationMessage, QualifiedName, ReadValueId,
     StatusChangeNotification, StatusCode, TimestampsToReturn, Variant,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout};
 
 use super::config::{parse_node_id, SecurityMode, SecurityPolicy, ServerConfig};
 use super::record::data_change_record;
+use crate::ingest::gaps::{Gaps, OpenGap};
 use crate::ingest::{append_groups, Link, SourceStatus, StatusBoard};
 use crate::log::{Log, LogError, NewRecord};
 use crate::metrics::{self, Counter, Gauge};
 
-/// How many closed gaps a server's status keeps.
-const RECENT_GAPS: usize = 10;
 /// Failed keep-alive reads in a row after which the session is rebuilt.
 const MAX_FAILED_KEEP_ALIVES: u64 = 3;
 /// How long closing a session on shutdown or rebuild may take before it is abandoned.
@@ -125,14 +124,6 @@ impl OnSubscriptionNotificationCore for Notifier {
     }
 }
 
-#[derive(Debug, Clone)]
-struct OpenGap {
-    from_ms: u64,
-    reason: String,
-    /// Records the log refused during this gap (backpressure gaps).
-    refused: u64,
-}
-
 #[derive(Debug)]
 struct ServerMetrics {
     records: Counter,
@@ -205,18 +196,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `HH:MM:SS.mmmZ` of an epoch-ms time (UTC).
-fn clock(ms: u64) -> String {
-    let day_ms = ms % 86_400_000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}Z",
-        day_ms / 3_600_000,
-        day_ms / 60_000 % 60,
-        day_ms / 1000 % 60,
-        day_ms % 1000
-    )
-}
-
 /// How one session ended.
 enum Ended {
     /// Shutdown was requested; the session is closed.
@@ -237,7 +216,8 @@ pub(super) struct ServerTask {
     names_read: bool,
     link_gap: Option<OpenGap>,
     refused_gap: Option<OpenGap>,
-    recent_gaps: VecDeque<Value>,
+    /// Closed gaps; `missed` counts the records the log refused during a gap.
+    gaps: Gaps,
     consecutive_failures: u32,
     connected: bool,
     /// The current session object has its subscription (set up by `subscribe`).
@@ -308,7 +288,7 @@ impl ServerTask {
             names_read: false,
             link_gap: None,
             refused_gap: None,
-            recent_gaps: VecDeque::new(),
+            gaps: Gaps::new("records_refused", "records refused"),
             consecutive_failures: 0,
             connected: false,
             subscribed: false,
@@ -674,7 +654,7 @@ impl ServerTask {
                 self.link_gap = Some(OpenGap {
                     from_ms: now_ms(),
                     reason: reason.clone(),
-                    refused: 0,
+                    missed: 0,
                 });
             }
         }
@@ -703,7 +683,7 @@ impl ServerTask {
             .take()
             .map(|gap| self.close_gap(gap, now_ms()));
         let open = self.open_gap_json();
-        let gaps: Vec<Value> = self.recent_gaps.iter().cloned().collect();
+        let gaps = self.gaps.recent();
         let backpressured = self.refused_gap.as_ref().map(|g| g.reason.clone());
         self.board.update(&self.status_name, |s| {
             s.link = match backpressured {
@@ -716,15 +696,13 @@ impl ServerTask {
             }
             s.details.insert("connected".into(), Value::from(true));
             s.details.insert("open_gap".into(), open);
-            s.details.insert("recent_gaps".into(), Value::from(gaps));
+            s.details.insert("recent_gaps".into(), gaps);
         });
     }
 
     fn open_gap_json(&self) -> Value {
         match self.link_gap.as_ref().or(self.refused_gap.as_ref()) {
-            Some(g) => {
-                json!({"from_ms": g.from_ms, "reason": g.reason, "records_refused": g.refused})
-            }
+            Some(g) => self.gaps.open_json(g),
             None => Value::Null,
         }
     }
@@ -756,7 +734,7 @@ impl ServerTask {
                     .map(|gap| self.close_gap(gap, ts_ms));
                 let connected = self.connected;
                 let open = self.open_gap_json();
-                let gaps: Vec<Value> = self.recent_gaps.iter().cloned().collect();
+                let gaps = self.gaps.recent();
                 let publishes = self.publishes;
                 self.board.update(&self.status_name, |s| {
                     s.records_stored += count;
@@ -767,7 +745,7 @@ impl ServerTask {
                         s.gaps += 1;
                         s.last_gap = Some(text);
                         s.details.insert("open_gap".into(), open);
-                        s.details.insert("recent_gaps".into(), Value::from(gaps));
+                        s.details.insert("recent_gaps".into(), gaps);
                         if connected {
                             s.link = Link::Connected;
                         }
@@ -778,7 +756,7 @@ impl ServerTask {
                 self.metrics.refused.add(count);
                 match self.refused_gap.as_mut() {
                     Some(gap) => {
-                        gap.refused += count;
+                        gap.missed += count;
                         gap.reason.clone_from(&reason);
                     }
                     None => {
@@ -791,7 +769,7 @@ impl ServerTask {
                         self.refused_gap = Some(OpenGap {
                             from_ms: ts_ms,
                             reason: reason.clone(),
-                            refused: count,
+                            missed: count,
                         });
                     }
                 }
@@ -807,35 +785,16 @@ impl ServerTask {
 
     /// Closes a gap at `to_ms`; returns its human-readable text.
     fn close_gap(&mut self, gap: OpenGap, to_ms: u64) -> String {
-        let mut text = format!(
-            "{}–{} ({:.1} s): {}",
-            clock(gap.from_ms),
-            clock(to_ms),
-            to_ms.saturating_sub(gap.from_ms) as f64 / 1000.0,
-            gap.reason
-        );
-        if gap.refused > 0 {
-            text.push_str(&format!(" ({} records refused)", gap.refused));
-        }
         tracing::info!(
             server = %self.server.name,
             from_ms = gap.from_ms,
             to_ms,
-            records_refused = gap.refused,
+            records_refused = gap.missed,
             reason = %gap.reason,
             "An OPC-UA gap is closed."
         );
         self.metrics.gaps.inc();
-        if self.recent_gaps.len() == RECENT_GAPS {
-            self.recent_gaps.pop_front();
-        }
-        self.recent_gaps.push_back(json!({
-            "from_ms": gap.from_ms,
-            "to_ms": to_ms,
-            "reason": gap.reason,
-            "records_refused": gap.refused,
-        }));
-        text
+        self.gaps.close(gap, to_ms)
     }
 }
 
@@ -1121,19 +1080,14 @@ mod tests {
             status.link
         );
         assert_eq!(
-            status.records_stored + refused_gap.refused,
+            status.records_stored + refused_gap.missed,
             sent,
             "every record is either stored or counted in the gap"
         );
         assert_eq!(
             status.details["open_gap"]["records_refused"],
-            json!(refused_gap.refused)
+            serde_json::json!(refused_gap.missed)
         );
         assert!(status.errors >= 1);
-    }
-
-    #[test]
-    fn gap_times_read_as_utc_clock_times() {
-        assert_eq!(clock(86_400_000 + 3_600_000 + 61_001), "01:01:01.001Z");
     }
 }
