@@ -100,6 +100,28 @@ impl StatusBoard {
     }
 }
 
+/// Waits for the per-device (or per-server) tasks of a source until every one has stopped;
+/// with none, waits for shutdown instead, so that the source can run as an `outpost run`
+/// component either way. Returns the message of the first task that ended abnormally.
+pub(crate) async fn join_tasks(
+    mut tasks: tokio::task::JoinSet<()>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    kind: &str,
+) -> Result<(), String> {
+    if tasks.is_empty() {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        return Ok(());
+    }
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            tracing::error!(source = kind, error = %e, "A source task ended abnormally.");
+            failure.get_or_insert(e.to_string());
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
 /// One group of records bound for one log topic, with what its append returned: the records
 /// handed back when it failed (empty after a success).
 pub(crate) type GroupResult = (String, Vec<NewRecord>, Result<AppendAck, LogError>);

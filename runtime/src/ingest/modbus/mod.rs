@@ -64,7 +64,7 @@ pub async fn run(
     config: ModbusConfig,
     log: Log,
     board: StatusBoard,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ModbusError> {
     config
         .validate()
@@ -74,19 +74,7 @@ pub async fn run(
         let poller = poller::Poller::new(device, log.clone(), board.clone());
         tasks.spawn(poller.run(shutdown.clone()));
     }
-    if tasks.is_empty() {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-        return Ok(());
-    }
-    let mut failure = None;
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(e) = joined {
-            tracing::error!(error = %e, "A Modbus polling task ended abnormally.");
-            failure.get_or_insert(ModbusError::Task(e.to_string()));
-        }
-    }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    crate::ingest::join_tasks(tasks, shutdown, "modbus")
+        .await
+        .map_err(ModbusError::Task)
 }

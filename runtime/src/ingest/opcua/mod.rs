@@ -87,7 +87,7 @@ pub async fn run(
     config: OpcuaConfig,
     log: Log,
     board: StatusBoard,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), OpcuaError> {
     config
         .validate()
@@ -97,19 +97,7 @@ pub async fn run(
         let task = server::ServerTask::new(server, log.clone(), board.clone());
         tasks.spawn(task.run(shutdown.clone()));
     }
-    if tasks.is_empty() {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-        return Ok(());
-    }
-    let mut failure = None;
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(e) = joined {
-            tracing::error!(error = %e, "An OPC-UA server task ended abnormally.");
-            failure.get_or_insert(OpcuaError::Task(e.to_string()));
-        }
-    }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    crate::ingest::join_tasks(tasks, shutdown, "opcua")
+        .await
+        .map_err(OpcuaError::Task)
 }
