@@ -56,7 +56,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::log::{Log, LogError, Record, RetentionGuard, Topic};
+use crate::log::{Fetch, Log, LogError, Record, RetentionGuard, Topic};
 use crate::metrics::{self, Counter, Gauge};
 use crate::state::{Commit, StateError, StateStore};
 use budget::TokenBucket;
@@ -225,6 +225,17 @@ struct Session {
     sent: BTreeMap<String, u64>,
     /// Records handed to this producer so far.
     handed: u64,
+    /// Flights handed to the acknowledging task so far.
+    handed_flights: u64,
+    /// The next chunk of the topic last sent from, read while that chunk is handed over.
+    read_ahead: Option<ReadAhead>,
+}
+
+/// A chunk being read on the blocking pool ahead of its turn.
+struct ReadAhead {
+    topic: String,
+    from: u64,
+    read: tokio::task::JoinHandle<Result<Fetch, LogError>>,
 }
 
 impl Session {
@@ -239,6 +250,7 @@ struct Settled<'a>(&'a SessionShared, u64);
 impl Drop for Settled<'_> {
     fn drop(&mut self) {
         self.0.settled_records.fetch_add(self.1, Ordering::SeqCst);
+        self.0.settled_flights.fetch_add(1, Ordering::SeqCst);
         self.0.progress.notify_one();
     }
 }
@@ -253,6 +265,8 @@ struct SessionShared {
     acked_flights: AtomicU64,
     /// Records whose delivery report arrived (acknowledged or not).
     settled_records: AtomicU64,
+    /// Flights whose records all settled.
+    settled_flights: AtomicU64,
     /// Acknowledged records per second, smoothed; 0 until the first flight is acknowledged.
     rate: Mutex<f64>,
     /// Signalled after each settled flight.
@@ -572,6 +586,8 @@ impl Forwarder {
             shared,
             sent: BTreeMap::new(),
             handed: 0,
+            handed_flights: 0,
+            read_ahead: None,
         })
     }
 
@@ -760,16 +776,24 @@ impl Forwarder {
             {
                 return Ok(());
             }
-            let topic = w.topic.clone();
             let from = w.cursor;
-            let fetch =
-                tokio::task::spawn_blocking(move || topic.read(from, max_records, max_bytes))
-                    .await
-                    .map_err(|e| ForwardError::Task(e.to_string()))?
-                    .map_err(|source| ForwardError::Log {
-                        topic: w.topic.name().to_string(),
-                        source,
-                    })?;
+            let read = match session.read_ahead.take() {
+                Some(ahead) if ahead.topic == w.topic.name() && ahead.from == from => ahead.read,
+                other => {
+                    if let Some(stale) = other {
+                        stale.read.abort();
+                    }
+                    let topic = w.topic.clone();
+                    tokio::task::spawn_blocking(move || topic.read(from, max_records, max_bytes))
+                }
+            };
+            let fetch = read
+                .await
+                .map_err(|e| ForwardError::Task(e.to_string()))?
+                .map_err(|source| ForwardError::Log {
+                    topic: w.topic.name().to_string(),
+                    source,
+                })?;
             let mut cursor = w.cursor;
             if fetch.start_offset > cursor {
                 // Retention removed records before they were forwarded.
@@ -785,6 +809,16 @@ impl Forwarder {
                 continue;
             };
             let sent_to = last.offset + 1;
+            if sent_to < w.end {
+                // Read the topic's next chunk while this one is budgeted and handed over.
+                let topic = w.topic.clone();
+                let more = cfg.batch_records.min((w.end - sent_to) as usize);
+                session.read_ahead = Some(ReadAhead {
+                    topic: w.topic.name().to_string(),
+                    from: sent_to,
+                    read: tokio::task::spawn_blocking(move || topic.read(sent_to, more, max_bytes)),
+                });
+            }
             // The budget counts what goes on the uplink: the record plus the four headers.
             let extra = (HEADER_EDGE.len()
                 + HEADER_STORE.len()
@@ -823,6 +857,7 @@ impl Forwarder {
             );
             let refused = flight.refused.is_some();
             session.handed += flight.pending.len() as u64;
+            session.handed_flights += 1;
             if !refused {
                 session.sent.insert(w.topic.name().to_string(), sent_to);
             }
@@ -845,11 +880,11 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Waits until `records` more may be handed over: the records awaiting their reports must
-    /// stay within what the broker acknowledges in a quarter of `delivery_timeout_ms` at its
-    /// recent pace (at least one batch), so that a slow broker is never given more than it can
-    /// take before records time out in librdkafka's queue. False when the session failed or
-    /// shutdown was requested meanwhile.
+    /// Waits until `records` more may be handed over: at most `in_flight_batches` batches await
+    /// their reports, and their records stay within what the broker acknowledges in a quarter
+    /// of `delivery_timeout_ms` at its recent pace (at least one batch), so that a slow broker
+    /// is never given more than it can take before records time out in librdkafka's queue.
+    /// False when the session failed or shutdown was requested meanwhile.
     async fn window_open(
         &self,
         session: &Session,
@@ -864,9 +899,14 @@ impl Forwarder {
             }
             let settled = session.shared.settled_records.load(Ordering::SeqCst);
             let waiting = session.handed.saturating_sub(settled);
+            let flights = session
+                .handed_flights
+                .saturating_sub(session.shared.settled_flights.load(Ordering::SeqCst));
             let rate = *crate::log::lock(&session.shared.rate);
             let window = (rate * horizon_s).max(cfg.batch_records as f64);
-            if waiting == 0 || (waiting + records) as f64 <= window {
+            if flights == 0
+                || (flights < cfg.in_flight_batches as u64 && (waiting + records) as f64 <= window)
+            {
                 return true;
             }
             tokio::select! {
@@ -896,8 +936,9 @@ impl Forwarder {
             refused: None,
             handed_at: Instant::now(),
         };
+        let mut offset_buf = [0u8; 20];
         for r in records {
-            let offset_text = r.offset.to_string();
+            let offset_text = decimal(r.offset, &mut offset_buf);
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len() + 4);
             for (name, value) in &r.headers {
                 headers = headers.insert(Header {
@@ -909,19 +950,27 @@ impl Forwarder {
                 (HEADER_EDGE, self.inner.edge_id.as_bytes()),
                 (HEADER_STORE, self.inner.store_id.as_bytes()),
                 (HEADER_TOPIC, topic.as_bytes()),
-                (HEADER_OFFSET, offset_text.as_bytes()),
+                (HEADER_OFFSET, offset_text),
             ] {
                 headers = headers.insert(Header {
                     key: name,
                     value: Some(value),
                 });
             }
-            let key = rules::kafka_key(route.key_pointer.as_deref(), r.key.as_deref(), &r.value);
+            // The record's own key is borrowed; only a JSON pointer makes a new one.
+            let pointed = route
+                .key_pointer
+                .as_deref()
+                .map(|p| rules::kafka_key(Some(p), r.key.as_deref(), &r.value));
+            let key = match &pointed {
+                Some(k) => k.as_deref(),
+                None => r.key.as_deref(),
+            };
             let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&route.destination)
                 .payload(r.value.as_slice())
                 .headers(headers)
                 .timestamp(r.timestamp_ms as i64);
-            if let Some(k) = key.as_deref() {
+            if let Some(k) = key {
                 rec = rec.key(k);
             }
             match producer.send_result(rec) {
@@ -1008,6 +1057,19 @@ impl Forwarder {
     }
 }
 
+/// `n` as decimal text in `buf`, without allocating.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
 fn decimal_len(n: u64) -> u64 {
     n.checked_ilog10().map_or(1, |d| u64::from(d) + 1)
 }
@@ -1030,6 +1092,20 @@ impl RetentionGuard for Forwarder {
         match self.inner.state.offset(&self.inner.consumer, topic) {
             Ok(Some(c)) => Some(c),
             _ => Some(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_written_as_decimal_text_without_allocating() {
+        let mut buf = [0u8; 20];
+        for n in [0u64, 7, 10, 99, 4_294_967_296, u64::MAX] {
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+            assert_eq!(decimal_len(n), n.to_string().len() as u64);
         }
     }
 }

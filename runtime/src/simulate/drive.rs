@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::generate::{Generator, GeneratorConfig, Kind, Pattern, Planted};
 use super::SimulateError;
+use crate::ingest::mqtt::client::AbortOnDrop;
 
 /// Score at or above which a verdict counts as flagged: the bundled fraud-score plugin's
 /// default `alert_threshold`.
@@ -504,16 +505,6 @@ pub async fn drive(
         let _ = tokio::time::timeout(Duration::from_secs(1), &mut events.0).await;
     }
     Ok(summary)
-}
-
-/// Aborts the event-loop task when the run ends, however it ends.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

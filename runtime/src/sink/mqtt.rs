@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{Event, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 
-use crate::ingest::mqtt::client::{self, Backoff, ClientSettings};
+use crate::ingest::mqtt::client::{self, AbortOnDrop, Backoff, ClientSettings};
 use crate::ingest::mqtt::config::{parse_sink_template, SinkConfig, StartAt, TemplatePart};
 use crate::ingest::mqtt::MqttError;
 use crate::ingest::{Link, SourceStatus, StatusBoard};
@@ -455,15 +455,6 @@ impl Sink {
                 }
             }
         }
-    }
-}
-
-/// Aborts a task when dropped (the event loop of a finished connection).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

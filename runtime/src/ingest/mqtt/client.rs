@@ -166,3 +166,13 @@ mod tests {
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }
 }
+
+/// Aborts a task when dropped: the event loop of a client whose run ended, however it ended.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
