@@ -752,3 +752,47 @@ fn a_class_budget_below_the_uplink_budget_limits_that_class_within_ten_percent()
     };
     assert_within_ten_percent(rate, span, budget);
 }
+
+#[test]
+fn the_forward_benchmark_reports_both_rates_and_checks_what_arrived() {
+    let _serial = serial();
+    let Some((python, tansu)) = peers("forward bench") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args([
+            "bench",
+            "forward",
+            "--records",
+            "5000",
+            "--repeats",
+            "1",
+            "--json",
+        ])
+        .arg("--tansu")
+        .arg(&tansu)
+        .arg("--python")
+        .arg(&python)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "outpost bench forward failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    eprintln!("bench report: {report}");
+    let repeat = &report["repeats"][0];
+    assert_eq!(repeat["outpost_read_back"], 5000, "{report}");
+    assert_eq!(repeat["python_read_back"], 5000, "{report}");
+    assert!(report["median_outpost_records_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(report["median_python_records_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(report["median_ratio"].as_f64().unwrap() > 0.0);
+    // The working directory is removed afterwards.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
