@@ -295,13 +295,27 @@ pub fn consume(
 
 /// Produces `count` records (key `k<i>`, value `{"i":i,"card_id":"c<i>"}`) to `topic`.
 pub fn produce(python: &Path, brokers: &str, topic: &str, start: usize, count: usize) {
+    produce_values(python, brokers, topic, start, count, None);
+}
+
+/// Like [`produce`], with each value made from `template` (`{i}` = the record's index).
+pub fn produce_values(
+    python: &Path,
+    brokers: &str,
+    topic: &str,
+    start: usize,
+    count: usize,
+    template: Option<&str>,
+) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/kafka_produce.py");
-    let out = Command::new(python)
-        .arg(script)
+    let mut cmd = Command::new(python);
+    cmd.arg(script)
         .args(["--brokers", brokers, "--topic", topic])
-        .args(["--count", &count.to_string(), "--start", &start.to_string()])
-        .output()
-        .unwrap();
+        .args(["--count", &count.to_string(), "--start", &start.to_string()]);
+    if let Some(template) = template {
+        cmd.args(["--value", template]);
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "kafka_produce.py failed: {}",

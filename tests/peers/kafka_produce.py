@@ -10,6 +10,8 @@ Options:
     --topic T       topic to produce to
     --count N       number of records
     --start S       first index (default 0)
+    --value V       a value template instead, `{i}` replaced by the index
+                    (e.g. '{"card_id": "c{i}", "action": "add", "reason": "stolen"}')
 """
 
 import argparse
@@ -25,6 +27,7 @@ def main():
     ap.add_argument("--topic", required=True)
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--value")
     args = ap.parse_args()
 
     producer = Producer({
@@ -40,7 +43,10 @@ def main():
             failed.append(str(err))
 
     for i in range(args.start, args.start + args.count):
-        value = json.dumps({"i": i, "card_id": f"c{i}"})
+        if args.value is not None:
+            value = args.value.replace("{i}", str(i))
+        else:
+            value = json.dumps({"i": i, "card_id": f"c{i}"})
         while True:
             try:
                 producer.produce(args.topic, key=f"k{i}", value=value,

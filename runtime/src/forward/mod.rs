@@ -36,7 +36,10 @@
 //!
 //! # Retention
 //! The forwarder is a [`RetentionGuard`]: a segment of a forwarded topic is kept until its
-//! records are forwarded (`protected_from` = the cursor).
+//! records are forwarded (`protected_from` = the cursor) — unless the disk budget forces
+//! eviction by priority ([`evict`]: unrouted topics, then bulk, then normal, never critical).
+//! Each eviction leaves a gap marker in `outpost.gaps`, itself forwarded as critical, and a
+//! cursor below the topic's new start skips ahead to it with a warning naming the range.
 
 pub mod api;
 pub mod budget;
