@@ -80,6 +80,9 @@ def produce(args):
         ("outpost-store", args.store.encode()),
         ("outpost-topic", args.local_topic.encode()),
     ]
+    # The clock includes creating the producer, connecting and learning the topic's leader, as
+    # the forwarder's does: its producer is created (and connects) after its clock starts.
+    start = time.monotonic()
     producer = Producer({
         "bootstrap.servers": args.brokers,
         "enable.idempotence": True,
@@ -92,16 +95,12 @@ def produce(args):
         "queue.buffering.max.messages": 1000000,
         "queue.buffering.max.kbytes": 1048576,
     })
-    # Connect and learn the topic's leader before the clock starts (the forwarder's producer
-    # is also created before its clock starts).
-    producer.list_topics(args.topic, timeout=30)
     failed = [0]
 
     def report(err, _msg):
         if err is not None:
             failed[0] += 1
 
-    start = time.monotonic()
     for i, value in enumerate(values):
         headers = fixed + [("outpost-offset", str(i).encode())]
         while True:

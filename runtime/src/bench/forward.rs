@@ -7,14 +7,15 @@
 //! `--record-bytes` bytes (no key; the value is `{"i":<i>,"pad":"…"}` padded to the size). Each
 //! repeat then, against a fresh broker:
 //! - **outpost**: a [`Forwarder`] (cluster `bench<r>`, so it starts from offset 0) drains the
-//!   topic to a fresh cloud topic; the clock runs from starting the forwarder until its
-//!   committed cursor reached the end (every record acknowledged with acks=all and its cursor
-//!   stored);
+//!   topic to a fresh cloud topic; the clock runs from starting the forwarder (which creates
+//!   its producer, connects and fetches metadata) until its committed cursor reached the end
+//!   (every record acknowledged with acks=all and its cursor stored);
 //! - **confluent-kafka**: `kafka_bench.py produce` (the script is compiled into the binary and
 //!   written to the working directory) produces the same values with the same four headers to
 //!   another fresh topic, with the forwarder's producer settings (idempotent, acks=all, 5 in
-//!   flight, the same compression, `linger.ms` and `batch.size`); its clock runs from the first
-//!   `produce` to the end of `flush` (every delivery report in).
+//!   flight, the same compression, `linger.ms` and `batch.size`); its clock runs from creating
+//!   the producer (so it too connects and fetches metadata on the clock) to the end of `flush`
+//!   (every delivery report in). The values are made before the clock starts.
 //!
 //! The two take turns going first. Afterwards both topics are read back (`kafka_bench.py
 //! count`): each must hold every record (by its `outpost-offset` header), or the repeat fails.
