@@ -76,6 +76,11 @@ fn done(peer: &PythonPeer, timeout: Duration) -> bool {
     .is_some_and(|l| l.starts_with("DONE"))
 }
 
+/// `outpost run` with config file `cfg`, its data under `dir`, on fresh ports.
+fn start_box(dir: &Path, cfg: &Path) -> Outpost {
+    Outpost::start(&dir.join("data"), Some(cfg), free_port(), free_port())
+}
+
 fn wait_connected(box_: &Outpost) {
     assert!(
         eventually(Duration::from_secs(30), || {
@@ -98,12 +103,7 @@ fn messages_map_to_log_topics_with_keys_and_the_mqtt_topic_header() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&mosquitto, dir.path(), free_port(), None);
     let cfg = config(dir.path(), "127.0.0.1", broker.port, "");
-    let box_ = Outpost::start(
-        &dir.path().join("data"),
-        Some(&cfg),
-        free_port(),
-        free_port(),
-    );
+    let box_ = start_box(dir.path(), &cfg);
     wait_connected(&box_);
 
     let p = publish(
@@ -181,12 +181,7 @@ fn qos1_messages_are_redelivered_after_kill_nine_of_outpost_and_none_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&mosquitto, dir.path(), free_port(), None);
     let cfg = config(dir.path(), "127.0.0.1", broker.port, "");
-    let mut box_ = Outpost::start(
-        &dir.path().join("data"),
-        Some(&cfg),
-        free_port(),
-        free_port(),
-    );
+    let mut box_ = start_box(dir.path(), &cfg);
     wait_connected(&box_);
 
     let total = 3000u64;
@@ -260,12 +255,7 @@ fn a_broker_restart_shows_retrying_then_connected_and_delivery_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Mosquitto::start(&mosquitto, dir.path(), free_port(), None);
     let cfg = config(dir.path(), "127.0.0.1", broker.port, "");
-    let box_ = Outpost::start(
-        &dir.path().join("data"),
-        Some(&cfg),
-        free_port(),
-        free_port(),
-    );
+    let box_ = start_box(dir.path(), &cfg);
     wait_connected(&box_);
     let before = publish(
         &py,
@@ -350,12 +340,7 @@ fn a_tls_source_with_a_client_certificate_receives_from_a_tls_broker() {
         certs.ca, certs.client_cert, certs.client_key
     );
     let cfg = config(dir.path(), "localhost", broker.port, &tls);
-    let box_ = Outpost::start(
-        &dir.path().join("data"),
-        Some(&cfg),
-        free_port(),
-        free_port(),
-    );
+    let box_ = start_box(dir.path(), &cfg);
     wait_connected(&box_);
 
     let (ca, cert, key) = (
@@ -390,12 +375,7 @@ fn a_tls_source_with_a_client_certificate_receives_from_a_tls_broker() {
     let dir2 = tempfile::tempdir().unwrap();
     let no_cert = format!("tls = {{ ca_file = {:?} }}", certs.ca);
     let cfg2 = config(dir2.path(), "localhost", broker.port, &no_cert);
-    let refused = Outpost::start(
-        &dir2.path().join("data"),
-        Some(&cfg2),
-        free_port(),
-        free_port(),
-    );
+    let refused = start_box(dir2.path(), &cfg2);
     assert!(eventually(Duration::from_secs(20), || {
         refused
             .status("sources", "mqtt:store")
@@ -424,12 +404,7 @@ segment_bytes = 4096
 retention_ms = 6000
 "#;
     let cfg = config_with(dir.path(), "127.0.0.1", broker.port, "", head);
-    let box_ = Outpost::start(
-        &dir.path().join("data"),
-        Some(&cfg),
-        free_port(),
-        free_port(),
-    );
+    let box_ = start_box(dir.path(), &cfg);
     wait_connected(&box_);
     let filled_at = Instant::now();
     for (records, size) in [(50, 1000), (1, 1000), (1, 10)] {

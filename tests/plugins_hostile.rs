@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use outpost::log::{FsyncPolicy, Log, LogConfig, NamedFsync, NewRecord, Record};
 use outpost::plugins::host::{
-    FailureKind, Host, HostConfig, PluginError, HEADER_ERROR, HEADER_PLUGIN, HEADER_SOURCE_OFFSET,
-    HEADER_SOURCE_TOPIC,
+    FailureKind, Host, HostConfig, Instance, PluginError, HEADER_ERROR, HEADER_PLUGIN,
+    HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC,
 };
 use outpost::plugins::manifest::Manifest;
 use outpost::plugins::runner::{RunState, RunnerConfig, RunnerHandle};
@@ -77,6 +77,19 @@ impl Env {
             state,
             host,
         }
+    }
+
+    /// An instance of the `wasi_probe` fixture (reads `wasi.in`, emits to `wasi.out`).
+    fn wasi_probe(&self) -> Instance {
+        let m = Manifest::parse(
+            "name = \"wasi\"\nversion = \"1\"\ninputs = [\"wasi.in\"]\noutputs = [\"wasi.out\"]\n",
+        )
+        .unwrap();
+        let module = self
+            .host
+            .compile_named("wasi", wat!("wasi_probe").as_bytes())
+            .unwrap();
+        self.host.instantiate(&m, &module).unwrap()
     }
 
     fn try_start(&self, wasm: &[u8], manifest: &str) -> Result<RunnerHandle, PluginError> {
@@ -685,15 +698,7 @@ fn config_table_reaches_outpost_init_as_json() {
 #[test]
 fn wasi_grants_nothing_but_output_clocks_and_random_bytes() {
     let env = Env::new();
-    let m = Manifest::parse(
-        "name = \"wasi\"\nversion = \"1\"\ninputs = [\"wasi.in\"]\noutputs = [\"wasi.out\"]\n",
-    )
-    .unwrap();
-    let module = env
-        .host
-        .compile_named("wasi", wat!("wasi_probe").as_bytes())
-        .unwrap();
-    let mut instance = env.host.instantiate(&m, &module).unwrap();
+    let mut instance = env.wasi_probe();
     instance.call("wasi.in", &one_record(b"x")).unwrap();
     let emits: Vec<_> = instance.drain_emits().collect();
     assert_eq!(emits.len(), 1);
@@ -759,15 +764,7 @@ fn wasi_sleep_counts_against_the_deadline() {
 #[test]
 fn plugin_output_flood_is_rate_limited_in_its_log() {
     let env = Env::new();
-    let m = Manifest::parse(
-        "name = \"wasi\"\nversion = \"1\"\ninputs = [\"wasi.in\"]\noutputs = [\"wasi.out\"]\n",
-    )
-    .unwrap();
-    let module = env
-        .host
-        .compile_named("wasi", wat!("wasi_probe").as_bytes())
-        .unwrap();
-    let mut instance = env.host.instantiate(&m, &module).unwrap();
+    let mut instance = env.wasi_probe();
     for _ in 0..100 {
         instance.call("wasi.in", &one_record(b"x")).unwrap();
     }
