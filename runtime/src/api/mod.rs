@@ -155,24 +155,15 @@ async fn health(State(api): State<ApiState>) -> Json<Value> {
     }))
 }
 
-/// The forwarder's status as JSON (`{"enabled": false}` without a cloud); computing it reads
-/// one record per forwarded topic, so it runs on a blocking thread. Also refreshes the
-/// `outpost_forward_debt_*` gauges.
+/// The forwarder's status as JSON, `{"enabled": false}` without a cloud (see
+/// [`crate::forward::api::status_json`]; it also refreshes the debt gauges).
 async fn forward_status(forwarder: Option<Extension<crate::forward::Forwarder>>) -> Value {
     let Some(Extension(f)) = forwarder else {
         return json!({ "enabled": false });
     };
-    match tokio::task::spawn_blocking(move || f.status()).await {
-        Ok(Ok(status)) => {
-            let mut value = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
-            if let Some(map) = value.as_object_mut() {
-                map.insert("enabled".into(), json!(true));
-            }
-            value
-        }
-        Ok(Err(e)) => json!({ "enabled": true, "error": e.to_string() }),
-        Err(e) => json!({ "enabled": true, "error": e.to_string() }),
-    }
+    crate::forward::api::status_json(f)
+        .await
+        .unwrap_or_else(|error| json!({ "enabled": true, "error": error }))
 }
 
 async fn metrics(

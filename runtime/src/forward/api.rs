@@ -34,20 +34,31 @@ pub fn with_forwarder(router: Router, forwarder: Option<Forwarder>) -> Router {
     }
 }
 
-async fn status(forwarder: Option<Extension<Forwarder>>) -> Response {
-    let Some(Extension(f)) = forwarder else {
-        return Json(json!({ "enabled": false })).into_response();
-    };
-    match tokio::task::spawn_blocking(move || f.status()).await {
+/// The forwarder's status as JSON with `"enabled": true` (`GET /forward`, and the `forward`
+/// part of `GET /topics`); computing it reads one record per forwarded topic, so it runs on a
+/// blocking thread. Also refreshes the `outpost_forward_debt_*` gauges. `Err` says why it could
+/// not be computed.
+pub async fn status_json(forwarder: Forwarder) -> Result<serde_json::Value, String> {
+    match tokio::task::spawn_blocking(move || forwarder.status()).await {
         Ok(Ok(status)) => {
             let mut value = serde_json::to_value(status).unwrap_or_default();
             if let Some(map) = value.as_object_mut() {
                 map.insert("enabled".into(), json!(true));
             }
-            Json(value).into_response()
+            Ok(value)
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn status(forwarder: Option<Extension<Forwarder>>) -> Response {
+    let Some(Extension(f)) = forwarder else {
+        return Json(json!({ "enabled": false })).into_response();
+    };
+    match status_json(f).await {
+        Ok(value) => Json(value).into_response(),
+        Err(message) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
     }
 }
 
