@@ -385,7 +385,8 @@ routes = [
     assert!(polite
         .wait_for_line(|l| l.starts_with("DONE 1"), Duration::from_secs(30))
         .is_some());
-    // till-3 stays connected until its process is killed: no DISCONNECT, so the will fires.
+    // till-3 keeps publishing (one message every 0.5 s for hours) until its process is
+    // killed: no DISCONNECT, so the will fires.
     let vanishing_will = will("till-3");
     let mut vanishing = publisher(
         &py,
@@ -398,7 +399,7 @@ routes = [
             "--payload",
             &payment("3", "t-3"),
             "--count",
-            "0",
+            "100000",
             "--rate",
             "2",
             "--will-topic",

@@ -3,7 +3,7 @@
 
 Two modes, each printing one line per event on stdout, flushed at once:
 
-publish: publishes `--count` messages (0 = until stdin closes) to `--topic` at `--rate`
+publish: publishes `--count` messages to `--topic` at `--rate`
     messages/s and prints `ACK <i>` when message i is acknowledged by the broker (PUBACK for
     QoS 1, PUBCOMP for QoS 2; QoS 0 messages print nothing), then `DONE <acked>` once every
     message is acknowledged, or `TIMEOUT <acked>` after `--timeout` seconds. `CONNECTED` is
@@ -101,13 +101,7 @@ def publish(args):
 
     start = time.monotonic()
     i = 0
-    stdin_closed = threading.Event()
-    if args.count == 0:
-        def wait_stdin():
-            sys.stdin.read()
-            stdin_closed.set()
-        threading.Thread(target=wait_stdin, daemon=True).start()
-    while (args.count == 0 and not stdin_closed.is_set()) or (args.count and i < args.count):
+    while i < args.count:
         due = start + i / args.rate
         now = time.monotonic()
         if due > now:
