@@ -19,9 +19,12 @@
 //!
 //! The two take turns going first. Afterwards both topics are read back (`kafka_bench.py
 //! count`): each must hold every record (by its `outpost-offset` header), or the repeat fails.
-//! (Not ListOffsets: tansu's memory engine answers it with the last batch's base offset.) The report gives records/s and
-//! value MB/s of both, and the ratio outpost ÷ confluent-kafka (target ≥ 0.8), as medians over
-//! `--repeats`.
+//! (Not ListOffsets: tansu's memory engine answers it with the last batch's base offset.) The
+//! report gives records/s and value MB/s of both, and the ratio outpost ÷ confluent-kafka
+//! (target ≥ 0.8), as medians over `--repeats`; and the CPU time each side's process spent on
+//! its clock (all its threads: the forwarder's tasks, log reads, librdkafka's threads; Python
+//! and its librdkafka), per record. On two cores shared with the broker the rates swing from
+//! repeat to repeat with scheduling; the CPU per record is the steadier comparison.
 //!
 //! # The broker
 //! By default a `tansu` broker (`--tansu`, or `OUTPOST_TANSU`) is started per repeat on a free
@@ -113,6 +116,10 @@ struct Repeat {
     outpost_records_per_sec: f64,
     python_records_per_sec: f64,
     ratio: f64,
+    /// CPU seconds of the bench process (only the forwarder works in it then) during the drain.
+    outpost_cpu_s: f64,
+    /// CPU seconds of the Python producer process on its clock.
+    python_cpu_s: f64,
     /// Records read back from the outpost topic (duplicates included).
     outpost_read_back: i64,
     /// Records read back from the confluent-kafka topic.
@@ -135,6 +142,27 @@ struct Report {
     median_outpost_mb_per_sec: f64,
     median_python_mb_per_sec: f64,
     median_ratio: f64,
+    median_outpost_cpu_us_per_record: f64,
+    median_python_cpu_us_per_record: f64,
+}
+
+/// One side's run: wall-clock and CPU seconds on its clock.
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    seconds: f64,
+    cpu_seconds: f64,
+}
+
+/// CPU seconds (user + system) this process used so far, all threads.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage(2) fills the zeroed struct it is given; RUSAGE_SELF always exists.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// The value of record `i` (the same bytes as `bench_value` in `kafka_bench.py`).
@@ -241,9 +269,9 @@ fn python_json(python: &Path, script: &Path, args: &[&str]) -> anyhow::Result<se
     Ok(serde_json::from_str(line)?)
 }
 
-/// Drains the backlog with a fresh forwarder; returns the seconds until every record was
+/// Drains the backlog with a fresh forwarder; returns the time until every record was
 /// acknowledged and its cursor stored.
-fn drain(log: &Log, state_dir: &Path, config: ForwardConfig, records: u64) -> anyhow::Result<f64> {
+fn drain(log: &Log, state_dir: &Path, config: ForwardConfig, records: u64) -> anyhow::Result<Side> {
     let state = StateStore::open(state_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -253,13 +281,17 @@ fn drain(log: &Log, state_dir: &Path, config: ForwardConfig, records: u64) -> an
     let consumer = forwarder.consumer().to_string();
     let (stop, rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
+    let cpu_before = process_cpu_s();
     let task = runtime.spawn(forwarder.clone().run(rx));
     // A generous limit: 1000 records/s at the least, plus a minute.
     let deadline = started + Duration::from_secs(records / 1000 + 60);
     let outcome = loop {
         let cursor = state.offset(&consumer, LOCAL_TOPIC)?.unwrap_or(0);
         if cursor >= records {
-            break Ok(started.elapsed().as_secs_f64());
+            break Ok(Side {
+                seconds: started.elapsed().as_secs_f64(),
+                cpu_seconds: process_cpu_s() - cpu_before,
+            });
         }
         if Instant::now() > deadline || task.is_finished() {
             break Err(anyhow::anyhow!(
@@ -321,17 +353,26 @@ pub fn run(args: &ForwardBenchArgs, output: &mut dyn std::io::Write) -> anyhow::
     )?;
     writeln!(
         output,
-        "{:>6}  {:>14}  {:>14}  {:>7}  {:>10}  {:>10}",
-        "repeat", "outpost rec/s", "python rec/s", "ratio", "outpost rd", "python rd"
+        "{:>6}  {:>14}  {:>14}  {:>7}  {:>11}  {:>11}  {:>10}  {:>10}",
+        "repeat",
+        "outpost rec/s",
+        "python rec/s",
+        "ratio",
+        "outpost cpu",
+        "python cpu",
+        "outpost rd",
+        "python rd"
     )?;
     for (i, r) in report.repeats.iter().enumerate() {
         writeln!(
             output,
-            "{:>6}  {:>14.0}  {:>14.0}  {:>7.2}  {:>10}  {:>10}",
+            "{:>6}  {:>14.0}  {:>14.0}  {:>7.2}  {:>10.2}s  {:>10.2}s  {:>10}  {:>10}",
             i + 1,
             r.outpost_records_per_sec,
             r.python_records_per_sec,
             r.ratio,
+            r.outpost_cpu_s,
+            r.python_cpu_s,
             r.outpost_read_back,
             r.python_read_back
         )?;
@@ -344,6 +385,11 @@ pub fn run(args: &ForwardBenchArgs, output: &mut dyn std::io::Write) -> anyhow::
         report.median_python_records_per_sec,
         report.median_python_mb_per_sec,
         report.median_ratio
+    )?;
+    writeln!(
+        output,
+        "CPU per record (median): outpost {:.2} us, confluent-kafka {:.2} us",
+        report.median_outpost_cpu_us_per_record, report.median_python_cpu_us_per_record
     )?;
     Ok(())
 }
@@ -438,7 +484,7 @@ fn run_in(
         let record_bytes = args.record_bytes.to_string();
         let linger = args.linger_ms.to_string();
         let batch = args.batch_bytes.to_string();
-        let produce = || -> anyhow::Result<f64> {
+        let produce = || -> anyhow::Result<Side> {
             let v = python_json(
                 python,
                 &script,
@@ -466,12 +512,17 @@ fn run_in(
                     &batch,
                 ],
             )?;
-            v["seconds"]
-                .as_f64()
-                .context("kafka_bench.py produce printed no seconds")
+            let number = |k: &str| {
+                v[k].as_f64()
+                    .with_context(|| format!("kafka_bench.py produce printed no {k}"))
+            };
+            Ok(Side {
+                seconds: number("seconds")?,
+                cpu_seconds: number("cpu_seconds")?,
+            })
         };
         let state_dir = work.join(format!("state-{r}"));
-        let (outpost_s, python_s) = if r % 2 == 0 {
+        let (outpost_run, python_run) = if r % 2 == 0 {
             let o = drain(&log, &state_dir, config, args.records)?;
             (o, produce()?)
         } else {
@@ -506,10 +557,13 @@ fn run_in(
         }
         let (fwd_high, py_high) = (got(&fwd_topic, "records"), got(&py_topic, "records"));
         let n = args.records as f64;
+        let (outpost_s, python_s) = (outpost_run.seconds, python_run.seconds);
         tracing::info!(
             repeat = r + 1,
             outpost_records_per_sec = (n / outpost_s).round(),
             python_records_per_sec = (n / python_s).round(),
+            outpost_cpu_s = outpost_run.cpu_seconds,
+            python_cpu_s = python_run.cpu_seconds,
             outpost_read_back = fwd_high,
             python_read_back = py_high,
             "A repeat of the forward benchmark finished."
@@ -518,6 +572,8 @@ fn run_in(
             outpost_records_per_sec: n / outpost_s,
             python_records_per_sec: n / python_s,
             ratio: python_s / outpost_s,
+            outpost_cpu_s: outpost_run.cpu_seconds,
+            python_cpu_s: python_run.cpu_seconds,
             outpost_read_back: fwd_high,
             python_read_back: py_high,
         });
@@ -525,6 +581,7 @@ fn run_in(
     log.close()?;
 
     let mb = |rate: f64| rate * args.record_bytes as f64 / 1e6;
+    let n = args.records as f64;
     let o = median(repeats.iter().map(|r| r.outpost_records_per_sec).collect());
     let p = median(repeats.iter().map(|r| r.python_records_per_sec).collect());
     Ok(Report {
@@ -543,6 +600,12 @@ fn run_in(
         median_outpost_mb_per_sec: mb(o),
         median_python_mb_per_sec: mb(p),
         median_ratio: median(repeats.iter().map(|r| r.ratio).collect()),
+        median_outpost_cpu_us_per_record: median(
+            repeats.iter().map(|r| r.outpost_cpu_s * 1e6 / n).collect(),
+        ),
+        median_python_cpu_us_per_record: median(
+            repeats.iter().map(|r| r.python_cpu_s * 1e6 / n).collect(),
+        ),
         repeats,
     })
 }

@@ -16,6 +16,10 @@ use super::{io_error, lock, LogError, Record};
 
 /// Bytes read per `pread` while reading or scanning a segment.
 const READ_CHUNK: usize = 64 * 1024;
+/// The largest window a read slides through a segment with (a batch larger than this is read
+/// whole). Larger windows read past what a bounded fetch takes: 5,000 forwarded records
+/// (~1.2 MB) read through 4 MiB windows copied three times what they used.
+const MAX_READ_WINDOW: usize = 256 * 1024;
 const SCAN_CHUNK: usize = 1024 * 1024;
 
 /// The file name of the segment with base offset `base`.
@@ -90,7 +94,10 @@ struct BatchReader<'a> {
     /// Bytes past this position are never read.
     limit: u64,
     chunk: usize,
+    /// The window's memory; only `buf[..valid]` holds file bytes. Kept between refills, so a
+    /// slide costs one pread and neither an allocation nor zeroing.
     buf: Vec<u8>,
+    valid: usize,
     buf_start: u64,
 }
 
@@ -111,6 +118,7 @@ impl<'a> BatchReader<'a> {
             limit,
             chunk,
             buf: Vec::new(),
+            valid: 0,
             buf_start: 0,
         }
     }
@@ -124,33 +132,30 @@ impl<'a> BatchReader<'a> {
         if end > self.limit {
             return Ok(false);
         }
-        let buf_end = self.buf_start + self.buf.len() as u64;
+        let buf_end = self.buf_start + self.valid as u64;
         if pos >= self.buf_start && end <= buf_end {
             return Ok(true);
         }
         let want = need.max(self.chunk as u64).min(self.limit - pos);
         let want = usize::try_from(want).map_err(|_| io::Error::other("read window overflows"))?;
-        self.buf.clear();
-        self.buf.resize(want, 0);
-        match self.file.read_exact_at(&mut self.buf, pos) {
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        self.valid = 0;
+        match self.file.read_exact_at(&mut self.buf[..want], pos) {
             Ok(()) => {
                 self.buf_start = pos;
+                self.valid = want;
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                self.buf.clear();
-                Ok(false)
-            }
-            Err(e) => {
-                self.buf.clear();
-                Err(e)
-            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
     fn slice(&self, pos: u64, len: u64) -> &[u8] {
         let start = (pos - self.buf_start) as usize;
-        &self.buf[start..start + len as usize]
+        &self.buf[..self.valid][start..start + len as usize]
     }
 
     fn step(&mut self, pos: u64) -> io::Result<Step> {
@@ -678,7 +683,7 @@ impl Segment {
         take: &mut Take,
         out: &mut Vec<Record>,
     ) -> Result<Scanned, LogError> {
-        let chunk = READ_CHUNK.max(take.max_bytes.saturating_add(4096).min(4 * 1024 * 1024));
+        let chunk = READ_CHUNK.max(take.max_bytes.saturating_add(4096).min(MAX_READ_WINDOW));
         let mut reader = BatchReader::new(file, limit, chunk);
         let mut pos = start_pos;
         let mut expected = start_offset;
