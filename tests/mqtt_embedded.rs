@@ -433,3 +433,89 @@ routes = [
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(box_.records("devices.status").len(), 1);
 }
+
+#[test]
+fn an_mqtt5_will_waits_for_its_delay_and_a_device_that_resumes_its_session_in_time_cancels_it() {
+    let Some(py) = python::python("mqtt_embedded") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let box_ = start_with_config(
+        dir.path(),
+        r#"[mqtt.broker]
+routes = [
+  { filter = "pos/payments", key = { json_pointer = "/card_id" } },
+  { filter = "devices/status", key = { json_pointer = "/device" } },
+]
+"#,
+    );
+    // An MQTT 5 till that keeps its session for a minute and asks for its will to wait
+    // `delay` seconds; it publishes until it is killed.
+    let till = |id: &str, n: &str, delay: &str| {
+        let will = json!({"device": id, "state": "offline"}).to_string();
+        publisher(
+            &py,
+            box_.mqtt_port,
+            &[
+                "--protocol",
+                "5",
+                "--client-id",
+                id,
+                "--clean-session",
+                "0",
+                "--session-expiry",
+                "60",
+                "--topic",
+                "pos/payments",
+                "--payload",
+                &payment(n, id),
+                "--count",
+                "100000",
+                "--rate",
+                "2",
+                "--will-topic",
+                "devices/status",
+                "--will-payload",
+                &will,
+                "--will-delay",
+                delay,
+            ],
+        )
+    };
+    let acked = |p: &PythonPeer| {
+        p.wait_for_line(|l| l.starts_with("ACK "), Duration::from_secs(30))
+            .is_some()
+    };
+    // till-5 (will delay 8 s) loses its connection and comes back with its session at once;
+    // till-6 (will delay 2 s) is gone for good.
+    let mut t5 = till("till-5", "5", "8");
+    let mut t6 = till("till-6", "6", "2");
+    assert!(acked(&t5) && acked(&t6));
+    let killed = Instant::now();
+    t5.kill();
+    t6.kill();
+    let t5_again = till("till-5", "5", "8");
+    assert!(acked(&t5_again));
+    assert!(
+        killed.elapsed() < Duration::from_secs(8),
+        "till-5 took too long to come back for this test to mean anything"
+    );
+
+    // Nothing before the delay.
+    std::thread::sleep(Duration::from_millis(1000).saturating_sub(killed.elapsed()));
+    assert!(box_.records("devices.status").is_empty());
+    let records = box_.wait_records("devices.status", Duration::from_secs(15), |r| !r.is_empty());
+    assert!(killed.elapsed() >= Duration::from_secs(2));
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["value"]["device"], "till-6");
+    assert_eq!(records[0]["headers"]["mqtt-will"], "true");
+    // till-5's will would be due 8 s after the kill: it never comes, its device is back.
+    std::thread::sleep(Duration::from_secs(9).saturating_sub(killed.elapsed()));
+    let records = box_.records("devices.status");
+    assert_eq!(
+        records.len(),
+        1,
+        "only till-6's will is stored: {records:?}"
+    );
+    drop(t5_again);
+}

@@ -17,7 +17,9 @@ subscribe: subscribes to `--filter` (repeatable) and prints `READY` once the bro
 
 Common options: --host, --port, --protocol 311|5, --client-id, --qos, --clean-session 0|1,
 --ca/--cert/--key for TLS with a client certificate, --will-topic/--will-payload for a last
-will (QoS 1) that the broker publishes if the connection ends without a DISCONNECT.
+will (QoS 1) that the broker publishes if the connection ends without a DISCONNECT; with
+--protocol 5, --will-delay S (Will Delay Interval), --session-expiry S (Session Expiry
+Interval) and --clean-session 0|1 (Clean Start).
 """
 
 import argparse
@@ -26,6 +28,8 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 
 def make_client(args):
@@ -42,11 +46,25 @@ def make_client(args):
     if args.ca:
         c.tls_set(ca_certs=args.ca, certfile=args.cert, keyfile=args.key)
     if args.will_topic:
-        c.will_set(args.will_topic, args.will_payload, qos=1)
+        will_props = None
+        if protocol == mqtt.MQTTv5 and args.will_delay:
+            will_props = Properties(PacketTypes.WILLMESSAGE)
+            will_props.WillDelayInterval = args.will_delay
+        c.will_set(args.will_topic, args.will_payload, qos=1, properties=will_props)
     c.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
     c.max_inflight_messages_set(args.inflight)
     c.max_queued_messages_set(0)
     return c
+
+
+def connect_async(c, args):
+    if args.protocol == "5":
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = args.session_expiry
+        c.connect_async(args.host, args.port, keepalive=10,
+                        clean_start=args.clean_session == "1", properties=props)
+    else:
+        c.connect_async(args.host, args.port, keepalive=10)
 
 
 def say(line):
@@ -64,7 +82,7 @@ def publish(args):
             say("CONNECTED")
 
     c.on_connect = on_connect
-    c.connect_async(args.host, args.port, keepalive=10)
+    connect_async(c, args)
     c.loop_start()
     # QoS 0 messages published before the first connection would be dropped by paho.
     if not connected.wait(args.timeout):
@@ -145,7 +163,7 @@ def subscribe(args):
     c.on_connect = on_connect
     c.on_subscribe = on_subscribe
     c.on_message = on_message
-    c.connect_async(args.host, args.port, keepalive=10)
+    connect_async(c, args)
     c.loop_start()
     done.wait(args.timeout)
     c.disconnect()
@@ -173,6 +191,8 @@ def main():
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--will-topic")
     p.add_argument("--will-payload", default="")
+    p.add_argument("--will-delay", type=int, default=0)
+    p.add_argument("--session-expiry", type=int, default=0)
     args = p.parse_args()
     if args.mode == "publish":
         publish(args)

@@ -42,8 +42,14 @@
 //! the device's socket closed or failed, or the broker dropped it (keep-alive expired). When
 //! the will's topic matches a route, the listener stores it like a publish at that moment,
 //! with the header `mqtt-will: true`, so "till 7 went offline" is in the log next to its
-//! payments. Not when Outpost itself is shutting down (the devices did not go away). An MQTT 5
-//! will delay interval is not waited for: the stored copy is written at once.
+//! payments. Not when Outpost itself is shutting down (the devices did not go away).
+//!
+//! An MQTT 5 will is due after its Will Delay Interval, or when the session ends if that is
+//! sooner (the Session Expiry Interval; 0, the default, ends the session with the connection):
+//! a device that reconnects within that time and resumes its session (Clean Start 0) cancels
+//! its will, one that starts a clean session makes it due at once — what the broker does with
+//! its own copy. The listener waits the same way before it stores the will (at most one
+//! waiting will per client id; wills still waiting when Outpost stops are not stored).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -82,6 +88,16 @@ pub struct Listener {
     connect_timeout: Duration,
     open: AtomicU64,
     accepted: AtomicU64,
+    /// MQTT 5 wills waiting for their delay, by client id.
+    waiting_wills: std::sync::Mutex<HashMap<String, WaitingWill>>,
+    next_will: AtomicU64,
+}
+
+/// A will waiting for its delay: `decide` tells it to be stored now (`true`) or dropped.
+#[derive(Debug)]
+struct WaitingWill {
+    id: u64,
+    decide: tokio::sync::oneshot::Sender<bool>,
 }
 
 /// Why a device connection ended.
@@ -128,6 +144,8 @@ impl Listener {
             connect_timeout,
             open: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
+            waiting_wills: std::sync::Mutex::new(HashMap::new()),
+            next_will: AtomicU64::new(0),
         }
     }
 
@@ -248,7 +266,7 @@ impl Listener {
     }
 
     async fn serve(
-        &self,
+        self: &Arc<Self>,
         device: TcpStream,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), ConnError> {
@@ -272,6 +290,12 @@ impl Listener {
             return Ok(());
         };
         let connect = packet::parse_connect(&buf, &frame)?;
+        // A will of this client still waiting: a resumed session cancels it, a clean one ends
+        // the old session and makes it due.
+        let waiting = crate::log::lock(&self.waiting_wills).remove(&connect.client_id);
+        if let Some(w) = waiting {
+            let _ = w.decide.send(connect.clean_start);
+        }
         let addr = if connect.level == 5 { self.v5 } else { self.v4 };
         let upstream = TcpStream::connect(addr)
             .await
@@ -286,12 +310,61 @@ impl Listener {
             r = copy_down(up_r, dev_w) => r,
             r = self.pump_up(dev_r, up_w, buf, &connect, shutdown.clone(), &mut will_discarded) => r,
         };
-        if let Some(will) = &connect.will {
+        if let Some(will) = connect.will.clone() {
             if !will_discarded && !*shutdown.borrow() {
-                self.store_will(will, &connect.client_id, &shutdown).await?;
+                match connect.will_delay_s() {
+                    0 => {
+                        self.store_will(&will, &connect.client_id, &shutdown)
+                            .await?
+                    }
+                    delay => {
+                        self.store_will_later(will, connect.client_id.clone(), delay, shutdown)
+                    }
+                }
             }
         }
         ended
+    }
+
+    /// Stores `will` after `delay_s` seconds unless the client reconnects first (see the
+    /// module doc).
+    fn store_will_later(
+        self: &Arc<Self>,
+        will: packet::Will,
+        client_id: String,
+        delay_s: u32,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (decide, decided) = tokio::sync::oneshot::channel();
+        let id = self.next_will.fetch_add(1, Ordering::Relaxed);
+        let replaced = crate::log::lock(&self.waiting_wills)
+            .insert(client_id.clone(), WaitingWill { id, decide });
+        if let Some(older) = replaced {
+            // Two connections of one client ended: the older will is due now.
+            let _ = older.decide.send(true);
+        }
+        tracing::debug!(client_id = %client_id, delay_s, "A device's last will waits for its delay.");
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let store = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(u64::from(delay_s))) => true,
+                decision = decided => decision.unwrap_or(true),
+                _ = crate::api::shutdown_requested(&mut shutdown) => false,
+            };
+            {
+                let mut waiting = crate::log::lock(&me.waiting_wills);
+                if waiting.get(&client_id).is_some_and(|w| w.id == id) {
+                    waiting.remove(&client_id);
+                }
+            }
+            if !store {
+                tracing::debug!(client_id = %client_id, "A device reconnected within its will delay; its last will is dropped.");
+                return;
+            }
+            if let Err(e) = me.store_will(&will, &client_id, &shutdown).await {
+                tracing::warn!(client_id = %client_id, error = %e, "A device's delayed last will could not be stored.");
+            }
+        });
     }
 
     /// Stores a device's last will when its topic is routed (see the module doc).

@@ -1,7 +1,8 @@
 //! Just enough of the MQTT wire format (3.1, 3.1.1 and 5) for the device-facing listener: find
 //! where one control packet ends, read a CONNECT's protocol level, client id and last will,
-//! read a PUBLISH's topic, QoS, packet id and payload (resolving MQTT 5 topic aliases), and
-//! tell whether a DISCONNECT asks for the will to be published.
+//! (with the MQTT 5 session expiry and will delay intervals), read a PUBLISH's topic, QoS,
+//! packet id and payload (resolving MQTT 5 topic aliases), and tell whether a DISCONNECT asks
+//! for the will to be published.
 //!
 //! Every control packet starts with a fixed header: one byte (packet type in the high nibble,
 //! flags in the low one) and the *remaining length*, a variable byte integer of one to four
@@ -20,6 +21,10 @@ const REASON_DISCONNECT_WITH_WILL: u8 = 0x04;
 
 /// The MQTT 5 property id of a topic alias (a two-byte integer).
 const PROP_TOPIC_ALIAS: u8 = 0x23;
+/// MQTT 5 property id of the Session Expiry Interval (CONNECT).
+const PROP_SESSION_EXPIRY: u8 = 0x11;
+/// MQTT 5 property id of the Will Delay Interval (will properties).
+const PROP_WILL_DELAY: u8 = 0x18;
 
 /// Malformed or unsupported packets. Any of them ends the device's connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,8 +117,23 @@ pub struct Connect {
     pub level: u8,
     /// The client identifier (may be empty).
     pub client_id: String,
+    /// Clean Start (MQTT 5) / Clean Session (3.1.1): any earlier session of this client ends.
+    pub clean_start: bool,
+    /// MQTT 5 Session Expiry Interval in seconds: how long the session outlives the connection
+    /// (0, also in MQTT 3.1.1: it ends with the connection).
+    pub session_expiry_s: u32,
     /// The last will the broker publishes when the connection ends without a DISCONNECT.
     pub will: Option<Will>,
+}
+
+impl Connect {
+    /// How long after the connection ended its will is due (MQTT 5 §3.1.3.2.2): the Will
+    /// Delay Interval, or the end of the session if that comes first; 0 in MQTT 3.1.1.
+    pub fn will_delay_s(&self) -> u32 {
+        self.will
+            .as_ref()
+            .map_or(0, |w| w.delay_s.min(self.session_expiry_s))
+    }
 }
 
 /// A CONNECT's last will.
@@ -124,6 +144,8 @@ pub struct Will {
     /// 0, 1 or 2.
     pub qos: u8,
     pub retain: bool,
+    /// MQTT 5 Will Delay Interval in seconds (0 in MQTT 3.1.1).
+    pub delay_s: u32,
 }
 
 /// A cursor over one packet's variable header and payload.
@@ -188,15 +210,19 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
     let level = r.u8("protocol level")?;
     let flags = r.u8("connect flags")?;
     let _keep_alive = r.u16("keep alive")?;
+    let mut session_expiry_s = 0;
     if level == 5 {
         let len = r.varint("connect properties")?;
-        r.take(len, "connect properties")?;
+        let props = r.take(len, "connect properties")?;
+        session_expiry_s = four_byte_property(props, PROP_SESSION_EXPIRY)?.unwrap_or(0);
     }
     let client_id = r.string("client id")?.to_string();
     let will = if flags & 0x04 != 0 {
+        let mut delay_s = 0;
         if level == 5 {
             let len = r.varint("will properties")?;
-            r.take(len, "will properties")?;
+            let props = r.take(len, "will properties")?;
+            delay_s = four_byte_property(props, PROP_WILL_DELAY)?.unwrap_or(0);
         }
         let topic = r.string("will topic")?.to_string();
         let payload = r.binary("will payload")?.to_vec();
@@ -209,6 +235,7 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
             payload,
             qos,
             retain: flags & 0x20 != 0,
+            delay_s,
         })
     } else {
         None
@@ -216,6 +243,8 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
     Ok(Connect {
         level,
         client_id,
+        clean_start: flags & 0x02 != 0,
+        session_expiry_s,
         will,
     })
 }
@@ -296,34 +325,40 @@ pub fn parse_publish<'a>(
     })
 }
 
-/// Walks MQTT 5 PUBLISH properties and returns the topic alias, if any.
-fn topic_alias(props: &[u8]) -> Result<Option<u16>, PacketError> {
+/// Walks MQTT 5 properties, calling `each` with every property's id and value bytes (for a
+/// string pair: both strings with their length prefixes).
+fn walk_properties(
+    props: &[u8],
+    mut each: impl FnMut(u8, &[u8]) -> Result<(), PacketError>,
+) -> Result<(), PacketError> {
     let mut r = Reader { buf: props, pos: 0 };
-    let mut alias = None;
     while r.pos < props.len() {
         let id = r.varint("property id")?;
-        match id as u8 {
-            // payload format indicator
-            0x01 => {
-                r.u8("property")?;
+        let id = u8::try_from(id).map_err(|_| PacketError::UnknownProperty(0xff))?;
+        let start = r.pos;
+        match id {
+            // payload format, request problem/response information, maximum QoS, retain /
+            // wildcard / subscription id / shared subscription available
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => {
+                r.take(1, "property")?;
             }
-            // message expiry interval
-            0x02 => {
+            // server keep alive, receive maximum, topic alias maximum, topic alias
+            0x13 | 0x21 | 0x22 | 0x23 => {
+                r.take(2, "property")?;
+            }
+            // message expiry, session expiry, will delay, maximum packet size
+            0x02 | 0x11 | 0x18 | 0x27 => {
                 r.take(4, "property")?;
-            }
-            // content type, response topic
-            0x03 | 0x08 => {
-                r.binary("property")?;
-            }
-            // correlation data
-            0x09 => {
-                r.binary("property")?;
             }
             // subscription identifier
             0x0b => {
                 r.varint("property")?;
             }
-            PROP_TOPIC_ALIAS => alias = Some(r.u16("topic alias")?),
+            // content type, response topic, correlation data, assigned client id, auth
+            // method, auth data, response information, server reference, reason string
+            0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1a | 0x1c | 0x1f => {
+                r.binary("property")?;
+            }
             // user property: a string pair
             0x26 => {
                 r.binary("property")?;
@@ -331,7 +366,32 @@ fn topic_alias(props: &[u8]) -> Result<Option<u16>, PacketError> {
             }
             other => return Err(PacketError::UnknownProperty(other)),
         }
+        each(id, &props[start..r.pos])?;
     }
+    Ok(())
+}
+
+/// The value of the four-byte-integer property `wanted`, if present.
+fn four_byte_property(props: &[u8], wanted: u8) -> Result<Option<u32>, PacketError> {
+    let mut found = None;
+    walk_properties(props, |id, v| {
+        if id == wanted {
+            found = Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        }
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// Walks MQTT 5 PUBLISH properties and returns the topic alias, if any.
+fn topic_alias(props: &[u8]) -> Result<Option<u16>, PacketError> {
+    let mut alias = None;
+    walk_properties(props, |id, v| {
+        if id == PROP_TOPIC_ALIAS {
+            alias = Some(u16::from_be_bytes([v[0], v[1]]));
+        }
+        Ok(())
+    })?;
     Ok(alias)
 }
 
@@ -415,6 +475,8 @@ mod tests {
                 Connect {
                     level,
                     client_id: "till-7".into(),
+                    clean_start: true,
+                    session_expiry_s: 0,
                     will: None,
                 }
             );
@@ -449,10 +511,49 @@ mod tests {
                     payload: b"offline".to_vec(),
                     qos: 1,
                     retain: true,
+                    delay_s: if level == 5 { 10 } else { 0 },
                 }),
                 "level {level}"
             );
+            // No session outlives the connection: the will is due at once.
+            assert_eq!(c.will_delay_s(), 0);
         }
+    }
+
+    #[test]
+    fn an_mqtt5_will_is_due_after_its_delay_or_when_the_session_ends_whichever_is_first() {
+        let connect = |session_expiry: u32, will_delay: u32| {
+            let mut body = string("MQTT");
+            // will flag, will QoS 1, resume the session (no clean start)
+            body.extend([5, 0x04 | 0x08, 0, 60]);
+            // connect properties: session expiry, then a user property to walk past
+            let mut props = vec![PROP_SESSION_EXPIRY];
+            props.extend(session_expiry.to_be_bytes());
+            props.push(0x26);
+            props.extend(string("k"));
+            props.extend(string("v"));
+            body.push(props.len() as u8);
+            body.extend(props);
+            body.extend(string("till-7"));
+            let mut will_props = vec![0x01, 1, PROP_WILL_DELAY];
+            will_props.extend(will_delay.to_be_bytes());
+            body.push(will_props.len() as u8);
+            body.extend(will_props);
+            body.extend(string("devices/status"));
+            body.extend(string("offline"));
+            let p = packet(0x10, &body);
+            let f = frame(&p, 1 << 20).unwrap().unwrap();
+            parse_connect(&p, &f).unwrap()
+        };
+        let c = connect(3600, 30);
+        assert!(!c.clean_start);
+        assert_eq!(
+            (c.session_expiry_s, c.will.as_ref().unwrap().delay_s),
+            (3600, 30)
+        );
+        assert_eq!(c.will_delay_s(), 30);
+        assert_eq!(connect(5, 30).will_delay_s(), 5);
+        assert_eq!(connect(0, 30).will_delay_s(), 0);
     }
 
     #[test]
