@@ -60,6 +60,20 @@ fn start_with_config(dir: &std::path::Path, toml: &str) -> Outpost {
     Outpost::start(&dir.join("data"), Some(&config), free_port(), free_port())
 }
 
+/// Starts a box whose listener also stores device status messages (`devices/status`, keyed
+/// by the device), where the last wills of these tests go.
+fn start_with_status_route(dir: &std::path::Path) -> Outpost {
+    start_with_config(
+        dir,
+        r#"[mqtt.broker]
+routes = [
+  { filter = "pos/payments", key = { json_pointer = "/card_id" } },
+  { filter = "devices/status", key = { json_pointer = "/device" } },
+]
+"#,
+    )
+}
+
 fn acked(peer: &PythonPeer) -> BTreeSet<u64> {
     peer.lines()
         .iter()
@@ -352,15 +366,7 @@ fn a_device_that_vanishes_leaves_its_last_will_in_the_log_and_one_that_says_good
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let box_ = start_with_config(
-        dir.path(),
-        r#"[mqtt.broker]
-routes = [
-  { filter = "pos/payments", key = { json_pointer = "/card_id" } },
-  { filter = "devices/status", key = { json_pointer = "/device" } },
-]
-"#,
-    );
+    let box_ = start_with_status_route(dir.path());
     let watchers = subscriber(&py, box_.mqtt_port, "devices/status", "311", 1);
     let will = |id: &str| json!({"device": id, "state": "offline"}).to_string();
 
@@ -440,15 +446,7 @@ fn an_mqtt5_will_waits_for_its_delay_and_a_device_that_resumes_its_session_in_ti
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let box_ = start_with_config(
-        dir.path(),
-        r#"[mqtt.broker]
-routes = [
-  { filter = "pos/payments", key = { json_pointer = "/card_id" } },
-  { filter = "devices/status", key = { json_pointer = "/device" } },
-]
-"#,
-    );
+    let box_ = start_with_status_route(dir.path());
     // An MQTT 5 till that keeps its session for a minute and asks for its will to wait
     // `delay` seconds; it publishes until it is killed.
     let till = |id: &str, n: &str, delay: &str| {

@@ -264,6 +264,14 @@ fn lock_write(lock: &RwLock<()>) -> std::sync::RwLockWriteGuard<'_, ()> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How long [`StateStore::open`] waits for a store whose files are locked.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether sled failed to open because another handle holds the store's file lock.
+fn is_lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
+}
+
 /// Maps a sled error at open to one that names the directory.
 fn open_error(dir: &Path, e: sled::Error) -> StateError {
     match e {
@@ -303,13 +311,26 @@ fn check_op(namespace: &str, op: &StateOp) -> Result<(), StateError> {
 
 impl StateStore {
     /// Opens (or creates) the store under `dir` (its own sub-directory of the data dir).
+    ///
+    /// sled locks the store's files while any handle or its background I/O threads still
+    /// use them: those of an Outpost that is stopping (in this process, or one still
+    /// exiting) let go within moments, so a locked store is retried for up to
+    /// [`LOCK_WAIT`] before the error says another Outpost is using the data dir.
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(FLUSH_EVERY_MS))
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .open()
-            .map_err(|e| open_error(dir, e))?;
+        let started = std::time::Instant::now();
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .flush_every_ms(Some(FLUSH_EVERY_MS))
+                .cache_capacity(CACHE_CAPACITY_BYTES)
+                .open();
+            match opened {
+                Err(sled::Error::Io(e)) if is_lock_held(&e) && started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other.map_err(|e| open_error(dir, e))?,
+            }
+        };
         let offsets = db.open_tree(TREE_OFFSETS)?;
         let state = db.open_tree(TREE_STATE)?;
         let meta = db.open_tree(TREE_META)?;

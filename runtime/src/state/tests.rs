@@ -366,14 +366,6 @@ fn retention_guard_syncs_before_segments_are_deleted() {
 }
 
 #[test]
-fn a_second_open_of_the_same_directory_fails_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let _store = StateStore::open(dir.path()).unwrap();
-    let err = StateStore::open(dir.path()).unwrap_err();
-    assert!(err.to_string().contains("opening the state store"), "{err}");
-}
-
-#[test]
 fn concurrent_commits_from_many_threads_all_land() {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
@@ -403,4 +395,27 @@ fn concurrent_commits_from_many_threads_all_land() {
         assert_eq!(store.offset(&consumer, "t").unwrap(), Some(200));
         assert_eq!(get_str(&store, &consumer, "n").as_deref(), Some("200"));
     }
+}
+
+#[test]
+fn a_second_open_waits_for_a_stopping_holder_and_fails_clearly_on_one_that_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let first = StateStore::open(&path).unwrap();
+    let letting_go = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let second = StateStore::open(&path).expect("the store opens once the first holder lets go");
+    letting_go.join().unwrap();
+
+    let started = std::time::Instant::now();
+    let err = StateStore::open(&path).expect_err("the second holder keeps the lock");
+    assert!(started.elapsed() >= LOCK_WAIT);
+    let message = err.to_string();
+    assert!(
+        message.contains("another Outpost") && message.contains(&path.display().to_string()),
+        "{message}"
+    );
+    drop(second);
 }
