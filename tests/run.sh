@@ -90,12 +90,13 @@ export OUTPOST_REQUIRE_PEERS=1
 # --- Kafka broker for the forwarding tests (tansu) --------------------------------------------
 # tansu (crates.io) is a Kafka-compatible broker; tests/forward_*.rs start it and check what
 # arrives with confluent-kafka (in the venv above). Built once into the cache (12-20 min here),
-# only when missing.
+# only when missing or built without both storage engines: SQLite (`libsql`) for the tests,
+# memory (`dynostore`) for `outpost bench forward --tansu-storage memory://tansu/`.
 tansu_root="$OUTPOST_CACHE_DIR/tansu"
-if [ ! -x "$tansu_root/bin/tansu" ]; then
+if [ ! -x "$tansu_root/bin/tansu" ] || ! grep -q '"dynostore"' "$tansu_root/.crates2.json" 2>/dev/null; then
   log "kafka peer: cargo install tansu 0.6.0 (slow, cached in $tansu_root)"
-  nice cargo install tansu --version 0.6.0 --locked --features libsql --root "$tansu_root" \
-    --target-dir "$OUTPOST_CACHE_DIR/tansu-target"
+  nice cargo install tansu --version 0.6.0 --locked --features libsql,dynostore --force \
+    --root "$tansu_root" --target-dir "$OUTPOST_CACHE_DIR/tansu-target"
 fi
 export OUTPOST_TANSU="$tansu_root/bin/tansu"
 

@@ -28,18 +28,18 @@
 //!
 //! # The broker
 //! By default a `tansu` broker (`--tansu`, or `OUTPOST_TANSU`) is started per repeat on a free
-//! loopback port with `--tansu-storage` (default `sqlite://tansu.db`, in the repeat's own
-//! directory); `--brokers` uses a running cluster instead. What tansu 0.6 can take decides what
-//! this measures:
-//! - SQLite (the engine the tests' tansu is built with) stores every record as a row and every
-//!   header as another, at about 4-5k records/s here, and slows as the file grows: both sides
-//!   measure the broker (ratio about 1), and at 1M records a produce request can outlast
-//!   librdkafka's request timeout. The benchmark adds the header index tansu's schema lacks
-//!   (`kafka_bench.py index`), as the tests do.
-//! - `--tansu-storage memory://tansu/` (a tansu built with the `dynostore` feature) keeps the
-//!   producers' batches as they come and takes several 100k records/s: the engine to compare
-//!   the two producers with. Its ListOffsets answer is the last batch's base offset, not the
-//!   end, hence the read-back check above.
+//! loopback port with `--tansu-storage` (default `memory://tansu/`; a file path is relative to
+//! the repeat's own directory); `--brokers` uses a running cluster instead. What tansu 0.6 can
+//! take decides what this measures (the tests' tansu is built with both engines):
+//! - `sqlite://tansu.db` stores every record as a row and every header as another, at about
+//!   4-5k records/s here, and slows as the file grows: both sides measure the broker (ratio
+//!   about 1), and at 1M records a produce request can outlast librdkafka's request timeout.
+//!   The benchmark adds the header index tansu's schema lacks (`kafka_bench.py index`), as the
+//!   tests do.
+//! - `memory://tansu/` (tansu's `dynostore` feature) keeps the producers' batches as they come
+//!   and takes several 100k records/s: the engine to compare the two producers with. Its
+//!   ListOffsets answer is the last batch's base offset, not the end, hence the read-back check
+//!   above.
 //!
 //! The working directory `outpost-bench-forward-<pid>` is created under `--dir` and removed
 //! afterwards.
@@ -81,7 +81,7 @@ pub struct ForwardBenchArgs {
     #[arg(long, env = "OUTPOST_TANSU")]
     pub tansu: Option<PathBuf>,
     /// tansu's `--storage-engine`, relative to the repeat's directory.
-    #[arg(long, default_value = "sqlite://tansu.db")]
+    #[arg(long, default_value = "memory://tansu/")]
     pub tansu_storage: String,
     /// Use this running cluster (`host:port`) instead of starting tansu.
     #[arg(long)]
