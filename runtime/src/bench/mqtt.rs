@@ -168,7 +168,12 @@ fn start_box(args: &MqttBenchArgs, plugins: bool) -> anyhow::Result<Target> {
     let (http_port, mqtt_port) = (free_port()?, free_port()?);
     let http = format!("127.0.0.1:{http_port}");
     let child = Command::new(std::env::current_exe()?)
-        .args(["run", "--log-level", "warn", "--config"])
+        .args([
+            "run",
+            "--log-level",
+            &crate::cli::default_log_filter("warn"),
+            "--config",
+        ])
         .arg(&config)
         .arg("--data-dir")
         .arg(dir.join("data"))

@@ -225,12 +225,10 @@ impl CliError {
 pub fn init_logging(cli: &Cli) -> Result<(), CliError> {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
-    const QUIET: &str =
-        "rumqttd=off,opcua_client::session::client=off,opcua_core::comms::secure_channel=off";
     let default = if matches!(cli.command, Command::Run(_)) {
-        format!("info,{QUIET}")
+        default_log_filter("info")
     } else {
-        format!("warn,{QUIET}")
+        default_log_filter("warn")
     };
     let filter = match &cli.log_level {
         Some(level) => EnvFilter::try_new(level)
@@ -243,6 +241,15 @@ pub fn init_logging(cli: &Cli) -> Result<(), CliError> {
         .with_ansi(std::io::stderr().is_terminal())
         .try_init()
         .map_err(|e| CliError::Usage(format!("cannot install the log subscriber: {e}")))
+}
+
+/// The default log filter at `level`: everything at `level` but the noisy modules of the
+/// embedded broker and the OPC-UA client described at [`init_logging`]. Also what the
+/// benchmarks give the boxes they start as child processes.
+pub fn default_log_filter(level: &str) -> String {
+    const QUIET: &str =
+        "rumqttd=off,opcua_client::session::client=off,opcua_core::comms::secure_channel=off";
+    format!("{level},{QUIET}")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
