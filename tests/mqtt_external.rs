@@ -50,6 +50,7 @@ filters = [
   {{ filter = "pos/payments", qos = 1, key = {{ json_pointer = "/card_id" }} }},
   {{ filter = "site/+/fridge/#", qos = 1, topic = "sensors.{{1}}", key = {{ segment = 3 }} }},
   {{ filter = "loyalty/#", qos = 0 }},
+  {{ filter = "orders/#", qos = 2, key = {{ json_pointer = "/order_id" }} }},
 ]
 
 [mqtt.broker]
@@ -93,7 +94,7 @@ fn wait_connected(box_: &Outpost) {
 }
 
 #[test]
-fn messages_map_to_log_topics_with_keys_and_the_mqtt_topic_header() {
+fn messages_of_every_qos_map_to_log_topics_with_keys_and_the_mqtt_topic_header() {
     let (Some(py), Some((mosquitto, _))) = (
         python::python("mqtt_external"),
         peers::broker_tools("mqtt_external"),
@@ -138,6 +139,21 @@ fn messages_map_to_log_topics_with_keys_and_the_mqtt_topic_header() {
         ],
     );
     assert!(done(&l, Duration::from_secs(30)));
+    let o = publish(
+        &py,
+        broker.port,
+        &[
+            "--qos",
+            "2",
+            "--topic",
+            "orders/new",
+            "--payload",
+            r#"{"order_id":"o-{i}"}"#,
+            "--count",
+            "3",
+        ],
+    );
+    assert!(done(&o, Duration::from_secs(30)));
 
     let payments = box_.wait_records("pos.payments", Duration::from_secs(20), |r| r.len() >= 3);
     let keys: Vec<&str> = payments
@@ -164,8 +180,13 @@ fn messages_map_to_log_topics_with_keys_and_the_mqtt_topic_header() {
     assert_eq!(loyalty.len(), 1);
     assert!(loyalty[0]["key"].is_null());
 
+    // QoS 2 end to end (device → mosquitto → Outpost): each message stored exactly once.
+    let orders = box_.wait_records("orders.new", Duration::from_secs(20), |r| r.len() >= 3);
+    let keys: Vec<&str> = orders.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["o-0", "o-1", "o-2"], "{orders:?}");
+
     let source = box_.status("sources", "mqtt:store").unwrap();
-    assert_eq!(source["records_stored"], 5, "{source}");
+    assert_eq!(source["records_stored"], 8, "{source}");
     assert_eq!(source["kind"], "mqtt");
 }
 
