@@ -2,7 +2,7 @@
 //! (tests/peers/mqtt_client.py) publishing to it: mapping rules (topic, key, header), zero
 //! loss across `kill -9` of Outpost (the broker redelivers what was not acknowledged), a full
 //! log holding messages back instead of dropping them, the broker restarting under a
-//! connected source, and TLS with a private CA and client certificates.
+//! connected source, TLS with a private CA and client certificates, and username/password.
 
 #[path = "common/peers.rs"]
 mod peers;
@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 use peers::{eventually, Certs, Mosquitto, Outpost, Rng};
 use python::{free_port, PythonPeer};
 use serde_json::Value;
+
+/// The python with paho-mqtt, mosquitto and openssl; `None` (the test skips) when a peer is
+/// missing and the harness does not require them.
+fn test_peers() -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let py = python::python("mqtt_external")?;
+    let (mosquitto, openssl) = peers::broker_tools("mqtt_external")?;
+    Some((py, mosquitto, openssl))
+}
 
 /// Writes a config with one source (`store`) for the broker on `port`, no embedded broker, no
 /// sinks and no plugins.
@@ -93,12 +101,48 @@ fn wait_connected(box_: &Outpost) {
     );
 }
 
+/// A device publishes one payment keyed `card` to `pos/payments` (`device_args` set up its
+/// connection: TLS files, a login) and `box_` stores exactly that one.
+fn one_payment_is_stored(
+    py: &PathBuf,
+    port: u16,
+    box_: &Outpost,
+    device_args: &[&str],
+    card: &str,
+) {
+    let payload = format!(r#"{{"card_id":"{card}"}}"#);
+    let mut args = device_args.to_vec();
+    args.extend(["--topic", "pos/payments", "--payload", &payload]);
+    let p = publish(py, port, &args);
+    assert!(done(&p, Duration::from_secs(30)));
+    let records = box_.wait_records("pos.payments", Duration::from_secs(20), |r| !r.is_empty());
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["key"], card);
+}
+
+/// A box whose source has `source_keys` is refused by the broker: its status shows `retrying`
+/// with an error that says `why`.
+fn a_box_is_refused(host: &str, port: u16, source_keys: &str, why: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), host, port, source_keys);
+    let refused = start_box(dir.path(), &cfg);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            refused.status("sources", "mqtt:store").is_some_and(|s| {
+                s["link"]["state"] == "retrying"
+                    && s["link"]["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains(why))
+            })
+        }),
+        "{:?}",
+        refused.status("sources", "mqtt:store")
+    );
+}
+
 #[test]
 fn messages_of_every_qos_map_to_log_topics_with_keys_and_the_mqtt_topic_header() {
-    let (Some(py), Some((mosquitto, _))) = (
-        python::python("mqtt_external"),
-        peers::broker_tools("mqtt_external"),
-    ) else {
+    let Some((py, mosquitto, _)) = test_peers() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -192,10 +236,7 @@ fn messages_of_every_qos_map_to_log_topics_with_keys_and_the_mqtt_topic_header()
 
 #[test]
 fn qos1_messages_are_redelivered_after_kill_nine_of_outpost_and_none_is_lost() {
-    let (Some(py), Some((mosquitto, _))) = (
-        python::python("mqtt_external"),
-        peers::broker_tools("mqtt_external"),
-    ) else {
+    let Some((py, mosquitto, _)) = test_peers() else {
         return;
     };
     let mut rng = Rng::from_env_or_clock("qos1_messages_are_redelivered_after_kill_nine");
@@ -267,10 +308,7 @@ fn ids(records: &[Value]) -> BTreeSet<u64> {
 
 #[test]
 fn a_broker_restart_shows_retrying_then_connected_and_delivery_resumes() {
-    let (Some(py), Some((mosquitto, _))) = (
-        python::python("mqtt_external"),
-        peers::broker_tools("mqtt_external"),
-    ) else {
+    let Some((py, mosquitto, _)) = test_peers() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -347,10 +385,7 @@ fn a_broker_restart_shows_retrying_then_connected_and_delivery_resumes() {
 
 #[test]
 fn a_tls_source_with_a_client_certificate_receives_from_a_tls_broker() {
-    let (Some(py), Some((mosquitto, openssl))) = (
-        python::python("mqtt_external"),
-        peers::broker_tools("mqtt_external"),
-    ) else {
+    let Some((py, mosquitto, openssl)) = test_peers() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -369,47 +404,45 @@ fn a_tls_source_with_a_client_certificate_receives_from_a_tls_broker() {
         certs.client_cert.to_str().unwrap(),
         certs.client_key.to_str().unwrap(),
     );
-    let p = publish(
-        &py,
-        broker.port,
-        &[
-            "--host",
-            "localhost",
-            "--ca",
-            ca,
-            "--cert",
-            cert,
-            "--key",
-            key,
-            "--topic",
-            "pos/payments",
-            "--payload",
-            r#"{"card_id":"over-tls"}"#,
-        ],
-    );
-    assert!(done(&p, Duration::from_secs(30)));
-    let records = box_.wait_records("pos.payments", Duration::from_secs(20), |r| !r.is_empty());
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0]["key"], "over-tls");
+    let device = [
+        "--host",
+        "localhost",
+        "--ca",
+        ca,
+        "--cert",
+        cert,
+        "--key",
+        key,
+    ];
+    one_payment_is_stored(&py, broker.port, &box_, &device, "over-tls");
 
     // Without the client certificate the broker refuses Outpost: the status says why.
-    let dir2 = tempfile::tempdir().unwrap();
     let no_cert = format!("tls = {{ ca_file = {:?} }}", certs.ca);
-    let cfg2 = config(dir2.path(), "localhost", broker.port, &no_cert);
-    let refused = start_box(dir2.path(), &cfg2);
-    assert!(eventually(Duration::from_secs(20), || {
-        refused
-            .status("sources", "mqtt:store")
-            .is_some_and(|s| s["link"]["state"] == "retrying")
-    }));
+    a_box_is_refused("localhost", broker.port, &no_cert, "CertificateRequired");
+}
+
+#[test]
+fn a_source_with_username_and_password_receives_and_a_wrong_password_is_shown_as_retrying() {
+    let Some((py, mosquitto, _)) = test_peers() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        Mosquitto::start_with_user(&mosquitto, dir.path(), free_port(), ("outpost", "s3cret"));
+    let login = "username = \"outpost\"\npassword = \"s3cret\"";
+    let cfg = config(dir.path(), "127.0.0.1", broker.port, login);
+    let box_ = start_box(dir.path(), &cfg);
+    wait_connected(&box_);
+    let device = ["--username", "outpost", "--password", "s3cret"];
+    one_payment_is_stored(&py, broker.port, &box_, &device, "with-login");
+
+    let wrong = "username = \"outpost\"\npassword = \"guess\"";
+    a_box_is_refused("127.0.0.1", broker.port, wrong, "NotAuthorized");
 }
 
 #[test]
 fn a_full_log_holds_broker_messages_until_it_has_room_and_drops_none() {
-    let (Some(py), Some((mosquitto, _))) = (
-        python::python("mqtt_external"),
-        peers::broker_tools("mqtt_external"),
-    ) else {
+    let Some((py, mosquitto, _)) = test_peers() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -159,11 +159,49 @@ impl Mosquitto {
     /// and requires a client certificate signed by the CA. Persistent sessions queue without
     /// limit, so nothing published while Outpost is away is dropped by the broker.
     pub fn start(bin: &Path, dir: &Path, port: u16, certs: Option<&Certs>) -> Mosquitto {
+        Mosquitto::start_with(bin, dir, port, certs, None)
+    }
+
+    /// [`Mosquitto::start`] without TLS that admits only `user` with its password (made into a
+    /// password file by `mosquitto_passwd`) and refuses anonymous clients.
+    pub fn start_with_user(bin: &Path, dir: &Path, port: u16, user: (&str, &str)) -> Mosquitto {
+        Mosquitto::start_with(bin, dir, port, None, Some(user))
+    }
+
+    fn start_with(
+        bin: &Path,
+        dir: &Path,
+        port: u16,
+        certs: Option<&Certs>,
+        user: Option<(&str, &str)>,
+    ) -> Mosquitto {
+        let anonymous = user.is_none();
         let mut conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+            "listener {port} 127.0.0.1\nallow_anonymous {anonymous}\npersistence false\n\
              max_queued_messages 0\nmax_inflight_messages 20\nlog_dest stderr\n\
              log_type error\nlog_type warning\nlog_type notice\n"
         );
+        if let Some((name, password)) = user {
+            let file = dir.join(format!("mosquitto-{port}.passwd"));
+            let tool = bin.with_file_name("mosquitto_passwd");
+            let tool = if tool.exists() {
+                tool
+            } else {
+                PathBuf::from("mosquitto_passwd")
+            };
+            let out = Command::new(&tool)
+                .args(["-c", "-b"])
+                .arg(&file)
+                .args([name, password])
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()));
+            assert!(
+                out.status.success(),
+                "mosquitto_passwd failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            conf.push_str(&format!("password_file {}\n", file.display()));
+        }
         // SAFETY: geteuid(2) has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             // As root mosquitto would switch to the `mosquitto` user, which cannot read the

@@ -43,6 +43,8 @@ def make_client(args):
         protocol=protocol,
         **kwargs,
     )
+    if args.username:
+        c.username_pw_set(args.username, args.password)
     if args.ca:
         c.tls_set(ca_certs=args.ca, certfile=args.cert, keyfile=args.key)
     if args.will_topic:
@@ -180,6 +182,8 @@ def main():
     p.add_argument("--clean-session", choices=["0", "1"], default="1")
     p.add_argument("--qos", type=int, default=1)
     p.add_argument("--inflight", type=int, default=20)
+    p.add_argument("--username")
+    p.add_argument("--password")
     p.add_argument("--ca")
     p.add_argument("--cert")
     p.add_argument("--key")
