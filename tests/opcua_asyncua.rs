@@ -361,8 +361,11 @@ fn records_resume_after_a_network_cut_and_a_server_restart_without_piling_up_ses
     // Outpost starts before the server: the source retries with an open gap.
     let box_ = start_outpost(dir.path(), &server_section("plant", port, ""));
     assert!(
+        box_.status("sources", "opcua:plant").is_some(),
+        "a configured server is in the status from the API's first answer"
+    );
+    assert!(
         eventually(Duration::from_secs(15), || {
-            // The source's entry appears once its task has started, a moment after the API.
             box_.status("sources", "opcua:plant").is_some_and(|status| {
                 status["link"]["state"] == "retrying" && !status["details"]["open_gap"].is_null()
             })

@@ -262,6 +262,40 @@ impl App {
         // critical), with a gap marker in `outpost.gaps` for each; with or without a cloud.
         crate::forward::evict::install(&log, &config.forward);
 
+        // Modbus (issue 4): each configured device is polled on its own task; none by default.
+        // Modbus and OPC-UA register their sources when `run` is called, so they are started
+        // before the HTTP API: its status lists them from its first answer.
+        if !config.modbus.devices.is_empty() {
+            let fut = crate::ingest::modbus::run(
+                config.modbus.clone(),
+                log.clone(),
+                sources.clone(),
+                shutdown_rx.clone(),
+            );
+            components.spawn(async move {
+                let result = fut.await.map_err(|e| AppError::Component {
+                    name: "modbus",
+                    message: e.to_string(),
+                });
+                ("modbus", result)
+            });
+        }
+        // OPC-UA (issue 4): each configured server is one self-healing session; none by default.
+        if !config.opcua.servers.is_empty() {
+            let fut = crate::ingest::opcua::run(
+                config.opcua.clone(),
+                log.clone(),
+                sources.clone(),
+                shutdown_rx.clone(),
+            );
+            components.spawn(async move {
+                let result = fut.await.map_err(|e| AppError::Component {
+                    name: "opcua",
+                    message: e.to_string(),
+                });
+                ("opcua", result)
+            });
+        }
         // HTTP API.
         let api_state = ApiState::new(log.clone(), state.clone(), config.clone(), edge_id.clone())
             .with_shutdown(shutdown_rx.clone())
@@ -303,38 +337,6 @@ impl App {
                     message: e.to_string(),
                 });
                 ("mirror", result)
-            });
-        }
-        // Modbus (issue 4): each configured device is polled on its own task; none by default.
-        if !config.modbus.devices.is_empty() {
-            let fut = crate::ingest::modbus::run(
-                config.modbus.clone(),
-                log.clone(),
-                sources.clone(),
-                shutdown_rx.clone(),
-            );
-            components.spawn(async move {
-                let result = fut.await.map_err(|e| AppError::Component {
-                    name: "modbus",
-                    message: e.to_string(),
-                });
-                ("modbus", result)
-            });
-        }
-        // OPC-UA (issue 4): each configured server is one self-healing session; none by default.
-        if !config.opcua.servers.is_empty() {
-            let fut = crate::ingest::opcua::run(
-                config.opcua.clone(),
-                log.clone(),
-                sources.clone(),
-                shutdown_rx.clone(),
-            );
-            components.spawn(async move {
-                let result = fut.await.map_err(|e| AppError::Component {
-                    name: "opcua",
-                    message: e.to_string(),
-                });
-                ("opcua", result)
             });
         }
         if let Some(registry) = plugins {

@@ -60,21 +60,31 @@ pub enum ModbusError {
 /// Validates `config`, registers every device on `board` and polls each on its own task until
 /// `shutdown` turns true. Returns once every task has stopped (with no devices: once shutdown
 /// is requested, so that it can run as an `outpost run` component either way).
-pub async fn run(
+pub fn run(
     config: ModbusConfig,
     log: Log,
     board: StatusBoard,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), ModbusError> {
-    config
+) -> impl std::future::Future<Output = Result<(), ModbusError>> {
+    // Registered here, before the future is first polled: the status lists every configured
+    // device from the moment the caller has this future.
+    let tasks = config
         .validate()
-        .map_err(|(key, problem)| ModbusError::Config { key, problem })?;
-    let mut tasks = JoinSet::new();
-    for device in config.devices {
-        let poller = poller::Poller::new(device, log.clone(), board.clone());
-        tasks.spawn(poller.run(shutdown.clone()));
+        .map_err(|(key, problem)| ModbusError::Config { key, problem })
+        .map(|()| {
+            config
+                .devices
+                .into_iter()
+                .map(|device| poller::Poller::new(device, log.clone(), board.clone()))
+                .collect::<Vec<_>>()
+        });
+    async move {
+        let mut set = JoinSet::new();
+        for task in tasks? {
+            set.spawn(task.run(shutdown.clone()));
+        }
+        crate::ingest::join_tasks(set, shutdown, "modbus")
+            .await
+            .map_err(ModbusError::Task)
     }
-    crate::ingest::join_tasks(tasks, shutdown, "modbus")
-        .await
-        .map_err(ModbusError::Task)
 }

@@ -83,21 +83,31 @@ pub enum OpcuaError {
 /// Validates `config`, registers every server on `board` and runs each on its own task until
 /// `shutdown` turns true. Returns once every task has stopped (with no servers: once shutdown
 /// is requested).
-pub async fn run(
+pub fn run(
     config: OpcuaConfig,
     log: Log,
     board: StatusBoard,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), OpcuaError> {
-    config
+) -> impl std::future::Future<Output = Result<(), OpcuaError>> {
+    // Registered here, before the future is first polled: the status lists every configured
+    // server from the moment the caller has this future.
+    let tasks = config
         .validate()
-        .map_err(|(key, problem)| OpcuaError::Config { key, problem })?;
-    let mut tasks = JoinSet::new();
-    for server in config.servers {
-        let task = server::ServerTask::new(server, log.clone(), board.clone());
-        tasks.spawn(task.run(shutdown.clone()));
+        .map_err(|(key, problem)| OpcuaError::Config { key, problem })
+        .map(|()| {
+            config
+                .servers
+                .into_iter()
+                .map(|server| server::ServerTask::new(server, log.clone(), board.clone()))
+                .collect::<Vec<_>>()
+        });
+    async move {
+        let mut set = JoinSet::new();
+        for task in tasks? {
+            set.spawn(task.run(shutdown.clone()));
+        }
+        crate::ingest::join_tasks(set, shutdown, "opcua")
+            .await
+            .map_err(OpcuaError::Task)
     }
-    crate::ingest::join_tasks(tasks, shutdown, "opcua")
-        .await
-        .map_err(OpcuaError::Task)
 }
