@@ -218,13 +218,7 @@ impl App {
             }
         };
         for (name, task) in mqtt_tasks {
-            components.spawn(async move {
-                let result = task.await.map_err(|e| AppError::Component {
-                    name,
-                    message: e.to_string(),
-                });
-                (name, result)
-            });
+            spawn_component(&mut components, name, task);
         }
         for sink in config.mqtt.sinks.clone() {
             let task = crate::sink::mqtt::run_sink(
@@ -235,13 +229,7 @@ impl App {
                 sinks.clone(),
                 shutdown_rx.clone(),
             );
-            components.spawn(async move {
-                let result = task.await.map_err(|e| AppError::Component {
-                    name: "mqtt-sink",
-                    message: e.to_string(),
-                });
-                ("mqtt-sink", result)
-            });
+            spawn_component(&mut components, "mqtt-sink", task);
         }
 
         // Store-and-forward (issue 5): only with a cloud configured; it guards retention so a
@@ -272,13 +260,7 @@ impl App {
                 sources.clone(),
                 shutdown_rx.clone(),
             );
-            components.spawn(async move {
-                let result = fut.await.map_err(|e| AppError::Component {
-                    name: "modbus",
-                    message: e.to_string(),
-                });
-                ("modbus", result)
-            });
+            spawn_component(&mut components, "modbus", fut);
         }
         // OPC-UA (issue 4): each configured server is one self-healing session; none by default.
         if !config.opcua.servers.is_empty() {
@@ -288,13 +270,7 @@ impl App {
                 sources.clone(),
                 shutdown_rx.clone(),
             );
-            components.spawn(async move {
-                let result = fut.await.map_err(|e| AppError::Component {
-                    name: "opcua",
-                    message: e.to_string(),
-                });
-                ("opcua", result)
-            });
+            spawn_component(&mut components, "opcua", fut);
         }
         // HTTP API.
         let api_state = ApiState::new(log.clone(), state.clone(), config.clone(), edge_id.clone())
@@ -314,13 +290,7 @@ impl App {
         // Later components (MQTT ingest, plugins, forwarder) are spawned here.
         if let Some(f) = forwarder {
             let rx = shutdown_rx.clone();
-            components.spawn(async move {
-                let result = f.run(rx).await.map_err(|e| AppError::Component {
-                    name: "forward",
-                    message: e.to_string(),
-                });
-                ("forward", result)
-            });
+            spawn_component(&mut components, "forward", f.run(rx));
         }
         if config.forward.enabled() && !config.mirror.topics.is_empty() {
             let fut = crate::mirror::run(
@@ -331,13 +301,7 @@ impl App {
                 config.edge.store_id.clone(),
                 shutdown_rx.clone(),
             );
-            components.spawn(async move {
-                let result = fut.await.map_err(|e| AppError::Component {
-                    name: "mirror",
-                    message: e.to_string(),
-                });
-                ("mirror", result)
-            });
+            spawn_component(&mut components, "mirror", fut);
         }
         if let Some(registry) = plugins {
             components.spawn(run_plugins(registry, shutdown_rx.clone()));
@@ -349,13 +313,7 @@ impl App {
                 mqtt_started.listen,
                 shutdown_rx.clone(),
             );
-            components.spawn(async move {
-                let result = fut.await.map_err(|e| AppError::Component {
-                    name: "simulate",
-                    message: e.to_string(),
-                });
-                ("simulate", result)
-            });
+            spawn_component(&mut components, "simulate", fut);
         }
 
         tracing::info!(
@@ -499,6 +457,22 @@ async fn serve_http(
 
 /// Installs the bundled plugins on first run and starts every installed plugin; stops them all
 /// at shutdown (each finishes and commits its current batch before the log closes).
+/// Runs `fut` as the component `name` of a running box: an error it ends with becomes
+/// [`AppError::Component`] naming it.
+fn spawn_component<E: std::fmt::Display>(
+    components: &mut JoinSet<ComponentResult>,
+    name: &'static str,
+    fut: impl Future<Output = Result<(), E>> + Send + 'static,
+) {
+    components.spawn(async move {
+        let result = fut.await.map_err(|e| AppError::Component {
+            name,
+            message: e.to_string(),
+        });
+        (name, result)
+    });
+}
+
 async fn run_plugins(
     registry: crate::plugins::registry::PluginRegistry,
     mut shutdown: watch::Receiver<bool>,

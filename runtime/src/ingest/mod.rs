@@ -100,14 +100,19 @@ impl StatusBoard {
     }
 }
 
-/// Waits for the per-device (or per-server) tasks of a source until every one has stopped;
-/// with none, waits for shutdown instead, so that the source can run as an `outpost run`
-/// component either way. Returns the message of the first task that ended abnormally.
+/// Runs the per-device (or per-server) tasks of a source, each on its own task, until every
+/// one has stopped; with none, waits for shutdown instead, so that the source can run as an
+/// `outpost run` component either way. Returns the message of the first task that ended
+/// abnormally.
 pub(crate) async fn join_tasks(
-    mut tasks: tokio::task::JoinSet<()>,
+    runs: impl IntoIterator<Item = impl std::future::Future<Output = ()> + Send + 'static>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     kind: &str,
 ) -> Result<(), String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for run in runs {
+        tasks.spawn(run);
+    }
     if tasks.is_empty() {
         let _ = shutdown.wait_for(|stop| *stop).await;
         return Ok(());

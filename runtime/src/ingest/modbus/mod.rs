@@ -37,7 +37,6 @@ mod poller;
 pub mod serial;
 
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 pub use config::{
     DeviceConfig, ModbusConfig, Order, Parity, PointConfig, RegisterKind, Transport, ValueType,
@@ -79,11 +78,11 @@ pub fn run(
                 .collect::<Vec<_>>()
         });
     async move {
-        let mut set = JoinSet::new();
-        for task in tasks? {
-            set.spawn(task.run(shutdown.clone()));
-        }
-        crate::ingest::join_tasks(set, shutdown, "modbus")
+        let runs: Vec<_> = tasks?
+            .into_iter()
+            .map(|task| task.run(shutdown.clone()))
+            .collect();
+        crate::ingest::join_tasks(runs, shutdown, "modbus")
             .await
             .map_err(ModbusError::Task)
     }

@@ -62,7 +62,6 @@ pub mod record;
 mod server;
 
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 pub use config::{ItemConfig, OpcuaConfig, SecurityMode, SecurityPolicy, ServerConfig};
 
@@ -102,11 +101,11 @@ pub fn run(
                 .collect::<Vec<_>>()
         });
     async move {
-        let mut set = JoinSet::new();
-        for task in tasks? {
-            set.spawn(task.run(shutdown.clone()));
-        }
-        crate::ingest::join_tasks(set, shutdown, "opcua")
+        let runs: Vec<_> = tasks?
+            .into_iter()
+            .map(|task| task.run(shutdown.clone()))
+            .collect();
+        crate::ingest::join_tasks(runs, shutdown, "opcua")
             .await
             .map_err(OpcuaError::Task)
     }
