@@ -5,7 +5,8 @@
 # workspace test. Caches live outside the repo so a second run rebuilds nothing:
 #   OUTPOST_CACHE_DIR   default ~/.cache/outpost (tools built or installed for the tests)
 #   CARGO_TARGET_DIR    default: cargo's own (target/ in the repo)
-# Extra arguments are passed to `cargo test` (e.g. `./tests/run.sh log_crash`).
+# Extra arguments are passed to `cargo test` (e.g. `./tests/run.sh log_crash`). Every test binary
+# runs even after a failure (`--no-fail-fast`), so one red test never hides the others.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -109,4 +110,4 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # --- tests -----------------------------------------------------------------------------------
 log "cargo test --workspace"
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"
