@@ -6,7 +6,8 @@
 #   - a rustup toolchain with the wasm32-wasip1 target installed is used when present;
 #   - otherwise Debian's packaged toolchain (/usr/bin/rustc 1.63, target wasm32-wasi).
 #   OUTPOST_WASM_TOOLCHAIN=rustup|debian forces one. Crates come from Debian's vendored registry
-#   (/usr/share/cargo/registry, offline) when it exists, else from crates.io; see test.sh.
+#   (/usr/share/cargo/registry, offline, `--locked` to the committed Cargo.lock) when it exists,
+#   else from crates.io; see test.sh.
 # C plugins (every folder with *.c files and a plugin.toml): clang --target=wasm32-wasi with
 #   wasi-libc (WASI_SYSROOT, default /usr as Debian's wasi-libc lays it out).
 #
@@ -20,10 +21,12 @@ cd "$here"
 log() { printf '==> %s\n' "$*" >&2; }
 
 # --- crate source: Debian's vendored registry when present (offline), else crates.io ----------
+# The committed Cargo.lock is resolved against Debian's registry (test.sh explains why it does
+# not work against crates.io), so that path is `--locked`.
 debian_registry=${DEBIAN_CARGO_REGISTRY:-/usr/share/cargo/registry}
 registry_args=()
 if [ -d "$debian_registry" ] && [ -z "${OUTPOST_USE_CRATES_IO:-}" ]; then
-  registry_args=(--offline
+  registry_args=(--offline --locked
     --config 'source.crates-io.replace-with="debian"'
     --config "source.debian.directory=\"$debian_registry\"")
 fi

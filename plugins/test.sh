@@ -5,9 +5,13 @@
 # the plugins workspace (e.g. `./test.sh -p fraud-score`).
 #
 # Crates for the plugins come from Debian's vendored registry when it exists (offline), as in
-# build.sh, so both scripts agree on one Cargo.lock; set OUTPOST_USE_CRATES_IO=1 to use
-# crates.io instead (then delete a Cargo.lock written from the Debian registry first: Debian's
-# syn carries a different checksum).
+# build.sh, so both scripts build the versions the committed Cargo.lock names (`--locked`).
+# That lock is resolved against Debian's registry, where syn's .cargo-checksum.json records
+# "Could not get crate checksum" instead of crates.io's checksum; cargo against crates.io then
+# refuses the lock ("unable to verify that `syn v1.0.107` is the same as when the lockfile was
+# generated"). So OUTPOST_USE_CRATES_IO=1 (crates.io instead of Debian's registry, e.g. on a
+# machine without it) needs a lock of its own: `rm plugins/Cargo.lock` first, and do not commit
+# the one cargo writes then (`git checkout plugins/Cargo.lock` restores the committed one).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +25,7 @@ log() { printf '\n==> %s\n' "$*" >&2; }
 debian_registry=${DEBIAN_CARGO_REGISTRY:-/usr/share/cargo/registry}
 registry_args=()
 if [ -d "$debian_registry" ] && [ -z "${OUTPOST_USE_CRATES_IO:-}" ]; then
-  registry_args=(--offline
+  registry_args=(--offline --locked
     --config 'source.crates-io.replace-with="debian"'
     --config "source.debian.directory=\"$debian_registry\"")
 fi
