@@ -59,6 +59,8 @@ fi
 # --- guest plugins (own workspace, own target dir) ----------------------------------------
 log "plugins: build the wasm guests"
 CARGO_TARGET_DIR="$OUTPOST_CACHE_DIR/plugins-target" ./plugins/build.sh
+log "sdk + plugins: cargo fmt --check, cargo clippy -D warnings"
+CARGO_TARGET_DIR="$OUTPOST_CACHE_DIR/plugins-native-target" ./plugins/lint.sh
 log "sdk + plugins: native unit tests"
 CARGO_TARGET_DIR="$OUTPOST_CACHE_DIR/plugins-native-target" ./plugins/test.sh
 # The runtime's tests load the freshly built guests from here and must not skip them.
