@@ -57,8 +57,12 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 # --- guest plugins (own workspace, own target dir) ----------------------------------------
+# Always with Debian's rustc 1.63: that proves the guests' MSRV, and it is the toolchain the
+# committed runtime/bundled/ modules come from, which check-bundled.sh compares byte for byte.
 log "plugins: build the wasm guests"
-CARGO_TARGET_DIR="$OUTPOST_CACHE_DIR/plugins-target" ./plugins/build.sh
+CARGO_TARGET_DIR="$OUTPOST_CACHE_DIR/plugins-target" OUTPOST_WASM_TOOLCHAIN=debian ./plugins/build.sh
+log "plugins: runtime/bundled/ is what plugins/ builds"
+./plugins/check-bundled.sh
 log "sdk + plugins: cargo fmt --check, cargo clippy -D warnings"
 CARGO_TARGET_DIR="$OUTPOST_CACHE_DIR/plugins-native-target" ./plugins/lint.sh
 log "sdk + plugins: native unit tests"
