@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds every plugin in this workspace to wasm and lays out plugins/dist/<name>/{plugin.wasm,
 # plugin.toml}, ready for `outpost plugin sign` / `install`, and dist/toolchain.txt (what built
-# them). The bytes do not depend on the checkout's folder (see wasm_features below), so
-# check-bundled.sh can compare them with the committed runtime/bundled/.
+# them). The bytes do not depend on the checkout's folder, so check-bundled.sh can compare them
+# with the committed runtime/bundled/: no absolute path reaches rustc (see Cargo.toml on the
+# `sdk` link) and crates come from Debian's registry at a fixed path.
 #
 # Rust plugins (every folder with a Cargo.toml and a plugin.toml):
 #   - a rustup toolchain with the wasm32-wasip1 target installed is used when present;
@@ -54,24 +55,8 @@ choose_toolchain() {
 
 # Bulk memory (one of the wasm features the host enables, see sdk/ABI.md) turns the guests'
 # memcpy/memset into `memory.copy`/`memory.fill`, which the host runs natively.
-#
-# Reproducible across checkouts: panic locations put source paths into the module. cargo names
-# this workspace's files relative to plugins/ (`fraud-score/src/card.rs`), but the SDK, a path
-# dependency outside it, and crates from cargo's own registry by absolute path. Those prefixes
-# are remapped (`outpost/sdk/src/abi.rs`), so a clone in any folder builds the same bytes and
-# check-bundled.sh can compare them with runtime/bundled/. (RUSTFLAGS, when set, overrides this
-# table, as cargo always does: leave it unset for these builds.)
-toml_str() {
-  local s=${1//\\/\\\\}
-  printf '"%s"' "${s//\"/\\\"}"
-}
 wasm_features() {
-  local root cargo_home
-  root=$(cd "$here/.." && pwd)
-  cargo_home=${CARGO_HOME:-$HOME/.cargo}
-  printf -- '--config\ntarget.%s.rustflags=["-C","target-feature=+bulk-memory",%s,%s]\n' "$1" \
-    "$(toml_str "--remap-path-prefix=$root=outpost")" \
-    "$(toml_str "--remap-path-prefix=$cargo_home=cargo-home")"
+  printf -- "--config\ntarget.%s.rustflags=[\"-C\",\"target-feature=+bulk-memory\"]\n" "$1"
 }
 
 toolchain=$(choose_toolchain)
