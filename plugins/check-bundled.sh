@@ -47,7 +47,7 @@ if [ ${#differ[@]} -gt 0 ]; then
     echo "  this build used:" >&2
     sed 's/^/    /' "$dist/toolchain.txt" >&2 2>/dev/null || echo "    (no plugins/dist/toolchain.txt)" >&2
   fi
-  echo "check-bundled: the bundled plugins are stale: $(printf '%s\n' "${differ[@]}" | sort -u | tr '\n' ' ')" >&2
+  echo "check-bundled: runtime/bundled/ differs from what plugins/ builds for: $(printf '%s\n' "${differ[@]}" | sort -u | paste -sd ' ' -)" >&2
   echo "check-bundled: refresh them with '$refresh' and commit runtime/bundled/" >&2
   exit 1
 fi
