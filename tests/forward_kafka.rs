@@ -71,7 +71,7 @@ fn append_json(log: &Log, topic: &str, from: usize, count: usize) {
 /// A forwarder running on its own runtime until dropped.
 struct Running {
     forwarder: Forwarder,
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: outpost::kernel::ShutdownTrigger,
     runtime: Option<tokio::runtime::Runtime>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -85,7 +85,7 @@ impl Running {
             .unwrap();
         let forwarder = Forwarder::new(log.clone(), state.clone(), config, EDGE, STORE);
         log.add_retention_guard(std::sync::Arc::new(forwarder.clone()));
-        let (stop, rx) = tokio::sync::watch::channel(false);
+        let (stop, rx) = outpost::kernel::Shutdown::new();
         let f = forwarder.clone();
         let task = runtime.spawn(async move {
             f.run(rx).await.unwrap();
@@ -128,7 +128,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.request();
         if let (Some(rt), Some(task)) = (self.runtime.take(), self.task.take()) {
             let _ =
                 rt.block_on(async { tokio::time::timeout(Duration::from_secs(15), task).await });
@@ -368,7 +368,7 @@ fn cloud_records_are_mirrored_into_a_local_topic_and_resume_after_a_restart() {
             .enable_all()
             .build()
             .unwrap();
-        let (stop, rx) = tokio::sync::watch::channel(false);
+        let (stop, rx) = outpost::kernel::Shutdown::new();
         let task = rt.spawn(outpost::mirror::run(
             log.clone(),
             kafka_cfg.clone(),
@@ -387,7 +387,7 @@ fn cloud_records_are_mirrored_into_a_local_topic_and_resume_after_a_restart() {
         }
         // Give the offset commit a moment, then stop cleanly.
         std::thread::sleep(Duration::from_millis(500));
-        stop.send(true).unwrap();
+        stop.request();
         rt.block_on(task).unwrap().unwrap();
     };
     run_until(300);

@@ -665,7 +665,7 @@ fn gap_markers_reach_the_cloud_and_with_the_forwarded_records_account_for_every_
         .enable_all()
         .build()
         .unwrap();
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (stop, rx) = outpost::kernel::Shutdown::new();
     let f = forwarder.clone();
     let task = runtime.spawn(async move { f.run(rx).await });
 
@@ -706,7 +706,7 @@ fn gap_markers_reach_the_cloud_and_with_the_forwarded_records_account_for_every_
     }
     let expected = markers.len() as u64 + ends.values().map(|(s, e)| e - s).sum::<u64>();
     let arrived = kafka::consume(&python, &broker.brokers(), &topics, expected as usize, 10);
-    let _ = stop.send(true);
+    stop.request();
     let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(15), task).await });
 
     // Per topic, the local offsets that arrived (duplicates recognised by the headers).

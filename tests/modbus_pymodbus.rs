@@ -18,11 +18,10 @@ use outpost::ingest::modbus::{
     self, DeviceConfig, ModbusConfig, Order, Parity, PointConfig, RegisterKind, Transport,
     ValueType,
 };
-use outpost::ingest::{Link, SourceStatus, StatusBoard};
+use outpost::kernel::{Link, Status, StatusBoard};
 use outpost::log::{Log, LogConfig};
 use python::{free_port, PythonPeer};
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
 /// (name, type, byte order, word order, address, expected value) of every holding register
 /// value the server holds, as laid out by `modbus_server.py`.
@@ -168,7 +167,7 @@ struct Harness {
     _dir: tempfile::TempDir,
     log: Log,
     board: StatusBoard,
-    stop: watch::Sender<bool>,
+    stop: outpost::kernel::ShutdownTrigger,
     task: tokio::task::JoinHandle<Result<(), modbus::ModbusError>>,
 }
 
@@ -183,8 +182,8 @@ impl Harness {
             },
         )
         .unwrap();
-        let board = StatusBoard::default();
-        let (stop, rx) = watch::channel(false);
+        let board = StatusBoard::sources();
+        let (stop, rx) = outpost::kernel::Shutdown::new();
         let task = tokio::spawn(modbus::run(
             ModbusConfig { devices },
             log.clone(),
@@ -218,7 +217,7 @@ impl Harness {
             .collect()
     }
 
-    fn status(&self, device: &str) -> SourceStatus {
+    fn status(&self, device: &str) -> Status {
         self.board
             .snapshot()
             .into_iter()
@@ -254,8 +253,8 @@ impl Harness {
         device: &str,
         timeout: Duration,
         what: &str,
-        cond: impl Fn(&SourceStatus) -> bool,
-    ) -> SourceStatus {
+        cond: impl Fn(&Status) -> bool,
+    ) -> Status {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self
@@ -276,7 +275,7 @@ impl Harness {
     }
 
     async fn stop(self) -> (Log, StatusBoard) {
-        self.stop.send(true).unwrap();
+        self.stop.request();
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
             .expect("the Modbus source stops within 10 s")

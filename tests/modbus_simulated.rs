@@ -9,11 +9,10 @@ use outpost::ingest::modbus::{
     self, DeviceConfig, ModbusConfig, PointConfig, RegisterKind, ValueType,
 };
 use outpost::ingest::modbus_sim::{serve_simulated_fridge, simulated_fridge_device};
-use outpost::ingest::{Link, SourceStatus, StatusBoard};
+use outpost::kernel::{Link, Status, StatusBoard};
 use outpost::log::{Log, LogConfig};
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 async fn start_fridge() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -26,7 +25,7 @@ struct Running {
     _dir: tempfile::TempDir,
     log: Log,
     board: StatusBoard,
-    stop: watch::Sender<bool>,
+    stop: outpost::kernel::ShutdownTrigger,
     task: tokio::task::JoinHandle<Result<(), modbus::ModbusError>>,
 }
 
@@ -41,8 +40,8 @@ fn start(devices: Vec<DeviceConfig>, max_bytes: u64) -> Running {
         },
     )
     .unwrap();
-    let board = StatusBoard::default();
-    let (stop, rx) = watch::channel(false);
+    let board = StatusBoard::sources();
+    let (stop, rx) = outpost::kernel::Shutdown::new();
     let task = tokio::spawn(modbus::run(
         ModbusConfig { devices },
         log.clone(),
@@ -73,13 +72,13 @@ impl Running {
     }
 
     /// The device's status; a default `Starting` one until the source registered it.
-    fn status(&self, device: &str) -> SourceStatus {
+    fn status(&self, device: &str) -> Status {
         let name = format!("modbus:{device}");
         self.board
             .snapshot()
             .into_iter()
             .find(|s| s.name == name)
-            .unwrap_or_else(|| SourceStatus::new(&name, "modbus"))
+            .unwrap_or_else(|| Status::starting(&name, "modbus"))
     }
 
     async fn wait(&self, what: &str, timeout: Duration, cond: impl Fn(&Running) -> bool) {
@@ -95,7 +94,7 @@ impl Running {
     }
 
     async fn stop(self) {
-        self.stop.send(true).unwrap();
+        self.stop.request();
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
             .expect("the Modbus source stops within 10 s")

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use crate::kernel::{Shutdown, ShutdownTrigger};
 use tokio::task::JoinSet;
 
 use crate::api::{self, ApiState};
@@ -77,7 +77,7 @@ pub struct App {
     log: Log,
     state: StateStore,
     edge_id: String,
-    shutdown: watch::Sender<bool>,
+    shutdown: ShutdownTrigger,
     components: JoinSet<ComponentResult>,
 }
 
@@ -189,12 +189,12 @@ impl App {
             }
         };
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = Shutdown::new();
         let mut components = JoinSet::new();
 
         // Status boards of sources and sinks: /topics, /metrics and `outpost status` show them.
-        let sources = crate::ingest::StatusBoard::default();
-        let sinks = crate::ingest::StatusBoard::default();
+        let sources = crate::kernel::StatusBoard::sources();
+        let sinks = crate::kernel::StatusBoard::sinks();
 
         // MQTT (issue 4): the embedded broker behind Outpost's device listener, subscriptions to
         // external brokers, and the sinks back to devices. A busy MQTT port does not stop the
@@ -375,7 +375,7 @@ impl App {
 
     /// Stops every component, closes the log and syncs the state store.
     pub async fn shutdown(mut self) -> Result<(), AppError> {
-        let _ = self.shutdown.send(true);
+        self.shutdown.request();
         let mut first_error = None;
         let deadline = tokio::time::sleep(SHUTDOWN_GRACE);
         tokio::pin!(deadline);
@@ -443,10 +443,10 @@ fn component_outcome(joined: Result<ComponentResult, tokio::task::JoinError>) ->
 async fn serve_http(
     listener: tokio::net::TcpListener,
     router: axum::Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> ComponentResult {
     let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { api::shutdown_requested(&mut shutdown).await })
+        .with_graceful_shutdown(async move { shutdown.requested().await })
         .await;
     let result = served.map_err(|e| AppError::Component {
         name: "http",
@@ -475,7 +475,7 @@ fn spawn_component<E: std::fmt::Display>(
 
 async fn run_plugins(
     registry: crate::plugins::registry::PluginRegistry,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> ComponentResult {
     // A registry error (e.g. the bundled plugins could not be written) must not take ingestion
     // down: it is logged and the plugins that did start keep running.
@@ -488,7 +488,7 @@ async fn run_plugins(
         running = plugins.iter().filter(|p| p.state == "running").count(),
         "Plugins started."
     );
-    api::shutdown_requested(&mut shutdown).await;
+    shutdown.requested().await;
     registry.stop_all().await;
     ("plugins", Ok(()))
 }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod forward;
 pub mod ingest;
+pub mod kernel;
 pub mod log;
 pub mod metrics;
 pub mod mirror;

@@ -6,6 +6,7 @@
 //! nothing else. Registering the same name and labels twice returns the same handle. Names
 //! follow Prometheus conventions (`outpost_log_appended_records_total`).
 
+use crate::kernel::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,7 +89,7 @@ impl Registry {
         labels: &[(&str, &str)],
         make: impl FnOnce() -> Handle,
     ) -> Handle {
-        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let mut families = lock(&self.families);
         let family = families.entry(name.to_string()).or_insert_with(|| Family {
             help: help.to_string(),
             kind,
@@ -125,7 +126,7 @@ impl Registry {
 
     /// Renders every family in the Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
-        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let families = lock(&self.families);
         let mut out = String::new();
         for (name, family) in families.iter() {
             let _ = writeln!(out, "# HELP {name} {}", family.help);

@@ -34,12 +34,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
 pub use error::ApiError;
 
 use crate::config::Config;
-use crate::ingest::{Link, SourceStatus, StatusBoard};
+use crate::kernel::{Shutdown, StatusBoard};
 use crate::log::Log;
 use crate::state::StateStore;
 
@@ -54,7 +53,7 @@ pub struct ApiState {
     config: Arc<Config>,
     started: Instant,
     edge_id: Arc<str>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     /// Status of every source (MQTT, Modbus, …).
     sources: StatusBoard,
     /// Status of every sink (`records_stored` counts records delivered).
@@ -64,7 +63,7 @@ pub struct ApiState {
 impl ApiState {
     /// Everything the handlers need; `edge_id` is the resolved id (see `StateStore::edge_id`).
     pub fn new(log: Log, state: StateStore, config: Arc<Config>, edge_id: String) -> ApiState {
-        let (_never, shutdown) = watch::channel(false);
+        let shutdown = Shutdown::never();
         ApiState {
             log,
             state,
@@ -72,8 +71,8 @@ impl ApiState {
             started: Instant::now(),
             edge_id: edge_id.into(),
             shutdown,
-            sources: StatusBoard::default(),
-            sinks: StatusBoard::default(),
+            sources: StatusBoard::sources(),
+            sinks: StatusBoard::sinks(),
         }
     }
 
@@ -105,21 +104,9 @@ impl ApiState {
     }
 
     /// Long polls end early once `shutdown` turns true, so a graceful shutdown is not held up.
-    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> ApiState {
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> ApiState {
         self.shutdown = shutdown;
         self
-    }
-}
-
-/// Resolves once the shutdown flag is true; never if its sender is gone without setting it.
-pub(crate) async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
-    loop {
-        if *shutdown.borrow_and_update() {
-            return;
-        }
-        if shutdown.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
     }
 }
 
@@ -200,8 +187,6 @@ async fn metrics(
             )
             .set(s.next_offset as f64);
     }
-    export_statuses(registry, "source", &api.sources.snapshot());
-    export_statuses(registry, "sink", &api.sinks.snapshot());
     registry
         .gauge(
             "outpost_uptime_seconds",
@@ -255,53 +240,6 @@ async fn list_topics(
     }))
 }
 
-/// Sets `outpost_<what>_*{name, kind}` from a status board snapshot: `up` (1 connected, 0
-/// otherwise), `backpressured`, and the counters (which only grow, so the registry's counters
-/// are moved up to the board's values).
-fn export_statuses(registry: &crate::metrics::Registry, what: &str, statuses: &[SourceStatus]) {
-    let stored_help = if what == "sink" {
-        "Records the sink delivered (acknowledged by the broker)."
-    } else {
-        "Records the source stored in the log."
-    };
-    for s in statuses {
-        let labels = [(what, s.name.as_str()), ("kind", s.kind.as_str())];
-        let up = matches!(s.link, Link::Connected);
-        let backpressured = matches!(s.link, Link::Backpressured { .. });
-        registry
-            .gauge(
-                &format!("outpost_{what}_up"),
-                "1 when connected and working, 0 when starting, retrying, held back or stopped.",
-                &labels,
-            )
-            .set(if up { 1.0 } else { 0.0 });
-        registry
-            .gauge(
-                &format!("outpost_{what}_backpressured"),
-                "1 while the log refuses appends and acknowledgements are held.",
-                &labels,
-            )
-            .set(if backpressured { 1.0 } else { 0.0 });
-        let counters = [
-            ("records_total", stored_help, s.records_stored),
-            (
-                "errors_total",
-                "Messages that failed to decode, map or deliver (each logged).",
-                s.errors,
-            ),
-            (
-                "gaps_total",
-                "Intervals with missing data (disconnects, skipped polls).",
-                s.gaps,
-            ),
-        ];
-        for (suffix, help, value) in counters {
-            let counter = registry.counter(&format!("outpost_{what}_{suffix}"), help, &labels);
-            counter.add(value.saturating_sub(counter.get()));
-        }
-    }
-}
-
 async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {
     ApiError::NoSuchEndpoint(format!("{method} {}", uri.path()))
 }
@@ -334,7 +272,7 @@ mod status_tests {
 
     use super::{router, ApiState};
     use crate::config::Config;
-    use crate::ingest::{Link, SourceStatus, StatusBoard};
+    use crate::kernel::{Link, StatusBoard};
     use crate::log::Log;
     use crate::state::StateStore;
 
@@ -350,19 +288,19 @@ mod status_tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(&dir.path().join("log"), Default::default()).unwrap();
         let state = StateStore::open(&dir.path().join("state")).unwrap();
-        let (sources, sinks) = (StatusBoard::default(), StatusBoard::default());
-        let mut s = SourceStatus::new("mqtt:store", "mqtt");
-        s.link = Link::Retrying {
-            last_error: "connection refused".into(),
-            attempts: 3,
-        };
-        s.records_stored = 42;
-        s.errors = 2;
-        sources.register(s);
-        let mut k = SourceStatus::new("mqtt:verdicts", "mqtt-sink");
-        k.link = Link::Connected;
-        k.records_stored = 7;
-        sinks.register(k);
+        let (sources, sinks) = (StatusBoard::sources(), StatusBoard::sinks());
+        sources.register("mqtt:store", "mqtt", |s| {
+            s.set_link(Link::Retrying {
+                last_error: "connection refused".into(),
+                attempts: 3,
+            });
+            s.stored(42, 1_000);
+            s.error(2);
+        });
+        sinks.register("mqtt:verdicts", "mqtt-sink", |k| {
+            k.set_link(Link::Connected);
+            k.stored(7, 1_000);
+        });
         let app = router(
             ApiState::new(log, state, Arc::new(Config::default()), "e".into())
                 .with_status(sources.clone(), sinks),
@@ -386,8 +324,8 @@ mod status_tests {
         }
         // Counters follow the board as it grows.
         sources.update("mqtt:store", |s| {
-            s.records_stored = 50;
-            s.link = Link::Connected;
+            s.stored(8, 2_000);
+            s.set_link(Link::Connected);
         });
         let metrics = get(&app, "/metrics").await;
         assert!(

@@ -132,10 +132,10 @@ pub(super) async fn fetch(
     let mut fetched = read(offset).await?;
     let wait_ms = params.wait_ms.unwrap_or(0).min(http.max_wait_ms);
     if fetched.records.is_empty() && wait_ms > 0 {
-        let mut shutdown = api.shutdown.clone();
+        let shutdown = api.shutdown.clone();
         tokio::select! {
             _ = topic.wait_for(fetched.next_offset, Duration::from_millis(wait_ms)) => {}
-            _ = super::shutdown_requested(&mut shutdown) => {}
+            _ = shutdown.requested() => {}
         }
         fetched = read(fetched.next_offset).await?;
     }

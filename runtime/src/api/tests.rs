@@ -372,13 +372,13 @@ async fn a_shutdown_ends_a_long_poll_early() {
     let log = Log::open(&dir.path().join("log"), Default::default()).unwrap();
     let state = StateStore::open(&dir.path().join("state")).unwrap();
     log.topic_or_create("w").unwrap();
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (stop, shutdown) = crate::kernel::Shutdown::new();
     let api =
         ApiState::new(log, state, Arc::new(Config::default()), "e".into()).with_shutdown(shutdown);
     let app = router(api);
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = stop.send(true);
+        stop.request();
     });
     let started = Instant::now();
     let response = app

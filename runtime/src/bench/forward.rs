@@ -279,7 +279,7 @@ fn drain(log: &Log, state_dir: &Path, config: ForwardConfig, records: u64) -> an
         .build()?;
     let forwarder = Forwarder::new(log.clone(), state.clone(), config, EDGE, STORE);
     let consumer = forwarder.consumer().to_string();
-    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (stop, rx) = crate::kernel::Shutdown::new();
     let started = Instant::now();
     let cpu_before = process_cpu_s();
     let task = runtime.spawn(forwarder.clone().run(rx));
@@ -301,7 +301,7 @@ fn drain(log: &Log, state_dir: &Path, config: ForwardConfig, records: u64) -> an
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let _ = stop.send(true);
+    stop.request();
     let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await });
     runtime.shutdown_timeout(Duration::from_secs(1));
     outcome

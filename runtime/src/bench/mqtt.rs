@@ -527,7 +527,7 @@ fn round_trip(
                 format!("bench-{run_id}-{}", i - warmup)
             };
             let payment = serde_json::json!({
-                "payment_id": &id, "ts_ms": crate::ingest::mqtt::now_ms(), "store_id": "bench",
+                "payment_id": &id, "ts_ms": crate::kernel::now_ms(), "store_id": "bench",
                 "terminal_id": format!("t-{}", i % 20), "card_id": format!("card-{}", i % 5000),
                 "amount": 10.0 + (i % 100) as f64, "currency": "EUR", "channel": "card_present",
                 "kind": "sale",

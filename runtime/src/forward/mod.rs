@@ -57,8 +57,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, Notify};
 
+use crate::kernel::{now_ms, Backoff, Shutdown};
 use crate::log::{Fetch, Log, LogError, Record, RetentionGuard, Topic};
 use crate::metrics::{self, Counter, Gauge};
 use crate::state::{Commit, StateError, StateStore};
@@ -150,12 +151,6 @@ fn class_index(class: Class) -> usize {
         Class::Normal => 1,
         Class::Bulk => 2,
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One topic's forwarding numbers, as `GET /forward` shows them.
@@ -486,7 +481,7 @@ impl Forwarder {
     }
 
     /// Runs until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ForwardError> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), ForwardError> {
         let cfg = &self.inner.config;
         tracing::info!(
             brokers = %cfg.kafka.brokers,
@@ -496,11 +491,10 @@ impl Forwarder {
             "Forwarding to the cloud cluster is on."
         );
         let mut session: Option<Session> = None;
-        let mut backoff = Duration::from_millis(cfg.backoff_initial_ms);
-        let max_backoff = Duration::from_millis(cfg.backoff_max_ms);
+        let mut backoff = Backoff::from_millis(cfg.backoff_initial_ms, cfg.backoff_max_ms);
         let mut last_metrics: Option<Instant> = None;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_requested() {
                 if let Some(s) = session.take() {
                     self.end_session(s, true).await;
                 }
@@ -509,15 +503,15 @@ impl Forwarder {
             if let Some(e) = session.as_ref().and_then(Session::take_error) {
                 if let Some(s) = session.take() {
                     if s.shared.acked_flights.load(Ordering::SeqCst) > 0 {
-                        backoff = Duration::from_millis(cfg.backoff_initial_ms);
+                        backoff.reset();
                     }
                     // Records handed over after the failure are purged; the next session
                     // sends again from the committed cursors.
                     self.end_session(s, false).await;
                 }
-                self.note_failure(&e, backoff);
-                self.pause(backoff, &mut shutdown).await;
-                backoff = (backoff * 2).min(max_backoff);
+                let wait = backoff.next_delay();
+                self.note_failure(&e, wait);
+                self.pause(wait, &shutdown).await;
                 continue;
             }
             let s = match &mut session {
@@ -525,7 +519,7 @@ impl Forwarder {
                 None => session.insert(self.start_session()?),
             };
             if s.shared.acked_flights.load(Ordering::SeqCst) > 0 {
-                backoff = Duration::from_millis(cfg.backoff_initial_ms);
+                backoff.reset();
             }
             let this = self.clone();
             let mut all = tokio::task::spawn_blocking(move || this.survey())
@@ -544,13 +538,13 @@ impl Forwarder {
             }
             let (send, waits) = self.pick(all, now_ms());
             if send.is_empty() {
-                self.idle(waits, &mut shutdown).await;
+                self.idle(waits, &shutdown).await;
                 continue;
             }
-            if let Err(e) = self.send_round(s, send, &mut shutdown).await {
-                self.note_failure(&e, backoff);
-                self.pause(backoff, &mut shutdown).await;
-                backoff = (backoff * 2).min(max_backoff);
+            if let Err(e) = self.send_round(s, send, &shutdown).await {
+                let wait = backoff.next_delay();
+                self.note_failure(&e, wait);
+                self.pause(wait, &shutdown).await;
             }
         }
     }
@@ -723,15 +717,15 @@ impl Forwarder {
         }
     }
 
-    async fn pause(&self, d: Duration, shutdown: &mut watch::Receiver<bool>) {
+    async fn pause(&self, d: Duration, shutdown: &Shutdown) {
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
-            _ = crate::api::shutdown_requested(shutdown) => {}
+            _ = shutdown.requested() => {}
         }
     }
 
     /// Waits for new records on any of `topics`, the operator's switch, shutdown, or 1 s.
-    async fn idle(&self, topics: Vec<Topic>, shutdown: &mut watch::Receiver<bool>) {
+    async fn idle(&self, topics: Vec<Topic>, shutdown: &Shutdown) {
         let limit = Duration::from_secs(1);
         let mut set = tokio::task::JoinSet::new();
         for t in topics {
@@ -742,7 +736,7 @@ impl Forwarder {
             _ = set.join_next(), if !set.is_empty() => {}
             _ = tokio::time::sleep(limit) => {}
             _ = self.inner.wake.notified() => {}
-            _ = crate::api::shutdown_requested(shutdown) => {}
+            _ = shutdown.requested() => {}
         }
         set.abort_all();
     }
@@ -753,7 +747,7 @@ impl Forwarder {
         &self,
         session: &mut Session,
         send: Vec<Work>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Result<(), ForwardError> {
         let cfg = &self.inner.config;
         for w in send {
@@ -845,7 +839,7 @@ impl Forwarder {
             if !wait.is_zero() {
                 let stopping = tokio::select! {
                     _ = tokio::time::sleep(wait) => false,
-                    _ = crate::api::shutdown_requested(shutdown) => true,
+                    _ = shutdown.requested() => true,
                 };
                 if stopping {
                     return Ok(());
@@ -866,7 +860,7 @@ impl Forwarder {
             }
             let queued = tokio::select! {
                 r = session.flights.send(flight) => r.is_ok(),
-                _ = crate::api::shutdown_requested(shutdown) => return Ok(()),
+                _ = shutdown.requested() => return Ok(()),
             };
             if !queued {
                 session
@@ -888,16 +882,11 @@ impl Forwarder {
     /// of `delivery_timeout_ms` at its recent pace (at least one batch), so that a slow broker
     /// is never given more than it can take before records time out in librdkafka's queue.
     /// False when the session failed or shutdown was requested meanwhile.
-    async fn window_open(
-        &self,
-        session: &Session,
-        records: u64,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
+    async fn window_open(&self, session: &Session, records: u64, shutdown: &Shutdown) -> bool {
         let cfg = &self.inner.config;
         let horizon_s = cfg.kafka.delivery_timeout_ms as f64 / 4000.0;
         loop {
-            if session.shared.failed() || *shutdown.borrow() {
+            if session.shared.failed() || shutdown.is_requested() {
                 return false;
             }
             let settled = session.shared.settled_records.load(Ordering::SeqCst);
@@ -916,7 +905,7 @@ impl Forwarder {
                 _ = session.shared.progress.notified() => {}
                 // A report can settle between the check and the wait.
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = crate::api::shutdown_requested(shutdown) => return false,
+                _ = shutdown.requested() => return false,
             }
         }
     }

@@ -113,9 +113,7 @@ mod topic;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{
-    Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
-};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -433,62 +431,9 @@ pub struct Topic {
 }
 
 /// Where the log gets the time (ms since the epoch) it stamps on batches and judges roll and
-/// retention by age with. Tests inject a [`ManualClock`].
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The system's wall clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    }
-}
-
-/// A clock that moves only when told to (for tests).
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    /// A clock showing `now_ms`.
-    pub fn new(now_ms: u64) -> ManualClock {
-        ManualClock(AtomicU64::new(now_ms))
-    }
-    /// Sets the time.
-    pub fn set(&self, now_ms: u64) {
-        self.0.store(now_ms, Ordering::SeqCst);
-    }
-    /// Moves the time forward by `ms`.
-    pub fn advance(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Locks a mutex, carrying on if a panicking thread poisoned it: every critical section
-/// leaves its state consistent at each step, and the topic's own poisoning covers I/O failure.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn read_lock<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn write_lock<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
+/// retention by age with: the kernel's clock seam, re-exported for the log's users.
+pub use crate::kernel::clock::{Clock, ManualClock, SystemClock};
+pub(crate) use crate::kernel::lock::{lock, read_lock, write_lock};
 
 pub(crate) fn io_error(context: String, source: std::io::Error) -> LogError {
     LogError::Io { context, source }

@@ -19,9 +19,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::forward::KafkaConfig;
+use crate::kernel::Shutdown;
 use crate::log::{Log, LogError, NewRecord};
 use crate::metrics;
 
@@ -116,7 +116,7 @@ pub async fn run(
     config: MirrorConfig,
     edge_id: String,
     store_id: String,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(), MirrorError> {
     let group = config
         .group
@@ -151,7 +151,7 @@ pub async fn run(
     loop {
         let first = tokio::select! {
             m = consumer.recv() => m,
-            _ = crate::api::shutdown_requested(&mut shutdown) => return Ok(()),
+            _ = shutdown.requested() => return Ok(()),
         };
         let first = match first {
             Ok(m) => m.detach(),
@@ -161,7 +161,7 @@ pub async fn run(
                 tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "Mirroring could not receive from the cloud; retrying.");
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => continue,
-                    _ = crate::api::shutdown_requested(&mut shutdown) => return Ok(()),
+                    _ = shutdown.requested() => return Ok(()),
                 }
             }
         };

@@ -77,7 +77,6 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -89,6 +88,7 @@ use super::host::{
     HEADER_PLUGIN, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC,
 };
 use super::manifest::Manifest;
+use crate::kernel::{lock, Shutdown, ShutdownTrigger};
 use crate::log::{FsyncPolicy, Log, NewRecord, Record, Topic};
 use crate::metrics::{self, Counter, Gauge};
 use crate::state::{Commit, StateStore};
@@ -266,8 +266,10 @@ struct Shared {
     counters: Mutex<Counters>,
     /// Per input: the topic and the committed next offset.
     positions: Mutex<Vec<(Topic, u64)>>,
-    stop: AtomicBool,
-    wake: tokio::sync::Notify,
+    /// Stops this runner alone (upgrade, remove, box shutdown): the kernel's shutdown signal,
+    /// one pair per runner.
+    stop: ShutdownTrigger,
+    stopping: Shutdown,
     done: Mutex<bool>,
     done_cv: Condvar,
     done_tx: tokio::sync::watch::Sender<bool>,
@@ -277,20 +279,19 @@ struct Shared {
 
 impl Shared {
     fn counters(&self) -> MutexGuard<'_, Counters> {
-        self.counters.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.counters)
     }
 
     fn request_stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.wake.notify_one();
+        self.stop.request();
     }
 
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+        self.stopping.is_requested()
     }
 
     fn positions(&self) -> MutexGuard<'_, Vec<(Topic, u64)>> {
-        self.positions.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.positions)
     }
 
     fn set_error(&self, message: String) {
@@ -304,7 +305,7 @@ impl Shared {
                 c.state = state;
             }
         }
-        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *lock(&self.done) = true;
         self.done_cv.notify_all();
         self.done_tx.send_replace(true);
     }
@@ -540,6 +541,7 @@ impl RunnerHandle {
         let metrics = Metrics::new(&name);
         metrics.quarantined.set(0.0);
         let (done_tx, _) = tokio::sync::watch::channel(false);
+        let (stop, stopping) = Shutdown::new();
         let shared = Arc::new(Shared {
             name: name.clone(),
             version: manifest.version.clone(),
@@ -556,8 +558,8 @@ impl RunnerHandle {
                 call_nanos: 0,
             }),
             positions: Mutex::new(inputs.iter().map(|i| (i.topic.clone(), i.next)).collect()),
-            stop: AtomicBool::new(false),
-            wake: tokio::sync::Notify::new(),
+            stop,
+            stopping,
             done: Mutex::new(false),
             done_cv: Condvar::new(),
             done_tx,
@@ -659,7 +661,7 @@ impl RunnerHandle {
     /// [`RunnerHandle::stop`] for threads outside an async runtime.
     pub fn stop_blocking(&self) {
         self.shared.request_stop();
-        let done = self.shared.done.lock().unwrap_or_else(|e| e.into_inner());
+        let done = lock(&self.shared.done);
         let _done = self
             .shared
             .done_cv
@@ -669,7 +671,7 @@ impl RunnerHandle {
 
     /// Whether the runner's thread has ended (stopped, quarantined or failed).
     pub fn is_finished(&self) -> bool {
-        *self.shared.done.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.shared.done)
     }
 }
 
@@ -760,7 +762,7 @@ impl Worker {
         self.runtime.block_on(async move {
             tokio::select! {
                 _ = tokio::time::sleep(d) => {}
-                _ = shared.wake.notified() => {}
+                _ = shared.stopping.requested() => {}
             }
         });
     }
@@ -780,7 +782,7 @@ impl Worker {
                 // or a stop, then the caller rescans.
                 tokio::select! {
                     _ = tokio::time::sleep(timeout) => {}
-                    _ = shared.wake.notified() => {}
+                    _ = shared.stopping.requested() => {}
                 }
                 return;
             }
@@ -790,7 +792,7 @@ impl Worker {
             }
             tokio::select! {
                 _ = set.join_next() => {}
-                _ = shared.wake.notified() => {}
+                _ = shared.stopping.requested() => {}
             }
             set.abort_all();
         });

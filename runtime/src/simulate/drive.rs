@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use super::generate::{Generator, GeneratorConfig, Kind, Pattern, Planted};
 use super::SimulateError;
 use crate::ingest::mqtt::client::AbortOnDrop;
+use crate::kernel::{lock, now_ms, Shutdown};
 
 /// Score at or above which a verdict counts as flagged: the bundled fraud-score plugin's
 /// default `alert_threshold`.
@@ -354,22 +355,11 @@ impl fmt::Display for Summary {
     }
 }
 
-fn lock(tracker: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
-    tracker.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Runs the traffic until the duration ends or `shutdown` turns true; `report` gets the summary
 /// every `report_every`. Returns the final summary.
 pub async fn drive(
     options: DriveOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     mut report: impl FnMut(&Summary),
 ) -> Result<Summary, SimulateError> {
     let mut mqtt = MqttOptions::new(
@@ -445,7 +435,7 @@ pub async fn drive(
                     message: "no MQTT connection and subscription within 10 s".into(),
                 });
             }
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(lock(&tracker).summary()),
+            _ = shutdown.requested() => return Ok(lock(&tracker).summary()),
         }
     }
 
@@ -464,7 +454,7 @@ pub async fn drive(
         if due > Instant::now() {
             tokio::select! {
                 _ = tokio::time::sleep_until(due.into()) => {}
-                _ = shutdown.wait_for(|stop| *stop) => { stop = true; continue; }
+                _ = shutdown.requested() => { stop = true; continue; }
             }
         }
         for message in generator.next_slot(now_ms()) {
@@ -489,7 +479,7 @@ pub async fn drive(
                 next_report = Some(now + every);
             }
         }
-        if *shutdown.borrow() {
+        if shutdown.is_requested() {
             stop = true;
         }
     }

@@ -15,6 +15,7 @@
 pub mod drive;
 pub mod generate;
 
+use crate::kernel::{now_ms, Shutdown};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -238,13 +239,6 @@ fn split_address(address: &str) -> Result<(String, u16), SimulateError> {
     Ok((host.to_string(), port))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Short per-run tag for ids, so two runs against one box do not reuse payment ids.
 fn run_tag() -> String {
     format!("{:x}", (now_ms() / 10) % (1 << 36))
@@ -302,10 +296,10 @@ pub fn run_command(
         .build()?;
     let mut progress_error = None;
     let result = rt.block_on(async {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop_rx) = Shutdown::new();
         tokio::spawn(async move {
             wait_for_signal().await;
-            let _ = stop_tx.send(true);
+            stop_tx.request();
         });
         drive::drive(options, stop_rx, |s: &Summary| {
             let line = format!(
@@ -415,13 +409,13 @@ fn log_summary(s: &Summary, last: bool) {
 pub async fn run_in_box(
     config: SimulateConfig,
     mqtt: Option<SocketAddr>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(), SimulateError> {
     let Some(addr) = mqtt else {
         tracing::warn!(
             "Demo traffic needs the embedded MQTT broker (mqtt.broker.enabled); only the simulated fridge runs."
         );
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        shutdown.requested().await;
         return Ok(());
     };
     let (host, port) = reachable(addr);
@@ -452,7 +446,7 @@ pub async fn run_in_box(
         Err(e) => {
             // The box keeps running without demo traffic rather than stopping over it.
             tracing::error!(error = %e, "Demo traffic could not run.");
-            let _ = shutdown.wait_for(|stop| *stop).await;
+            shutdown.requested().await;
         }
     }
     Ok(())

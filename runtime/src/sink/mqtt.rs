@@ -21,13 +21,14 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rumqttc::{Event, Outgoing, Packet, QoS};
-use tokio::sync::{mpsc, watch};
+use rumqttc::{Event, Outgoing, Packet};
+use tokio::sync::mpsc;
 
-use crate::ingest::mqtt::client::{self, AbortOnDrop, Backoff, ClientSettings};
+use crate::ingest::mqtt::client::{self, AbortOnDrop, ClientSettings};
 use crate::ingest::mqtt::config::{parse_sink_template, SinkConfig, StartAt, TemplatePart};
 use crate::ingest::mqtt::MqttError;
-use crate::ingest::{Link, SourceStatus, StatusBoard};
+use crate::kernel::{Backoff, Shutdown};
+use crate::kernel::{Link, StatusBoard};
 use crate::log::{Log, LogError, Topic};
 use crate::state::{Commit, StateError, StateStore};
 
@@ -97,20 +98,9 @@ fn render(parts: &[TemplatePart], value: &[u8]) -> Result<String, String> {
     Ok(out)
 }
 
-fn qos(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
-fn bump(board: &StatusBoard, name: &str, key: &str, by: u64) {
-    board.update(name, |s| {
-        let before = s.details.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-        s.details.insert(key.into(), (before + by).into());
-    });
-}
+const OFFSET_HELP: &str = "The sink's committed offset: records before it were delivered.";
+const CONNECTS: &str = "connects";
+const CONNECTS_HELP: &str = "Connections a sink made to its MQTT broker.";
 
 /// One configured sink, running.
 struct Sink {
@@ -133,7 +123,7 @@ pub async fn run_sink(
     log: Log,
     state: StateStore,
     board: StatusBoard,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(), SinkError> {
     let name = format!("mqtt:{}", cfg.name);
     let consumer = format!("sink:mqtt:{}", cfg.name);
@@ -187,18 +177,13 @@ pub async fn run_sink(
             start
         }
     };
-    let mut status = SourceStatus::new(&name, "mqtt-sink");
-    status
-        .details
-        .insert("topic".into(), cfg.topic.clone().into());
-    status
-        .details
-        .insert("mqtt_topic".into(), cfg.mqtt_topic.clone().into());
-    status
-        .details
-        .insert("broker".into(), settings.address().into());
-    status.details.insert("offset".into(), committed.into());
-    board.register(status);
+    board.register(&name, "mqtt-sink", |s| {
+        s.set_info("topic", cfg.topic.clone());
+        s.set_info("mqtt_topic", cfg.mqtt_topic.clone());
+        s.set_info("broker", settings.address());
+        s.set_gauge("offset", OFFSET_HELP, committed as f64);
+        s.counter(CONNECTS, CONNECTS_HELP);
+    });
     tracing::info!(sink = %name, topic = %cfg.topic, broker = %settings.address(), offset = committed, "MQTT sink starting.");
 
     let mut sink = Sink {
@@ -218,16 +203,16 @@ pub async fn run_sink(
     );
     let mut attempts = 0u64;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_requested() {
             break;
         }
         let connected_at = Instant::now();
-        let outcome = sink.session(&mut shutdown).await;
+        let outcome = sink.session(&shutdown).await;
         match outcome {
             Ok(()) => break,
             Err(e @ (SinkError::Setup(_) | SinkError::Template(_))) => return Err(e),
             // The listener closing connections at shutdown is no failure to report.
-            Err(_) if *shutdown.borrow() => break,
+            Err(_) if shutdown.is_requested() => break,
             Err(e) => {
                 if connected_at.elapsed() > Duration::from_secs(10) {
                     attempts = 0;
@@ -236,10 +221,10 @@ pub async fn run_sink(
                 attempts += 1;
                 let message = e.to_string();
                 sink.board.update(&sink.name, |s| {
-                    s.link = Link::Retrying {
+                    s.set_link(Link::Retrying {
                         last_error: message.clone(),
                         attempts,
-                    }
+                    })
                 });
                 let delay = backoff.next_delay();
                 if attempts == 1 || attempts % 10 == 0 {
@@ -247,12 +232,12 @@ pub async fn run_sink(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = crate::api::shutdown_requested(&mut shutdown) => break,
+                    _ = shutdown.requested() => break,
                 }
             }
         }
     }
-    sink.board.update(&sink.name, |s| s.link = Link::Stopped);
+    sink.board.update(&sink.name, |s| s.set_link(Link::Stopped));
     tracing::info!(sink = %sink.name, offset = sink.committed, "MQTT sink stopped.");
     Ok(())
 }
@@ -309,15 +294,19 @@ impl Sink {
         self.committed = offset;
         let lag = self.topic.next_offset().saturating_sub(offset);
         self.board.update(&self.name, |s| {
-            s.details.insert("offset".into(), offset.into());
-            s.details.insert("lag".into(), lag.into());
+            s.set_gauge("offset", OFFSET_HELP, offset as f64);
+            s.set_gauge(
+                "lag",
+                "Records of the sink's topic not yet delivered (as of its last commit).",
+                lag as f64,
+            );
         });
         Ok(())
     }
 
     /// One connection: publish from the committed offset until shutdown (`Ok`) or a
     /// connection error.
-    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), SinkError> {
+    async fn session(&mut self, shutdown: &Shutdown) -> Result<(), SinkError> {
         let options = client::options(&self.settings)?;
         let inflight_max = usize::from(self.cfg.max_inflight);
         let (client, mut eventloop) = client::connect(options, inflight_max + 16);
@@ -347,8 +336,10 @@ impl Sink {
         .await
         .map_err(|_| SinkError::Connection("no CONNACK from the broker".into()))?;
         connack?;
-        self.board.update(&self.name, |s| s.link = Link::Connected);
-        bump(&self.board, &self.name, "connects", 1);
+        self.board
+            .update(&self.name, |s| s.set_link(Link::Connected));
+        self.board
+            .update(&self.name, |s| s.count(CONNECTS, CONNECTS_HELP, 1));
 
         let resume =
             self.state
@@ -359,8 +350,7 @@ impl Sink {
                 resume.offset
             );
             self.board.update(&self.name, |s| {
-                s.gaps += 1;
-                s.last_gap = Some(gap);
+                s.gap(gap);
             });
         }
         let mut next = resume.offset;
@@ -391,7 +381,7 @@ impl Sink {
                             client
                                 .publish(
                                     mqtt_topic,
-                                    qos(self.cfg.qos),
+                                    client::qos(self.cfg.qos),
                                     self.cfg.retain,
                                     record.value,
                                 )
@@ -400,7 +390,7 @@ impl Sink {
                         }
                         Err(why) => {
                             let skipped = record.offset;
-                            self.board.update(&self.name, |s| s.errors += 1);
+                            self.board.update(&self.name, |s| s.error(1));
                             tracing::warn!(sink = %self.name, offset = skipped, reason = %why, "A record cannot be addressed to an MQTT topic; it is skipped.");
                         }
                     }
@@ -438,16 +428,15 @@ impl Sink {
                         }
                     }
                     if done > 0 {
-                        let now = crate::ingest::mqtt::now_ms();
+                        let now = crate::kernel::now_ms();
                         self.board.update(&self.name, |s| {
-                            s.records_stored += done;
-                            s.last_record_ms = Some(now);
+                            s.stored(done, now);
                         });
                     }
                 }
                 _ = self.topic.wait_for(next, Duration::from_secs(1)), if can_publish => {}
                 _ = tokio::time::sleep(COMMIT_EVERY), if commit_due => {}
-                _ = crate::api::shutdown_requested(shutdown) => {
+                _ = shutdown.requested() => {
                     let watermark = flight.unacked.first().copied().unwrap_or(next);
                     self.commit(watermark)?;
                     let _ = client.try_disconnect();

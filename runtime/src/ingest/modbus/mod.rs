@@ -36,13 +36,12 @@ pub mod plan;
 mod poller;
 pub mod serial;
 
-use tokio::sync::watch;
-
 pub use config::{
     DeviceConfig, ModbusConfig, Order, Parity, PointConfig, RegisterKind, Transport, ValueType,
 };
 
-use crate::ingest::StatusBoard;
+use crate::kernel::Shutdown;
+use crate::kernel::StatusBoard;
 use crate::log::Log;
 
 /// Errors of the Modbus source.
@@ -63,7 +62,7 @@ pub fn run(
     config: ModbusConfig,
     log: Log,
     board: StatusBoard,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> impl std::future::Future<Output = Result<(), ModbusError>> {
     // Registered here, before the future is first polled: the status lists every configured
     // device from the moment the caller has this future.

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_modbus::client::{rtu, tcp, Context, Reader};
 use tokio_modbus::{ExceptionCode, Slave};
@@ -33,7 +32,8 @@ use super::decode::decode_registers;
 use super::plan::{plan_device, ReadGroup};
 use super::serial::{LineSettings, SerialPort};
 use crate::ingest::gaps::{Gaps, OpenGap};
-use crate::ingest::{Link, SourceStatus, StatusBoard};
+use crate::kernel::{now_ms, Backoff, Shutdown};
+use crate::kernel::{Link, StatusBoard, StatusEntry};
 use crate::log::{Log, LogError, NewRecord, Topic};
 use crate::metrics::{self, Counter, Gauge};
 
@@ -144,13 +144,6 @@ impl DeviceMetrics {
     }
 }
 
-/// Wall-clock milliseconds since the epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn exception_text(code: ExceptionCode) -> String {
     format!("exception 0x{:02X} ({code:?})", u8::from(code))
 }
@@ -173,12 +166,39 @@ pub(super) struct Poller {
     gaps: Gaps,
     last_stored: Option<(Map<String, Value>, &'static str)>,
     polls_since_stored: u32,
-    polls_ok: u64,
-    polls_failed: u64,
-    requests: u64,
-    busy_retries: u64,
-    connects: u64,
+    /// The device's status counters (`details.<name>` and `outpost_source_<name>_total`).
+    counts: StatusCounts,
 }
+
+/// The counters a Modbus device shows in its status, each a metric handle.
+#[derive(Debug)]
+struct StatusCounts {
+    polls_ok: Counter,
+    polls_failed: Counter,
+    requests: Counter,
+    busy_retries: Counter,
+    connects: Counter,
+}
+
+impl StatusCounts {
+    fn register(s: &mut StatusEntry) -> StatusCounts {
+        StatusCounts {
+            polls_ok: s.counter("polls_ok", "Modbus polls that produced a record."),
+            polls_failed: s.counter(
+                "polls_failed",
+                "Modbus polls that produced no record (device unreachable or the log refused it).",
+            ),
+            requests: s.counter("requests", "Modbus read requests sent."),
+            busy_retries: s.counter(
+                "busy_retries",
+                "Modbus requests retried after a busy or acknowledge exception.",
+            ),
+            connects: s.counter("connects", "Connections made to the Modbus device."),
+        }
+    }
+}
+
+const CONNECTED_HELP: &str = "1 while Outpost holds a working connection to the device.";
 
 /// tokio-modbus' client context has no `Debug`.
 struct ContextBox(Context);
@@ -194,37 +214,19 @@ impl Poller {
     pub(super) fn new(device: DeviceConfig, log: Log, board: StatusBoard) -> Poller {
         let groups = plan_device(&device);
         let status_name = format!("modbus:{}", device.name);
-        let mut status = SourceStatus::new(&status_name, "modbus");
-        status
-            .details
-            .insert("address".into(), Value::from(device.address_label()));
-        status
-            .details
-            .insert("unit_id".into(), Value::from(device.unit_id));
-        status
-            .details
-            .insert("topic".into(), Value::from(device.topic_name()));
-        status.details.insert(
-            "read_plan".into(),
-            Value::from(groups.iter().map(ReadGroup::label).collect::<Vec<_>>()),
-        );
-        for counter in [
-            "polls_ok",
-            "polls_failed",
-            "requests",
-            "busy_retries",
-            "connects",
-        ] {
-            status.details.insert(counter.into(), Value::from(0u64));
-        }
-        status
-            .details
-            .insert("connected".into(), Value::from(false));
-        status.details.insert("open_gap".into(), Value::Null);
-        status
-            .details
-            .insert("recent_gaps".into(), Value::Array(Vec::new()));
-        board.register(status);
+        let counts = board.register(&status_name, "modbus", |s| {
+            s.set_info("address", device.address_label());
+            s.set_info("unit_id", device.unit_id);
+            s.set_info("topic", device.topic_name());
+            s.set_info(
+                "read_plan",
+                groups.iter().map(ReadGroup::label).collect::<Vec<_>>(),
+            );
+            s.set_flag("connected", CONNECTED_HELP, false);
+            s.set_info("open_gap", Value::Null);
+            s.set_info("recent_gaps", Value::Array(Vec::new()));
+            StatusCounts::register(s)
+        });
         Poller {
             metrics: DeviceMetrics::new(&device.name),
             topic_name: device.topic_name(),
@@ -241,16 +243,12 @@ impl Poller {
             gaps: Gaps::new("missed_polls", "polls missed"),
             last_stored: None,
             polls_since_stored: 0,
-            polls_ok: 0,
-            polls_failed: 0,
-            requests: 0,
-            busy_retries: 0,
-            connects: 0,
+            counts,
         }
     }
 
     /// Polls every `poll_interval_ms` until `shutdown` turns true (or its sender is gone).
-    pub(super) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub(super) async fn run(mut self, shutdown: Shutdown) {
         tracing::info!(
             device = %self.device.name,
             address = %self.device.address_label(),
@@ -263,7 +261,7 @@ impl Poller {
             let ts_ms = now_ms();
             let poll = tokio::select! {
                 poll = self.poll() => poll,
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = shutdown.requested() => break,
             };
             self.metrics
                 .poll_seconds
@@ -276,7 +274,7 @@ impl Poller {
             };
             tokio::select! {
                 _ = sleep_until(started + wait) => {}
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = shutdown.requested() => break,
             }
         }
         if let Some(ContextBox(mut context)) = self.context.take() {
@@ -285,20 +283,15 @@ impl Poller {
         }
         self.metrics.connected.set(0.0);
         self.board
-            .update(&self.status_name, |s| s.link = Link::Stopped);
+            .update(&self.status_name, |s| s.set_link(Link::Stopped));
         tracing::info!(device = %self.device.name, "Stopped polling a Modbus device.");
     }
 
     /// The wait after a failed poll: exponential, capped, never below the poll interval.
     fn backoff(&self) -> Duration {
-        let exponent = self.consecutive_failures.saturating_sub(1).min(32);
-        let ms = self
-            .device
-            .backoff_initial_ms
-            .saturating_mul(1u64 << exponent)
-            .min(self.device.backoff_max_ms)
-            .max(self.device.poll_interval_ms);
-        Duration::from_millis(ms)
+        Backoff::from_millis(self.device.backoff_initial_ms, self.device.backoff_max_ms)
+            .after_failures(self.consecutive_failures)
+            .max(Duration::from_millis(self.device.poll_interval_ms))
     }
 
     async fn connect(&mut self) -> Result<(), String> {
@@ -336,7 +329,7 @@ impl Poller {
             }
         };
         self.context = Some(ContextBox(context));
-        self.connects += 1;
+        self.counts.connects.inc();
         self.metrics.connects_ok.inc();
         if device.delay_after_connect_ms > 0 {
             sleep(Duration::from_millis(device.delay_after_connect_ms)).await;
@@ -358,7 +351,7 @@ impl Poller {
             };
             let limit = Duration::from_millis(self.device.request_timeout_ms);
             let (start, count) = (group.start, group.count);
-            self.requests += 1;
+            self.counts.requests.inc();
             let answer = match group.kind {
                 RegisterKind::Holding => {
                     timeout(limit, context.read_holding_registers(start, count))
@@ -398,7 +391,7 @@ impl Poller {
                     ) && attempt < self.device.busy_retries =>
                 {
                     attempt += 1;
-                    self.busy_retries += 1;
+                    self.counts.busy_retries.inc();
                     self.metrics.requests_busy.inc();
                     tracing::debug!(
                         device = %self.device.name,
@@ -543,39 +536,30 @@ impl Poller {
             "uncertain" => self.metrics.polls_uncertain.inc(),
             _ => self.metrics.polls_bad.inc(),
         }
-        self.polls_ok += 1;
+        self.counts.polls_ok.inc();
         self.consecutive_failures = 0;
         let closed = self.open_gap.take().map(|gap| self.close_gap(gap, ts_ms));
         let stored = store;
-        let (polls_ok, requests, busy, connects) = (
-            self.polls_ok,
-            self.requests,
-            self.busy_retries,
-            self.connects,
-        );
         let gaps = self.gaps.recent();
         let error_count = u64::from(!errors.is_empty());
         self.board.update(&self.status_name, |s| {
-            s.link = Link::Connected;
+            s.set_link(Link::Connected);
             if stored {
-                s.records_stored += 1;
-                s.last_record_ms = Some(ts_ms);
+                s.stored(1, ts_ms);
             }
-            s.errors += error_count;
+            s.error(error_count);
             if let Some(text) = closed {
-                s.gaps += 1;
-                s.last_gap = Some(text);
+                s.gap(text);
             }
-            s.details.insert("polls_ok".into(), Value::from(polls_ok));
-            s.details.insert("requests".into(), Value::from(requests));
-            s.details.insert("busy_retries".into(), Value::from(busy));
-            s.details.insert("connects".into(), Value::from(connects));
-            s.details.insert("connected".into(), Value::from(true));
-            s.details
-                .insert("last_quality".into(), Value::from(quality));
-            s.details.insert("last_poll_ms".into(), Value::from(ts_ms));
-            s.details.insert("open_gap".into(), Value::Null);
-            s.details.insert("recent_gaps".into(), gaps);
+            s.set_flag("connected", CONNECTED_HELP, true);
+            s.set_info("last_quality", quality);
+            s.set_gauge(
+                "last_poll_ms",
+                "When the last poll that produced a record ran, in ms since the epoch.",
+                ts_ms as f64,
+            );
+            s.set_info("open_gap", Value::Null);
+            s.set_info("recent_gaps", gaps);
         });
         true
     }
@@ -625,7 +609,7 @@ impl Poller {
     /// A poll that produced no stored record: open or extend the gap, update status.
     fn fail(&mut self, ts_ms: u64, reason: String, backpressure: bool) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-        self.polls_failed += 1;
+        self.counts.polls_failed.inc();
         if backpressure {
             self.metrics.polls_refused.inc();
         } else {
@@ -652,10 +636,9 @@ impl Poller {
         }
         let open = self.open_gap.as_ref().map(|g| self.gaps.open_json(g));
         let attempts = u64::from(self.consecutive_failures);
-        let polls_failed = self.polls_failed;
         let connected = self.context.is_some();
         self.board.update(&self.status_name, |s| {
-            s.link = if backpressure {
+            s.set_link(if backpressure {
                 Link::Backpressured {
                     reason: reason.clone(),
                 }
@@ -664,13 +647,10 @@ impl Poller {
                     last_error: reason.clone(),
                     attempts,
                 }
-            };
-            s.errors += 1;
-            s.details
-                .insert("polls_failed".into(), Value::from(polls_failed));
-            s.details.insert("connected".into(), Value::from(connected));
-            s.details
-                .insert("open_gap".into(), open.clone().unwrap_or(Value::Null));
+            });
+            s.error(1);
+            s.set_flag("connected", CONNECTED_HELP, connected);
+            s.set_info("open_gap", open.clone().unwrap_or(Value::Null));
         });
     }
 
@@ -701,7 +681,7 @@ mod tests {
         device.backoff_max_ms = 1000;
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), Default::default()).unwrap();
-        let mut poller = Poller::new(device, log, StatusBoard::default());
+        let mut poller = Poller::new(device, log, StatusBoard::sources());
         let mut waits = Vec::new();
         for failures in 1..=6 {
             poller.consecutive_failures = failures;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, EventLoop, MqttOptions, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS, TlsConfiguration, Transport};
 
 use super::config::{TlsConfig, SYSTEM_CA_FILE};
 use super::MqttError;
@@ -89,6 +89,16 @@ pub fn options(settings: &ClientSettings) -> Result<MqttOptions, MqttError> {
     Ok(o)
 }
 
+/// The QoS of a configured level (0, 1; anything higher is 2), for subscriptions and
+/// publishes alike.
+pub fn qos(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
 /// A client and its event loop with `TCP_NODELAY` on: an acknowledgement or a small publish
 /// goes out at once instead of waiting (Nagle) for the peer's delayed TCP ACK, which otherwise
 /// adds up to 40 ms to a publish-to-PUBACK round trip.
@@ -100,47 +110,9 @@ pub fn connect(options: MqttOptions, request_capacity: usize) -> (AsyncClient, E
     (client, eventloop)
 }
 
-/// Exponential backoff: `initial`, doubling, capped at `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    /// A backoff starting at `initial`.
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max: max.max(initial),
-            next: initial,
-        }
-    }
-    /// The wait before the next attempt (and doubles the one after).
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-    /// Back to the first wait, after a success.
-    pub fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let waits: Vec<u64> = (0..4).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert_eq!(waits, [100, 200, 350, 350]);
-        b.reset();
-        assert_eq!(b.next_delay(), Duration::from_millis(100));
-    }
 
     #[test]
     fn missing_tls_files_are_named_in_the_error() {

@@ -60,14 +60,13 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::client::Backoff;
 use super::packet::{self, Aliases, Connect, PacketError};
 use super::route::{Mapped, Routes, HEADER_WILL};
-use super::MqttError;
-use crate::ingest::{Link, SourceStatus, StatusBoard};
+use super::{MqttError, KEY_MISSING, KEY_MISSING_HELP};
+use crate::kernel::{Backoff, Shutdown};
+use crate::kernel::{Link, StatusBoard};
 use crate::log::{Log, LogError, NewRecord};
 
 /// The listener's name on the status board.
@@ -87,7 +86,6 @@ pub struct Listener {
     max_connections: usize,
     connect_timeout: Duration,
     open: AtomicU64,
-    accepted: AtomicU64,
     /// MQTT 5 wills waiting for their delay, by client id.
     waiting_wills: std::sync::Mutex<HashMap<String, WaitingWill>>,
     next_will: AtomicU64,
@@ -143,19 +141,25 @@ impl Listener {
             max_connections,
             connect_timeout,
             open: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
             waiting_wills: std::sync::Mutex::new(HashMap::new()),
             next_will: AtomicU64::new(0),
         }
     }
 
-    fn publish_counts(&self) {
+    /// Shows the open connections (and counts one more accepted when `accepted`).
+    fn publish_counts(&self, accepted: bool) {
         let open = self.open.load(Ordering::Relaxed);
-        let accepted = self.accepted.load(Ordering::Relaxed);
         self.board.update(STATUS_NAME, |s| {
-            s.details.insert("connections".into(), open.into());
-            s.details
-                .insert("connections_total".into(), accepted.into());
+            s.set_gauge(
+                "connections",
+                "Device connections open on the MQTT listener.",
+                open as f64,
+            );
+            s.count(
+                "connections_total",
+                "Device connections the MQTT listener accepted.",
+                u64::from(accepted),
+            );
         });
     }
 
@@ -166,20 +170,15 @@ impl Listener {
         self: Arc<Self>,
         listen: String,
         bound: Option<TcpListener>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Result<(), MqttError> {
-        let mut status = SourceStatus::new(STATUS_NAME, "mqtt-listener");
-        status
-            .details
-            .insert("listen".into(), listen.clone().into());
-        status
-            .details
-            .insert("broker_v4".into(), self.v4.to_string().into());
-        status
-            .details
-            .insert("broker_v5".into(), self.v5.to_string().into());
-        self.board.register(status);
-        self.publish_counts();
+        self.board.register(STATUS_NAME, "mqtt-listener", |s| {
+            s.set_info("listen", listen.clone());
+            s.set_info("broker_v4", self.v4.to_string());
+            s.set_info("broker_v5", self.v5.to_string());
+            s.counter(KEY_MISSING, KEY_MISSING_HELP);
+        });
+        self.publish_counts(false);
         let listener = match bound {
             Some(listener) => listener,
             None => {
@@ -196,17 +195,17 @@ impl Listener {
                                 tracing::error!(mqtt_listen = %listen, error = %e, attempts, "The MQTT listener cannot bind its port; devices cannot connect until it can.");
                             }
                             self.board.update(STATUS_NAME, |s| {
-                                s.link = Link::Retrying {
+                                s.set_link(Link::Retrying {
                                     last_error,
                                     attempts,
-                                }
+                                })
                             });
                         }
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = crate::api::shutdown_requested(&mut shutdown) => {
-                            self.board.update(STATUS_NAME, |s| s.link = Link::Stopped);
+                        _ = shutdown.requested() => {
+                            self.board.update(STATUS_NAME, |s| s.set_link(Link::Stopped));
                             return Ok(());
                         }
                     }
@@ -215,8 +214,8 @@ impl Listener {
         };
         let local = listener.local_addr()?;
         self.board.update(STATUS_NAME, |s| {
-            s.link = Link::Connected;
-            s.details.insert("listen".into(), local.to_string().into());
+            s.set_link(Link::Connected);
+            s.set_info("listen", local.to_string());
         });
         tracing::info!(mqtt_listen = %local, routes = self.routes.iter().count(), "The MQTT listener accepts devices.");
 
@@ -230,15 +229,14 @@ impl Listener {
                             drop(stream);
                             continue;
                         }
-                        self.accepted.fetch_add(1, Ordering::Relaxed);
                         self.open.fetch_add(1, Ordering::Relaxed);
-                        self.publish_counts();
+                        self.publish_counts(true);
                         let me = Arc::clone(&self);
                         let shutdown = shutdown.clone();
                         connections.spawn(async move {
                             let outcome = me.serve(stream, shutdown).await;
                             me.open.fetch_sub(1, Ordering::Relaxed);
-                            me.publish_counts();
+                            me.publish_counts(false);
                             match outcome {
                                 Ok(()) | Err(ConnError::Shutdown) => {
                                     tracing::debug!(peer = %peer, "A device connection closed.")
@@ -256,11 +254,12 @@ impl Listener {
                     }
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                _ = crate::api::shutdown_requested(&mut shutdown) => break,
+                _ = shutdown.requested() => break,
             }
         }
         connections.shutdown().await;
-        self.board.update(STATUS_NAME, |s| s.link = Link::Stopped);
+        self.board
+            .update(STATUS_NAME, |s| s.set_link(Link::Stopped));
         tracing::info!("The MQTT listener stopped.");
         Ok(())
     }
@@ -268,7 +267,7 @@ impl Listener {
     async fn serve(
         self: &Arc<Self>,
         device: TcpStream,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Result<(), ConnError> {
         device.set_nodelay(true)?;
         let (mut dev_r, dev_w) = device.into_split();
@@ -311,7 +310,7 @@ impl Listener {
             r = self.pump_up(dev_r, up_w, buf, &connect, shutdown.clone(), &mut will_discarded) => r,
         };
         if let Some(will) = connect.will.clone() {
-            if !will_discarded && !*shutdown.borrow() {
+            if !will_discarded && !shutdown.is_requested() {
                 match connect.will_delay_s() {
                     0 => {
                         self.store_will(&will, &connect.client_id, &shutdown)
@@ -333,7 +332,7 @@ impl Listener {
         will: packet::Will,
         client_id: String,
         delay_s: u32,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) {
         let (decide, decided) = tokio::sync::oneshot::channel();
         let id = self.next_will.fetch_add(1, Ordering::Relaxed);
@@ -349,7 +348,7 @@ impl Listener {
             let store = tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(u64::from(delay_s))) => true,
                 decision = decided => decision.unwrap_or(true),
-                _ = crate::api::shutdown_requested(&mut shutdown) => false,
+                _ = shutdown.requested() => false,
             };
             {
                 let mut waiting = crate::log::lock(&me.waiting_wills);
@@ -372,7 +371,7 @@ impl Listener {
         &self,
         will: &packet::Will,
         client_id: &str,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Result<(), ConnError> {
         let Some(route) = self.routes.find(&will.topic) else {
             return Ok(());
@@ -387,7 +386,7 @@ impl Listener {
                 self.store(vec![mapped], shutdown).await
             }
             Err(e) => {
-                self.board.update(STATUS_NAME, |s| s.errors += 1);
+                self.board.update(STATUS_NAME, |s| s.error(1));
                 tracing::warn!(topic = %will.topic, client_id = %client_id, error = %e, "A device's last will could not be stored.");
                 Ok(())
             }
@@ -401,7 +400,7 @@ impl Listener {
         mut up_w: OwnedWriteHalf,
         mut buf: Vec<u8>,
         connect: &Connect,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
         will_discarded: &mut bool,
     ) -> Result<(), ConnError> {
         let mut aliases = Aliases::default();
@@ -416,7 +415,7 @@ impl Listener {
                         match route.map(&publish.topic, publish.payload, Some(&connect.client_id)) {
                             Ok(mapped) => batch.push(mapped),
                             Err(e) => {
-                                self.board.update(STATUS_NAME, |s| s.errors += 1);
+                                self.board.update(STATUS_NAME, |s| s.error(1));
                                 tracing::warn!(topic = %publish.topic, client_id = %connect.client_id, error = %e, "A device message was passed on without being stored.");
                             }
                         }
@@ -443,11 +442,7 @@ impl Listener {
 
     /// Appends a batch, one append per log topic (concurrently), retrying while the log is
     /// full. Returns once everything is stored (durably on `always` topics).
-    async fn store(
-        &self,
-        batch: Vec<Mapped>,
-        shutdown: &watch::Receiver<bool>,
-    ) -> Result<(), ConnError> {
+    async fn store(&self, batch: Vec<Mapped>, shutdown: &Shutdown) -> Result<(), ConnError> {
         let count = batch.len() as u64;
         let key_missing = batch.iter().filter(|m| m.key_missing).count() as u64;
         let mut groups: Vec<(String, Vec<NewRecord>)> = Vec::new();
@@ -482,7 +477,7 @@ impl Listener {
                         }
                         let r = reason.clone();
                         self.board.update(STATUS_NAME, |s| {
-                            s.link = Link::Backpressured { reason: r };
+                            s.set_link(Link::Backpressured { reason: r });
                         });
                         retry.push((topic, records));
                     }
@@ -492,34 +487,25 @@ impl Listener {
                 }
             }
             if let Some(e) = failure {
-                self.board.update(STATUS_NAME, |s| s.errors += 1);
+                self.board.update(STATUS_NAME, |s| s.error(1));
                 return Err(ConnError::Log(e));
             }
             groups = retry;
             if !groups.is_empty() {
                 backpressured = true;
-                if *shutdown.borrow() {
+                if shutdown.is_requested() {
                     return Err(ConnError::Shutdown);
                 }
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
-        let now = crate::ingest::mqtt::now_ms();
+        let now = crate::kernel::now_ms();
         self.board.update(STATUS_NAME, |s| {
-            s.records_stored += count;
-            s.last_record_ms = Some(now);
-            if matches!(s.link, Link::Backpressured { .. }) {
-                s.link = Link::Connected;
+            s.stored(count, now);
+            if matches!(s.link(), Link::Backpressured { .. }) {
+                s.set_link(Link::Connected);
             }
-            if key_missing > 0 {
-                let before = s
-                    .details
-                    .get("key_missing")
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or(0);
-                s.details
-                    .insert("key_missing".into(), (before + key_missing).into());
-            }
+            s.count(KEY_MISSING, KEY_MISSING_HELP, key_missing);
         });
         Ok(())
     }

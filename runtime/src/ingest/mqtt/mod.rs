@@ -41,12 +41,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use self::client::{Backoff, ClientSettings};
+use self::client::ClientSettings;
 use self::config::{MqttConfig, SourceConfig};
 use self::route::{Route, Routes};
-use crate::ingest::{Link, SourceStatus, StatusBoard};
+use crate::kernel::{now_ms, Backoff, Shutdown};
+use crate::kernel::{Link, StatusBoard};
 use crate::log::{Log, LogError, NewRecord};
 
 /// Errors of MQTT ingestion.
@@ -74,14 +75,6 @@ pub enum MqttError {
     Io(#[from] std::io::Error),
 }
 
-/// Milliseconds since the epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// A long-running MQTT task, with the name it reports under.
 pub type Task = (
     &'static str,
@@ -107,7 +100,7 @@ pub async fn start(
     max_record_bytes: usize,
     log: &Log,
     board: &StatusBoard,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Result<(Started, Vec<Task>), MqttError> {
     let mut tasks: Vec<Task> = Vec::new();
     let mut started = Started {
@@ -162,13 +155,13 @@ pub async fn start(
             "mqtt-listener",
             Box::pin(shared.run(b.listen.clone(), listener, shutdown.clone())),
         ));
-        let mut watch_shutdown = shutdown.clone();
+        let watch_shutdown = shutdown.clone();
         tasks.push((
             "mqtt-broker",
             Box::pin(async move {
                 tokio::select! {
                     message = embedded.stopped() => Err(MqttError::Broker(message)),
-                    _ = crate::api::shutdown_requested(&mut watch_shutdown) => Ok(()),
+                    _ = watch_shutdown.requested() => Ok(()),
                 }
             }),
         ));
@@ -198,14 +191,6 @@ fn build_routes<'a>(
     Ok(Routes::new(routes))
 }
 
-fn qos(level: u8) -> QoS {
-    match level {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
 /// A message handed from the event loop to the appender.
 #[derive(Debug)]
 struct Incoming {
@@ -227,12 +212,17 @@ struct Session {
     queued: AtomicUsize,
 }
 
-fn bump(board: &StatusBoard, name: &str, key: &str, by: u64) {
-    board.update(name, |s| {
-        let before = s.details.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-        s.details.insert(key.into(), (before + by).into());
-    });
-}
+// Counters of an MQTT source, in its status `details` and as `outpost_source_<key>_total`.
+const CONNECTS: &str = "connects";
+const CONNECTS_HELP: &str = "Connections an MQTT source made to its broker.";
+const REDELIVERED: &str = "redelivered";
+const REDELIVERED_HELP: &str = "Messages the broker sent again (DUP) to an MQTT source.";
+pub(crate) const KEY_MISSING: &str = "key_missing";
+pub(crate) const KEY_MISSING_HELP: &str =
+    "Messages stored without a key because the route's key was missing from them.";
+const ACKS_SKIPPED: &str = "acks_skipped_after_reconnect";
+const ACKS_SKIPPED_HELP: &str =
+    "Stored messages whose acknowledgement was skipped because their connection had closed (the broker redelivers them).";
 
 /// Runs one `[[mqtt.sources]]` entry until shutdown: connects (and reconnects with backoff),
 /// subscribes, stores and acknowledges.
@@ -241,7 +231,7 @@ pub async fn run_source(
     max_record_bytes: usize,
     log: Log,
     board: StatusBoard,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(), MqttError> {
     let name = format!("mqtt:{}", cfg.name);
     let routes = build_routes(
@@ -266,22 +256,25 @@ pub async fn run_source(
         inflight: 16,
         manual_acks: true,
     };
-    let mut status = SourceStatus::new(&name, "mqtt");
-    status
-        .details
-        .insert("broker".into(), settings.address().into());
-    status
-        .details
-        .insert("client_id".into(), settings.client_id.clone().into());
-    status.details.insert(
-        "filters".into(),
-        cfg.filters
-            .iter()
-            .map(|f| f.filter.clone())
-            .collect::<Vec<_>>()
-            .into(),
-    );
-    board.register(status);
+    board.register(&name, "mqtt", |s| {
+        s.set_info("broker", settings.address());
+        s.set_info("client_id", settings.client_id.clone());
+        s.set_info(
+            "filters",
+            cfg.filters
+                .iter()
+                .map(|f| f.filter.clone())
+                .collect::<Vec<_>>(),
+        );
+        for (key, help) in [
+            (CONNECTS, CONNECTS_HELP),
+            (REDELIVERED, REDELIVERED_HELP),
+            (KEY_MISSING, KEY_MISSING_HELP),
+            (ACKS_SKIPPED, ACKS_SKIPPED_HELP),
+        ] {
+            s.counter(key, help);
+        }
+    });
 
     let options = client::options(&settings)?;
     let (client, mut eventloop) = client::connect(options, cfg.batch_max_records * 2 + 64);
@@ -305,7 +298,7 @@ pub async fn run_source(
     let filters: Vec<SubscribeFilter> = cfg
         .filters
         .iter()
-        .map(|f| SubscribeFilter::new(f.filter.clone(), qos(f.qos)))
+        .map(|f| SubscribeFilter::new(f.filter.clone(), client::qos(f.qos)))
         .collect();
     let mut backoff = Backoff::new(
         Duration::from_millis(cfg.retry_initial_ms),
@@ -317,7 +310,7 @@ pub async fn run_source(
     loop {
         let event = tokio::select! {
             event = eventloop.poll() => event,
-            _ = crate::api::shutdown_requested(&mut shutdown) => break,
+            _ = shutdown.requested() => break,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -331,13 +324,12 @@ pub async fn run_source(
                     )
                 });
                 board.update(&name, |s| {
-                    s.link = Link::Connected;
+                    s.set_link(Link::Connected);
                     if let Some(gap) = gap {
-                        s.gaps += 1;
-                        s.last_gap = Some(gap);
+                        s.gap(gap);
                     }
                 });
-                bump(&board, &name, "connects", 1);
+                board.update(&name, |s| s.count(CONNECTS, CONNECTS_HELP, 1));
                 tracing::info!(source = %name, session_present = ack.session_present, "MQTT source connected.");
                 if !ack.session_present {
                     // A new session: subscribe. With a kept session the broker still has the
@@ -346,7 +338,7 @@ pub async fn run_source(
                         (client.clone(), filters.clone(), board.clone(), name.clone());
                     tokio::spawn(async move {
                         if let Err(e) = c.subscribe_many(f).await {
-                            board.update(&name, |s| s.errors += 1);
+                            board.update(&name, |s| s.error(1));
                             tracing::error!(source = %name, error = %e, "Subscribing failed.");
                         }
                     });
@@ -354,14 +346,13 @@ pub async fn run_source(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if publish.dup {
-                    bump(&board, &name, "redelivered", 1);
+                    board.update(&name, |s| s.count(REDELIVERED, REDELIVERED_HELP, 1));
                 }
                 let queued = session.queued.load(Ordering::Relaxed);
                 if publish.qos == QoS::AtMostOnce && queued >= QOS0_QUEUE_LIMIT {
                     let now = now_ms();
                     board.update(&name, |s| {
-                        s.gaps += 1;
-                        s.last_gap = Some(format!(
+                        s.gap(format!(
                             "a QoS 0 message on {} was dropped at {now}: {queued} messages wait for the log",
                             publish.topic
                         ));
@@ -388,7 +379,7 @@ pub async fn run_source(
                     .filter(|c| matches!(c, SubscribeReasonCode::Failure))
                     .count();
                 if refused > 0 {
-                    board.update(&name, |s| s.errors += refused as u64);
+                    board.update(&name, |s| s.error(refused as u64));
                     tracing::error!(source = %name, refused, "The broker refused subscriptions; check the filters and the broker's access rules.");
                 } else {
                     tracing::info!(source = %name, filters = filters.len(), "MQTT source subscribed.");
@@ -403,10 +394,10 @@ pub async fn run_source(
                 }
                 let message = e.to_string();
                 board.update(&name, |s| {
-                    s.link = Link::Retrying {
+                    s.set_link(Link::Retrying {
                         last_error: message.clone(),
                         attempts,
-                    }
+                    })
                 });
                 let delay = backoff.next_delay();
                 if attempts == 1 || attempts % 10 == 0 {
@@ -414,7 +405,7 @@ pub async fn run_source(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = crate::api::shutdown_requested(&mut shutdown) => break,
+                    _ = shutdown.requested() => break,
                 }
             }
         }
@@ -441,7 +432,7 @@ pub async fn run_source(
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
-    board.update(&name, |s| s.link = Link::Stopped);
+    board.update(&name, |s| s.set_link(Link::Stopped));
     tracing::info!(source = %name, "MQTT source stopped.");
     Ok(())
 }
@@ -456,7 +447,7 @@ struct Appender {
     session: Arc<Session>,
     batch_max: usize,
     max_record_bytes: usize,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 }
 
 fn record_size(r: &NewRecord) -> usize {
@@ -553,26 +544,26 @@ async fn append_loop(mut a: Appender) {
                 }
                 a.board.update(&a.name, |s| {
                     if full {
-                        s.link = Link::Backpressured { reason: message };
+                        s.set_link(Link::Backpressured { reason: message });
                     } else {
-                        s.errors += 1;
-                        s.link = Link::Retrying {
+                        s.error(1);
+                        s.set_link(Link::Retrying {
                             last_error: format!("storing failed: {message}"),
                             attempts: attempt,
-                        };
+                        });
                     }
                 });
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = crate::api::shutdown_requested(&mut a.shutdown) => return,
+                    _ = a.shutdown.requested() => return,
                 }
             }
         }
         if attempt > 0 {
             backoff.reset();
             a.board.update(&a.name, |s| {
-                if matches!(s.link, Link::Backpressured { .. } | Link::Retrying { .. }) {
-                    s.link = Link::Connected;
+                if matches!(s.link(), Link::Backpressured { .. } | Link::Retrying { .. }) {
+                    s.set_link(Link::Connected);
                 }
             });
         }
@@ -592,17 +583,12 @@ async fn append_loop(mut a: Appender) {
         }
         let now = now_ms();
         a.board.update(&a.name, |s| {
-            s.records_stored += stored;
-            s.errors += refused;
+            s.error(refused);
             if stored > 0 {
-                s.last_record_ms = Some(now);
+                s.stored(stored, now);
             }
+            s.count(KEY_MISSING, KEY_MISSING_HELP, key_missing);
+            s.count(ACKS_SKIPPED, ACKS_SKIPPED_HELP, stale);
         });
-        if key_missing > 0 {
-            bump(&a.board, &a.name, "key_missing", key_missing);
-        }
-        if stale > 0 {
-            bump(&a.board, &a.name, "acks_skipped_after_reconnect", stale);
-        }
     }
 }

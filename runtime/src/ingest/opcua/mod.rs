@@ -61,11 +61,10 @@ pub mod config;
 pub mod record;
 mod server;
 
-use tokio::sync::watch;
-
 pub use config::{ItemConfig, OpcuaConfig, SecurityMode, SecurityPolicy, ServerConfig};
 
-use crate::ingest::StatusBoard;
+use crate::kernel::Shutdown;
+use crate::kernel::StatusBoard;
 use crate::log::Log;
 
 /// Errors of the OPC-UA source.
@@ -86,7 +85,7 @@ pub fn run(
     config: OpcuaConfig,
     log: Log,
     board: StatusBoard,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> impl std::future::Future<Output = Result<(), OpcuaError>> {
     // Registered here, before the future is first polled: the status lists every configured
     // server from the moment the caller has this future.

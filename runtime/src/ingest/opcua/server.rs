@@ -18,13 +18,15 @@ use opcua::types::{
     StatusChangeNotification, StatusCode, TimestampsToReturn, Variant,
 };
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::{sleep, timeout};
 
 use super::config::{parse_node_id, SecurityMode, SecurityPolicy, ServerConfig};
 use super::record::data_change_record;
+use crate::ingest::append_groups;
 use crate::ingest::gaps::{Gaps, OpenGap};
-use crate::ingest::{append_groups, Link, SourceStatus, StatusBoard};
+use crate::kernel::{lock, now_ms, Backoff, Shutdown};
+use crate::kernel::{Link, StatusBoard, StatusEntry};
 use crate::log::{Log, LogError, NewRecord};
 use crate::metrics::{self, Counter, Gauge};
 
@@ -67,7 +69,7 @@ impl Notifier {
         node_of: impl Fn(u32) -> Option<NodeId>,
         ts_ms: u64,
     ) -> Vec<NewRecord> {
-        let items = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let items = lock(&self.items);
         let mut out = Vec::new();
         for notice in change.monitored_items.iter().flatten() {
             let Some(node) = node_of(notice.client_handle) else {
@@ -189,13 +191,6 @@ impl ServerMetrics {
     }
 }
 
-/// Wall-clock milliseconds since the epoch.
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// How one session ended.
 enum Ended {
     /// Shutdown was requested; the session is closed.
@@ -224,45 +219,58 @@ pub(super) struct ServerTask {
     subscribed: bool,
     /// The current session object is connected (per async-opcua's events).
     session_connected: bool,
-    connects: u64,
-    sessions_created: u64,
-    publishes: u64,
+    /// The server's status counters (`details.<name>` and `outpost_source_<name>_total`).
+    counts: StatusCounts,
 }
+
+/// The counters an OPC-UA server shows in its status, each a metric handle.
+#[derive(Debug)]
+struct StatusCounts {
+    connects: Counter,
+    sessions_created: Counter,
+    publish_responses: Counter,
+}
+
+impl StatusCounts {
+    fn register(s: &mut StatusEntry) -> StatusCounts {
+        StatusCounts {
+            connects: s.counter("connects", "OPC-UA session (re)connections that succeeded."),
+            sessions_created: s.counter(
+                "sessions_created",
+                "OPC-UA sessions created (a reactivated session creates none).",
+            ),
+            publish_responses: s.counter(
+                "publish_responses",
+                "OPC-UA publish responses with data changes (one log append each).",
+            ),
+        }
+    }
+}
+
+const CONNECTED_HELP: &str =
+    "1 while Outpost holds an active session with its subscription on the server.";
 
 impl ServerTask {
     /// A task for a validated server; registers the server's status on the board.
     pub(super) fn new(server: ServerConfig, log: Log, board: StatusBoard) -> ServerTask {
         let status_name = format!("opcua:{}", server.name);
-        let mut status = SourceStatus::new(&status_name, "opcua");
-        status.details.insert(
-            "endpoint_url".into(),
-            Value::from(server.endpoint_url.clone()),
-        );
-        status.details.insert(
-            "security".into(),
-            Value::from(format!(
-                "{}/{}",
-                server.security_policy.uri_name(),
-                server.security_mode.label()
-            )),
-        );
-        status
-            .details
-            .insert("topic".into(), Value::from(server.topic_name()));
-        status
-            .details
-            .insert("items".into(), Value::from(server.items.len()));
-        for counter in ["connects", "sessions_created", "publish_responses"] {
-            status.details.insert(counter.into(), Value::from(0u64));
-        }
-        status
-            .details
-            .insert("connected".into(), Value::from(false));
-        status.details.insert("open_gap".into(), Value::Null);
-        status
-            .details
-            .insert("recent_gaps".into(), Value::Array(Vec::new()));
-        board.register(status);
+        let counts = board.register(&status_name, "opcua", |s| {
+            s.set_info("endpoint_url", server.endpoint_url.clone());
+            s.set_info(
+                "security",
+                format!(
+                    "{}/{}",
+                    server.security_policy.uri_name(),
+                    server.security_mode.label()
+                ),
+            );
+            s.set_info("topic", server.topic_name());
+            s.set_info("items", server.items.len());
+            s.set_flag("connected", CONNECTED_HELP, false);
+            s.set_info("open_gap", Value::Null);
+            s.set_info("recent_gaps", Value::Array(Vec::new()));
+            StatusCounts::register(s)
+        });
         let mut items = HashMap::new();
         for item in &server.items {
             if let Ok(node) = parse_node_id(&item.node_id) {
@@ -293,14 +301,12 @@ impl ServerTask {
             connected: false,
             subscribed: false,
             session_connected: false,
-            connects: 0,
-            sessions_created: 0,
-            publishes: 0,
+            counts,
         }
     }
 
     /// Runs until `shutdown` turns true (or its sender is gone).
-    pub(super) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub(super) async fn run(mut self, shutdown: Shutdown) {
         tracing::info!(
             server = %self.server.name,
             endpoint_url = %self.server.endpoint_url,
@@ -311,11 +317,11 @@ impl ServerTask {
             "Subscribing to an OPC-UA server."
         );
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_requested() {
                 break;
             }
             let ended = match self.build_client() {
-                Ok(client) => self.session(&client, &mut shutdown).await,
+                Ok(client) => self.session(&client, &shutdown).await,
                 Err(e) => Ended::Failed(e),
             };
             match ended {
@@ -325,26 +331,24 @@ impl ServerTask {
                     let wait = self.backoff();
                     tokio::select! {
                         _ = sleep(wait) => {}
-                        _ = stopped(&mut shutdown) => break,
+                        _ = shutdown.requested() => break,
                     }
                 }
             }
         }
         self.metrics.connected.set(0.0);
         self.board
-            .update(&self.status_name, |s| s.link = Link::Stopped);
+            .update(&self.status_name, |s| s.set_link(Link::Stopped));
         tracing::info!(server = %self.server.name, "Stopped subscribing to an OPC-UA server.");
     }
 
     /// The wait after a failed session setup: exponential, capped.
     fn backoff(&self) -> Duration {
-        let exponent = self.consecutive_failures.saturating_sub(1).min(32);
-        let ms = self
-            .server
-            .reconnect_backoff_initial_ms
-            .saturating_mul(1u64 << exponent)
-            .min(self.server.reconnect_backoff_max_ms);
-        Duration::from_millis(ms)
+        Backoff::from_millis(
+            self.server.reconnect_backoff_initial_ms,
+            self.server.reconnect_backoff_max_ms,
+        )
+        .after_failures(self.consecutive_failures)
     }
 
     fn build_client(&self) -> Result<Client, String> {
@@ -439,10 +443,10 @@ impl ServerTask {
     /// One session: from endpoint discovery until shutdown or an unrecoverable failure. While
     /// it lives, async-opcua's event loop reconnects by itself (reactivating the old session
     /// when the server still has it, else creating a new one and recreating the subscription).
-    async fn session(&mut self, client: &Client, shutdown: &mut watch::Receiver<bool>) -> Ended {
+    async fn session(&mut self, client: &Client, shutdown: &Shutdown) -> Ended {
         let endpoint = tokio::select! {
             e = self.endpoint(client) => e,
-            _ = stopped(shutdown) => return Ended::Shutdown,
+            _ = shutdown.requested() => return Ended::Shutdown,
         };
         let endpoint = match endpoint {
             Ok(endpoint) => endpoint,
@@ -494,7 +498,7 @@ impl ServerTask {
                     Some(Err(code)) => break Err(format!("the session ended: {code}")),
                     None => break Err("the session's event loop ended".to_string()),
                 },
-                _ = stopped(shutdown) => {
+                _ = shutdown.requested() => {
                     close(&session, driver, self.session_connected).await;
                     return Ended::Shutdown;
                 }
@@ -553,7 +557,7 @@ impl ServerTask {
                         return Ended::Failed("the session's event loop ended".to_string());
                     }
                 },
-                _ = stopped(shutdown) => {
+                _ = shutdown.requested() => {
                     // Store what already arrived before closing.
                     while let Ok(Notice::Data { records }) = notices.try_recv() {
                         self.store(records).await;
@@ -584,14 +588,14 @@ impl ServerTask {
         match event {
             SessionPollResult::Reconnected(mode) => {
                 self.session_connected = true;
-                self.connects += 1;
+                self.counts.connects.inc();
                 self.metrics.connects_ok.inc();
                 let (created, id) = match &mode {
                     SessionConnectMode::NewSession(id) => (true, id.to_string()),
                     SessionConnectMode::ReactivatedSession(id) => (false, id.to_string()),
                 };
                 if created {
-                    self.sessions_created += 1;
+                    self.counts.sessions_created.inc();
                     self.metrics.sessions_created.inc();
                 }
                 tracing::info!(
@@ -600,13 +604,8 @@ impl ServerTask {
                     new_session = created,
                     "Connected to the OPC-UA server."
                 );
-                let (connects, sessions) = (self.connects, self.sessions_created);
-                self.board.update(&self.status_name, |s| {
-                    s.details.insert("connects".into(), Value::from(connects));
-                    s.details
-                        .insert("sessions_created".into(), Value::from(sessions));
-                    s.details.insert("session_id".into(), Value::from(id));
-                });
+                self.board
+                    .update(&self.status_name, |s| s.set_info("session_id", id));
                 // On the first connection the subscription is created after this event; on
                 // later ones async-opcua has already transferred or recreated it.
                 if self.subscribed {
@@ -661,15 +660,15 @@ impl ServerTask {
         let open = self.open_gap_json();
         let attempts = u64::from(self.consecutive_failures);
         self.board.update(&self.status_name, |s| {
-            s.link = Link::Retrying {
+            s.set_link(Link::Retrying {
                 last_error: reason,
                 attempts,
-            };
+            });
             if attempt_failed || was_connected {
-                s.errors += 1;
+                s.error(1);
             }
-            s.details.insert("connected".into(), Value::from(false));
-            s.details.insert("open_gap".into(), open);
+            s.set_flag("connected", CONNECTED_HELP, false);
+            s.set_info("open_gap", open);
         });
     }
 
@@ -686,17 +685,16 @@ impl ServerTask {
         let gaps = self.gaps.recent();
         let backpressured = self.refused_gap.as_ref().map(|g| g.reason.clone());
         self.board.update(&self.status_name, |s| {
-            s.link = match backpressured {
+            s.set_link(match backpressured {
                 Some(reason) => Link::Backpressured { reason },
                 None => Link::Connected,
-            };
+            });
             if let Some(text) = closed {
-                s.gaps += 1;
-                s.last_gap = Some(text);
+                s.gap(text);
             }
-            s.details.insert("connected".into(), Value::from(true));
-            s.details.insert("open_gap".into(), open);
-            s.details.insert("recent_gaps".into(), gaps);
+            s.set_flag("connected", CONNECTED_HELP, true);
+            s.set_info("open_gap", open);
+            s.set_info("recent_gaps", gaps);
         });
     }
 
@@ -723,7 +721,7 @@ impl ServerTask {
                 None => Err("no append result".to_string()),
             },
         };
-        self.publishes += 1;
+        self.counts.publish_responses.inc();
         self.metrics.publishes.inc();
         match outcome {
             Ok(()) => {
@@ -735,19 +733,14 @@ impl ServerTask {
                 let connected = self.connected;
                 let open = self.open_gap_json();
                 let gaps = self.gaps.recent();
-                let publishes = self.publishes;
                 self.board.update(&self.status_name, |s| {
-                    s.records_stored += count;
-                    s.last_record_ms = Some(ts_ms);
-                    s.details
-                        .insert("publish_responses".into(), Value::from(publishes));
+                    s.stored(count, ts_ms);
                     if let Some(text) = closed {
-                        s.gaps += 1;
-                        s.last_gap = Some(text);
-                        s.details.insert("open_gap".into(), open);
-                        s.details.insert("recent_gaps".into(), gaps);
+                        s.gap(text);
+                        s.set_info("open_gap", open);
+                        s.set_info("recent_gaps", gaps);
                         if connected {
-                            s.link = Link::Connected;
+                            s.set_link(Link::Connected);
                         }
                     }
                 });
@@ -775,9 +768,9 @@ impl ServerTask {
                 }
                 let open = self.open_gap_json();
                 self.board.update(&self.status_name, |s| {
-                    s.link = Link::Backpressured { reason };
-                    s.errors += 1;
-                    s.details.insert("open_gap".into(), open);
+                    s.set_link(Link::Backpressured { reason });
+                    s.error(1);
+                    s.set_info("open_gap", open);
                 });
             }
         }
@@ -846,7 +839,7 @@ async fn subscribe(
                 .read(&reads, TimestampsToReturn::Neither, 0.0)
                 .await
                 .map_err(|e| format!("cannot read the display names: {e}"))?;
-            let mut items = setup.items.lock().unwrap_or_else(|e| e.into_inner());
+            let mut items = lock(&setup.items);
             for (node, value) in wanted.into_iter().zip(values) {
                 if let Some(Variant::LocalizedText(text)) = value.value {
                     if let Some(name) = text.text.value().clone().filter(|t| !t.is_empty()) {
@@ -934,16 +927,10 @@ async fn subscribe(
     }
     let refused_count = refused.len() as u64;
     setup.board.update(&setup.status_name, |st| {
-        st.details
-            .insert("refused_items".into(), Value::from(refused.clone()));
-        st.errors += refused_count;
+        st.set_info("refused_items", refused.clone());
+        st.error(refused_count);
     });
     Ok(names_read)
-}
-
-/// Resolves once shutdown is requested (or its sender is gone); holds no guard.
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 fn describe_refusal(e: &LogError) -> String {
@@ -1035,7 +1022,7 @@ mod tests {
         server.reconnect_backoff_max_ms = 700;
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path(), Default::default()).unwrap();
-        let mut task = ServerTask::new(server, log, StatusBoard::default());
+        let mut task = ServerTask::new(server, log, StatusBoard::sources());
         let mut waits = Vec::new();
         for failures in 1..=5 {
             task.consecutive_failures = failures;
@@ -1053,7 +1040,7 @@ mod tests {
             ..Default::default()
         };
         let log = Log::open(dir.path(), config).unwrap();
-        let board = StatusBoard::default();
+        let board = StatusBoard::sources();
         let server = ServerConfig::new("plc-1", "opc.tcp://127.0.0.1:4840");
         let mut task = ServerTask::new(server, log, board.clone());
         task.connected = true;

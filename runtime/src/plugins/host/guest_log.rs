@@ -118,7 +118,7 @@ impl GuestLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::kernel::lock(&self.inner)
     }
 
     /// Records one line (rate-limited): into the ring buffer and the host log.

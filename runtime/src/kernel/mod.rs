@@ -1,0 +1,23 @@
+//! The kernel: what every component of a running box shares, and nothing else.
+//!
+//! - [`Shutdown`] — the one shutdown signal (`requested().await` / `is_requested()`; a dropped
+//!   trigger counts as a request).
+//! - [`Backoff`] — the one retry timing.
+//! - [`clock`] — the one `now_ms` and the [`Clock`] seam for tests.
+//! - [`lock`] — mutexes without poisoning.
+//! - [`status`] — the boards of sources and sinks, every number a metric handle.
+//!
+//! The kernel depends on nothing else in the crate but the metrics registry; every room may
+//! depend on it.
+
+pub mod backoff;
+pub mod clock;
+pub mod lock;
+pub mod shutdown;
+pub mod status;
+
+pub use backoff::Backoff;
+pub use clock::{now_ms, Clock, ManualClock, SystemClock};
+pub use lock::{lock, read_lock, write_lock};
+pub use shutdown::{Shutdown, ShutdownTrigger};
+pub use status::{Link, Role, Status, StatusBoard, StatusEntry};
