@@ -97,6 +97,7 @@ impl PluginApiError {
                 | RegistryError::Reset { .. }
                 | RegistryError::Io { .. }
                 | RegistryError::Corrupt { .. }
+                | RegistryError::Encode { .. }
                 | RegistryError::Host(_)
                 | RegistryError::Task(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50010),
             },
