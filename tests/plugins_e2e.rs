@@ -17,7 +17,7 @@ use outpost::bench::plugins::generate;
 use outpost::config::Config;
 use outpost::log::{FsyncPolicy, Log, NamedFsync, NewRecord, Record};
 use outpost::plugins::host::{HEADER_PLUGIN, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC};
-use outpost::plugins::registry::{self, PluginRegistry};
+use outpost::plugins::registry::{self, PluginRegistry, PluginState};
 use outpost::state::StateStore;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -60,7 +60,7 @@ impl Outpost {
                 .registry
                 .info(name)
                 .unwrap_or_else(|| panic!("{name} is not installed"));
-            assert_eq!(info.state, "running", "{name}: {info:?}");
+            assert_eq!(info.state, PluginState::Running, "{name}: {info:?}");
             assert_eq!(info.signer, "bundled", "{name}: {info:?}");
         }
         box_
@@ -102,7 +102,8 @@ impl Outpost {
             }
             let info = self.registry.info(plugin).unwrap();
             assert_eq!(
-                info.state, "running",
+                info.state,
+                PluginState::Running,
                 "{plugin} stopped before consuming {topic}: {info:?}"
             );
             assert!(
@@ -590,7 +591,11 @@ async fn sensor_watch_raises_and_clears_alerts_and_aggregates_each_minute_across
     let ob = Outpost::open(dir.path()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let info = ob.registry.info("sensor-watch").unwrap();
-    assert_eq!(info.state, "running", "with no matching topic: {info:?}");
+    assert_eq!(
+        info.state,
+        PluginState::Running,
+        "with no matching topic: {info:?}"
+    );
 
     // Minute 0: normal. Minute 1 on: too warm (limit 5 °C for at least a minute, bundled config).
     let first: Vec<Value> = [

@@ -485,7 +485,10 @@ async fn run_plugins(
     let plugins = registry.list();
     tracing::info!(
         installed = plugins.len(),
-        running = plugins.iter().filter(|p| p.state == "running").count(),
+        running = plugins
+            .iter()
+            .filter(|p| p.state == crate::plugins::registry::PluginState::Running)
+            .count(),
         "Plugins started."
     );
     api::shutdown_requested(&mut shutdown).await;

@@ -12,7 +12,7 @@ use super::config::PluginsConfig;
 use crate::log::Log;
 use crate::plugins::host::{CompiledModule, Host, HostConfig, PluginError};
 use crate::plugins::manifest::Manifest;
-use crate::plugins::runner::{RunnerConfig, RunnerHandle};
+use crate::plugins::runner::{RunState, RunnerConfig, RunnerHandle};
 use crate::state::StateStore;
 
 /// An error of the engine (compile, init, start, state reset), boxed.
@@ -52,8 +52,8 @@ pub trait PluginRunner: Send + Sync + 'static {
 /// A runner's status as the registry shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunnerReport {
-    /// `running`, `quarantined`, `stopped` or `failed`.
-    pub state: String,
+    /// Where the runner is in its life.
+    pub state: RunState,
     /// The last error, if any.
     pub last_error: Option<String>,
     /// Everything else the runner reports (counters, lag, timings).
@@ -145,7 +145,7 @@ impl PluginRunner for RunnerHandle {
     fn status(&self) -> RunnerReport {
         let status = RunnerHandle::status(self);
         RunnerReport {
-            state: status.state.as_str().to_string(),
+            state: status.state,
             last_error: status.last_error.clone(),
             detail: serde_json::to_value(&status).unwrap_or(Value::Null),
         }

@@ -48,6 +48,7 @@ use serde_json::Value;
 use super::bundle::{Bundle, BundleError, Signer, TrustPolicy};
 use super::host::PluginError;
 use super::manifest::{name_problem, Manifest};
+use super::runner::RunState;
 use crate::log::Log;
 use crate::state::StateStore;
 use store::{io_err, PluginFiles, Store};
@@ -178,8 +179,8 @@ pub struct PluginInfo {
     pub inputs: Vec<String>,
     /// Output topics.
     pub outputs: Vec<String>,
-    /// `running`, `quarantined`, `stopped` or `failed`.
-    pub state: String,
+    /// `starting`, `running`, `quarantined`, `stopped` or `failed`.
+    pub state: PluginState,
     /// Why it is not running, if it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -188,13 +189,61 @@ pub struct PluginInfo {
     pub runner: Option<Value>,
 }
 
+/// Where an installed plugin is in its life, as `list` and the API show it: the runner's
+/// [`RunState`] while it has one, else `starting`, `stopped` or `failed`. Serialized in lower
+/// case (`"running"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginState {
+    /// Installed, not started yet.
+    Starting,
+    /// Consuming its inputs.
+    Running,
+    /// Stopped after too many consecutive failures (see `error`).
+    Quarantined,
+    /// Stopped on request.
+    Stopped,
+    /// Did not start, or stopped by an error (see `error`).
+    Failed,
+}
+
+impl PluginState {
+    /// The lower-case name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginState::Starting => "starting",
+            PluginState::Running => "running",
+            PluginState::Quarantined => "quarantined",
+            PluginState::Stopped => "stopped",
+            PluginState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<RunState> for PluginState {
+    fn from(state: RunState) -> PluginState {
+        match state {
+            RunState::Running => PluginState::Running,
+            RunState::Quarantined => PluginState::Quarantined,
+            RunState::Stopped => PluginState::Stopped,
+            RunState::Failed => PluginState::Failed,
+        }
+    }
+}
+
 struct Slot<E: PluginEngine> {
     meta: InstalledMeta,
     manifest: Option<Manifest>,
     module: Option<E::Module>,
     runner: Option<Arc<E::Runner>>,
-    /// The state shown while there is no runner: `starting`, `stopped` or `failed`.
-    idle_state: &'static str,
+    /// The state shown while there is no runner: starting, stopped or failed.
+    idle_state: PluginState,
     /// Why there is no runner.
     error: Option<String>,
 }
@@ -207,7 +256,7 @@ impl<E: PluginEngine> Slot<E> {
 
     fn set_failed(&mut self, error: String) {
         self.runner = None;
-        self.idle_state = "failed";
+        self.idle_state = PluginState::Failed;
         self.error = Some(error);
     }
 }
@@ -326,7 +375,7 @@ impl<E: PluginEngine> Registry<E> {
                     manifest: None,
                     module: None,
                     runner: None,
-                    idle_state: "starting",
+                    idle_state: PluginState::Starting,
                     error: None,
                 },
             );
@@ -475,7 +524,7 @@ impl<E: PluginEngine> Registry<E> {
             runner.stop().await;
             tracing::debug!(plugin = %name, "Stopped a plugin.");
             if let Some(slot) = write(&self.inner.slots).get_mut(&name) {
-                slot.idle_state = "stopped";
+                slot.idle_state = PluginState::Stopped;
             }
         }
     }
@@ -556,7 +605,7 @@ impl<E: PluginEngine> Registry<E> {
                 manifest,
                 module,
                 runner: runner.map(Arc::new),
-                idle_state: "starting",
+                idle_state: PluginState::Starting,
                 error: None,
             },
         );
@@ -753,8 +802,8 @@ impl<E: PluginEngine> Registry<E> {
         let slot = slots.get(name)?;
         let report = slot.runner.as_ref().map(|r| r.status());
         let (state, error) = match &report {
-            Some(r) => (r.state.clone(), r.last_error.clone()),
-            None => (slot.idle_state.to_string(), slot.error.clone()),
+            Some(r) => (PluginState::from(r.state), r.last_error.clone()),
+            None => (slot.idle_state, slot.error.clone()),
         };
         let (description, inputs, outputs) = match &slot.manifest {
             Some(m) => (m.description.clone(), m.inputs.clone(), m.outputs.clone()),

@@ -75,11 +75,10 @@ impl PluginRunner for FakeRunner {
     fn status(&self) -> RunnerReport {
         RunnerReport {
             state: if self.stopped.load(Ordering::SeqCst) {
-                "stopped"
+                RunState::Stopped
             } else {
-                "running"
-            }
-            .into(),
+                RunState::Running
+            },
             last_error: None,
             detail: serde_json::json!({"processed": 0}),
         }
@@ -193,7 +192,7 @@ async fn install_verifies_compiles_initialises_writes_and_starts() {
     let (reg, events) = b.open();
     reg.start_all().await.unwrap();
     let info = reg.install(&b.signed("echo", "1.0.0", "ok")).await.unwrap();
-    assert_eq!(info.state, "running");
+    assert_eq!(info.state, PluginState::Running);
     assert_eq!(info.signer, b.key.public().key_id().to_string());
     assert_eq!(info.source, Source::Operator);
     assert_eq!(
@@ -354,8 +353,8 @@ async fn a_failed_upgrade_leaves_the_old_version_running() {
         );
         let info = reg.info("echo").unwrap();
         assert_eq!(
-            (info.version.as_str(), info.state.as_str()),
-            ("1.0.0", "running")
+            (info.version.as_str(), info.state),
+            ("1.0.0", PluginState::Running)
         );
     }
     // A runner that fails to start after the switch: the old version is started again.
@@ -376,8 +375,8 @@ async fn a_failed_upgrade_leaves_the_old_version_running() {
     );
     let info = reg.info("echo").unwrap();
     assert_eq!(
-        (info.version.as_str(), info.state.as_str()),
-        ("1.0.0", "running")
+        (info.version.as_str(), info.state),
+        ("1.0.0", PluginState::Running)
     );
     assert_eq!(
         b.installed(),
@@ -431,16 +430,16 @@ async fn installed_plugins_start_again_after_a_restart() {
         let (reg, _) = b.open();
         reg.install(&b.signed("echo", "1.0.0", "ok")).await.unwrap();
         reg.stop_all().await;
-        assert_eq!(reg.info("echo").unwrap().state, "stopped");
+        assert_eq!(reg.info("echo").unwrap().state, PluginState::Stopped);
     }
     let (reg, events) = b.open();
-    assert_eq!(reg.info("echo").unwrap().state, "starting");
+    assert_eq!(reg.info("echo").unwrap().state, PluginState::Starting);
     reg.start_all().await.unwrap();
     assert_eq!(take(&events), ["compile echo 1.0.0", "start echo 1.0.0"]);
     let info = reg.info("echo").unwrap();
     assert_eq!(
-        (info.version.as_str(), info.state.as_str()),
-        ("1.0.0", "running")
+        (info.version.as_str(), info.state),
+        ("1.0.0", PluginState::Running)
     );
 }
 
@@ -459,7 +458,7 @@ async fn a_plugin_whose_key_is_no_longer_trusted_does_not_start_after_a_restart(
     reg.start_all().await.unwrap();
     assert!(take(&events).is_empty());
     let info = reg.info("echo").unwrap();
-    assert_eq!(info.state, "failed");
+    assert_eq!(info.state, PluginState::Failed);
     assert!(info.error.unwrap().contains("trusted_keys"));
 }
 
@@ -548,4 +547,26 @@ async fn a_bundled_plugin_follows_the_binary_to_a_new_version_and_an_operator_up
         (info.version.as_str(), info.source),
         ("3.0.0", Source::Operator)
     );
+}
+
+#[test]
+fn plugin_states_serialize_as_the_lower_case_words_the_api_always_showed() {
+    for (state, word) in [
+        (PluginState::Starting, "starting"),
+        (PluginState::Running, "running"),
+        (PluginState::Quarantined, "quarantined"),
+        (PluginState::Stopped, "stopped"),
+        (PluginState::Failed, "failed"),
+    ] {
+        assert_eq!(serde_json::to_value(state).unwrap(), word);
+        assert_eq!(state.to_string(), word);
+    }
+    for state in [
+        RunState::Running,
+        RunState::Quarantined,
+        RunState::Stopped,
+        RunState::Failed,
+    ] {
+        assert_eq!(PluginState::from(state).as_str(), state.as_str());
+    }
 }
