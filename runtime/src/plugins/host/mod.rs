@@ -303,10 +303,12 @@ impl FailureKind {
     }
 }
 
-/// One failed call: what kind and a message for people (status, dead-letter header).
+/// One failed call (a guest trap, a blown deadline, an error return, …): the plugin, what kind
+/// and a message for people (status, dead-letter header).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+#[error("plugin {plugin}: {}: {message}", kind.as_str())]
 pub struct CallFailure {
+    pub plugin: Arc<str>,
     pub kind: FailureKind,
     pub message: String,
 }
