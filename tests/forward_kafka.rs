@@ -83,7 +83,14 @@ impl Running {
             .enable_all()
             .build()
             .unwrap();
-        let forwarder = Forwarder::new(log.clone(), state.clone(), config, EDGE, STORE);
+        let ctx = outpost::kernel::Context::new(
+            std::path::Path::new("."),
+            log.clone(),
+            state.clone(),
+            outpost::kernel::Identity::new(EDGE, STORE),
+            outpost::kernel::Shutdown::never(),
+        );
+        let forwarder = Forwarder::new(&ctx, config);
         log.add_retention_guard(std::sync::Arc::new(forwarder.clone()));
         let (stop, rx) = outpost::kernel::Shutdown::new();
         let f = forwarder.clone();
@@ -352,6 +359,7 @@ fn cloud_records_are_mirrored_into_a_local_topic_and_resume_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let broker = broker_with_topics(&tansu, &python, dir.path(), &["blocklist"]);
     let log = Log::open(&dir.path().join("log"), LogConfig::default()).unwrap();
+    let state = StateStore::open(&dir.path().join("state")).unwrap();
     kafka::produce(&python, &broker.brokers(), "blocklist", 0, 300);
 
     let mirror = MirrorConfig {
@@ -369,14 +377,14 @@ fn cloud_records_are_mirrored_into_a_local_topic_and_resume_after_a_restart() {
             .build()
             .unwrap();
         let (stop, rx) = outpost::kernel::Shutdown::new();
-        let task = rt.spawn(outpost::mirror::run(
+        let ctx = outpost::kernel::Context::new(
+            std::path::Path::new("."),
             log.clone(),
-            kafka_cfg.clone(),
-            mirror.clone(),
-            EDGE.into(),
-            STORE.into(),
+            state.clone(),
+            outpost::kernel::Identity::new(EDGE, STORE),
             rx,
-        ));
+        );
+        let task = rt.spawn(outpost::mirror::run(ctx, kafka_cfg.clone(), mirror.clone()));
         let deadline = Instant::now() + Duration::from_secs(60);
         while log.topic("ref.blocklist").map_or(0, |t| t.next_offset()) < expect {
             assert!(

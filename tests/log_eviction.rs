@@ -658,7 +658,14 @@ fn gap_markers_reach_the_cloud_and_with_the_forwarded_records_account_for_every_
     config.kafka.delivery_timeout_ms = 2000;
     config.backoff_initial_ms = 100;
     config.backoff_max_ms = 500;
-    let forwarder = Forwarder::new(log.clone(), state.clone(), config, "edge-evict", "store-1");
+    let ctx = outpost::kernel::Context::new(
+        dir.path(),
+        log.clone(),
+        state.clone(),
+        outpost::kernel::Identity::new("edge-evict", "store-1"),
+        outpost::kernel::Shutdown::never(),
+    );
+    let forwarder = Forwarder::new(&ctx, config);
     log.add_retention_guard(Arc::new(forwarder.clone()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

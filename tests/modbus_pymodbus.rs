@@ -182,14 +182,17 @@ impl Harness {
             },
         )
         .unwrap();
-        let board = StatusBoard::sources();
         let (stop, rx) = outpost::kernel::Shutdown::new();
-        let task = tokio::spawn(modbus::run(
-            ModbusConfig { devices },
+        let state = outpost::state::StateStore::open(&dir.path().join("state")).unwrap();
+        let ctx = outpost::kernel::Context::new(
+            dir.path(),
             log.clone(),
-            board.clone(),
+            state,
+            outpost::kernel::Identity::new("e1", "s1"),
             rx,
-        ));
+        );
+        let board = ctx.sources.clone();
+        let task = tokio::spawn(modbus::run(&ctx, ModbusConfig { devices }));
         Harness {
             _dir: dir,
             log,

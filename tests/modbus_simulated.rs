@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use outpost::ingest::modbus::{
     self, DeviceConfig, ModbusConfig, PointConfig, RegisterKind, ValueType,
 };
-use outpost::ingest::modbus_sim::{serve_simulated_fridge, simulated_fridge_device};
 use outpost::kernel::{Link, Status, StatusBoard};
 use outpost::log::{Log, LogConfig};
+use outpost::simulate::fridge::{
+    device as simulated_fridge_device, serve as serve_simulated_fridge,
+};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
@@ -40,14 +42,17 @@ fn start(devices: Vec<DeviceConfig>, max_bytes: u64) -> Running {
         },
     )
     .unwrap();
-    let board = StatusBoard::sources();
     let (stop, rx) = outpost::kernel::Shutdown::new();
-    let task = tokio::spawn(modbus::run(
-        ModbusConfig { devices },
+    let state = outpost::state::StateStore::open(&dir.path().join("state")).unwrap();
+    let ctx = outpost::kernel::Context::new(
+        dir.path(),
         log.clone(),
-        board.clone(),
+        state,
+        outpost::kernel::Identity::new("e1", "s1"),
         rx,
-    ));
+    );
+    let board = ctx.sources.clone();
+    let task = tokio::spawn(modbus::run(&ctx, ModbusConfig { devices }));
     Running {
         _dir: dir,
         log,

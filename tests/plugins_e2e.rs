@@ -17,7 +17,7 @@ use outpost::bench::plugins::generate;
 use outpost::config::Config;
 use outpost::log::{FsyncPolicy, Log, NamedFsync, NewRecord, Record};
 use outpost::plugins::host::{HEADER_PLUGIN, HEADER_SOURCE_OFFSET, HEADER_SOURCE_TOPIC};
-use outpost::plugins::registry::{self, PluginRegistry};
+use outpost::plugins::registry::{self, PluginRegistry, PluginState};
 use outpost::state::StateStore;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -46,7 +46,14 @@ impl Outpost {
         // A runner thread of a closed box may still be dropping its handles for a moment.
         let state = retry(|| StateStore::open(&dir.join("state")));
         let log = retry(|| Log::open(&dir.join("log"), config.log.clone()));
-        let registry = registry::open_for_box(&config, log.clone(), state.clone())
+        let ctx = outpost::kernel::Context::new(
+            dir,
+            log.clone(),
+            state.clone(),
+            outpost::kernel::Identity::new("e1", "s1"),
+            outpost::kernel::Shutdown::never(),
+        );
+        let registry = registry::open_for_box(&ctx, &config.plugins)
             .unwrap()
             .expect("plugins are enabled by default");
         registry.start_all().await.unwrap();
@@ -60,7 +67,7 @@ impl Outpost {
                 .registry
                 .info(name)
                 .unwrap_or_else(|| panic!("{name} is not installed"));
-            assert_eq!(info.state, "running", "{name}: {info:?}");
+            assert_eq!(info.state, PluginState::Running, "{name}: {info:?}");
             assert_eq!(info.signer, "bundled", "{name}: {info:?}");
         }
         box_
@@ -102,7 +109,8 @@ impl Outpost {
             }
             let info = self.registry.info(plugin).unwrap();
             assert_eq!(
-                info.state, "running",
+                info.state,
+                PluginState::Running,
                 "{plugin} stopped before consuming {topic}: {info:?}"
             );
             assert!(
@@ -590,7 +598,11 @@ async fn sensor_watch_raises_and_clears_alerts_and_aggregates_each_minute_across
     let ob = Outpost::open(dir.path()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let info = ob.registry.info("sensor-watch").unwrap();
-    assert_eq!(info.state, "running", "with no matching topic: {info:?}");
+    assert_eq!(
+        info.state,
+        PluginState::Running,
+        "with no matching topic: {info:?}"
+    );
 
     // Minute 0: normal. Minute 1 on: too warm (limit 5 °C for at least a minute, bundled config).
     let first: Vec<Value> = [

@@ -1242,6 +1242,102 @@ fn sdk_echo_guest_runs_under_the_host() {
     assert_eq!(echo.status().failed, 0);
 }
 
+/// The echo plugin's source (`plugins/echo`), compiled natively into this test so the SDK's
+/// harness can run the very code that `plugins/dist/echo/plugin.wasm` was built from.
+#[path = "../plugins/echo/src/lib.rs"]
+#[allow(dead_code)]
+mod echo_plugin;
+
+#[test]
+fn one_script_gives_the_same_outputs_under_the_sdk_harness_and_the_wasm_host() {
+    use outpost_sdk::testing::Harness;
+    let Some((wasm, manifest)) = guest("echo") else {
+        return;
+    };
+    // (key, value, headers): no key, an empty key, empty and binary values, headers the host
+    // owns (dropped on both sides), a header with an empty value, many headers.
+    type Step = (
+        Option<&'static [u8]>,
+        &'static [u8],
+        Vec<(&'static str, &'static [u8])>,
+    );
+    let many: Vec<(&str, &[u8])> = (0..40).map(|_| ("h", &b"0123456789"[..])).collect();
+    let script: Vec<Step> = vec![
+        (Some(b"k1"), b"hello", vec![]),
+        (None, b"no key", vec![("trace", b"t-1")]),
+        (Some(b""), b"", vec![]),
+        (Some(b"bin"), &[0, 159, 146, 150, 255], vec![("empty", b"")]),
+        (
+            Some(b"forged"),
+            b"v",
+            vec![
+                ("outpost-plugin", b"me"),
+                ("keep", b"1"),
+                ("outpost-x", b""),
+            ],
+        ),
+        (Some(b"many"), b"v", many),
+    ];
+    type Out = (String, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+    // The SDK's harness, natively, with the manifest's outputs, state grant and config.
+    let m = Manifest::parse(&manifest).unwrap();
+    let config = String::from_utf8(m.config_json()).unwrap();
+    let outputs: Vec<&str> = m.outputs.iter().map(String::as_str).collect();
+    let mut harness = Harness::<echo_plugin::Echo>::start(&config)
+        .unwrap()
+        .allow_outputs(&outputs)
+        .allow_state(m.state);
+    for (offset, (key, value, headers)) in script.iter().enumerate() {
+        let mut record = outpost_sdk::Record::new(&m.inputs[0], value).with_offset(offset as u64);
+        if let Some(key) = key {
+            record = record.with_key(key);
+        }
+        for (name, value) in headers {
+            record = record.with_header(name, value);
+        }
+        harness.feed(&record).unwrap();
+    }
+    let native: Vec<Out> = harness
+        .emitted()
+        .iter()
+        .map(|e| {
+            (
+                e.topic.clone(),
+                e.key.clone(),
+                e.value.clone(),
+                e.headers.clone(),
+            )
+        })
+        .collect();
+
+    // The wasm host, on the module built from the same source.
+    let host = Host::new(HostConfig::default()).unwrap();
+    let module = host.compile_named(&m.name, &wasm).unwrap();
+    let mut instance = host.instantiate(&m, &module).unwrap();
+    let mut hosted: Vec<Out> = Vec::new();
+    for (offset, (key, value, headers)) in script.iter().enumerate() {
+        let record = Record {
+            offset: offset as u64,
+            timestamp_ms: 1_700_000_000_000,
+            key: key.map(<[u8]>::to_vec),
+            value: value.to_vec(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect(),
+        };
+        instance.call(&m.inputs[0], &record).unwrap();
+        let emitted: Vec<_> = instance.drain_emits().collect();
+        for e in emitted {
+            let topic = instance.outputs()[e.output].clone();
+            hosted.push((topic, e.key, e.value, e.headers));
+        }
+    }
+    assert_eq!(native.len(), script.len());
+    assert_eq!(hosted, native);
+}
+
 #[test]
 fn sdk_hostile_guest_misbehaviours_are_contained() {
     let Some((wasm, manifest)) = guest("hostile") else {

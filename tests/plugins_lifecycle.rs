@@ -6,7 +6,6 @@
 //! step to a counter in state and emits the new count to `count.out` for every input record.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -81,10 +80,14 @@ async fn open(
     registry.start_all().await.unwrap();
     let app = api::plugins::with_registry(
         api::router(ApiState::new(
-            log.clone(),
-            state.clone(),
-            Arc::new(config),
-            "edge-test".into(),
+            outpost::kernel::Context::new(
+                dir.path(),
+                log.clone(),
+                state.clone(),
+                outpost::kernel::Identity::new("edge-test", "s1"),
+                outpost::kernel::Shutdown::never(),
+            ),
+            config.http.clone(),
         )),
         registry.clone(),
     );
@@ -469,10 +472,14 @@ async fn plugin_endpoints_need_the_bearer_token_and_are_503_when_plugins_are_dis
     let state = StateStore::open(&dir.path().join("state")).unwrap();
     let app = api::plugins::with_plugins(
         api::router(ApiState::new(
-            log,
-            state,
-            Arc::new(config),
-            "edge-test".into(),
+            outpost::kernel::Context::new(
+                dir.path(),
+                log,
+                state,
+                outpost::kernel::Identity::new("edge-test", "s1"),
+                outpost::kernel::Shutdown::never(),
+            ),
+            config.http.clone(),
         )),
         None,
     );

@@ -19,12 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::kernel::{Shutdown, ShutdownTrigger};
+use crate::kernel::{Context, Identity, Shutdown, ShutdownTrigger};
 use tokio::task::JoinSet;
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, ConfigError};
 use crate::log::{Log, LogError};
+use crate::simulate::SimulateError;
 use crate::state::{StateError, StateStore};
 
 /// How long components may take to stop once shutdown is requested.
@@ -59,15 +60,39 @@ pub enum AppError {
     /// The signal handlers could not be installed.
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signal(#[source] std::io::Error),
-    /// A component failed or stopped on its own.
-    #[error("component `{name}` failed: {message}")]
-    Component { name: &'static str, message: String },
+    /// A component failed to start or failed while running.
+    #[error("component `{name}` failed: {source}")]
+    Component {
+        name: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A component stopped before shutdown was requested (it must run until then).
+    #[error("component `{name}` stopped on its own before shutdown was requested")]
+    StoppedEarly { name: &'static str },
     /// A blocking start-up or shutdown step panicked or was cancelled.
-    #[error("{step} did not finish: {message}")]
-    Task { step: &'static str, message: String },
+    #[error("{step} did not finish: {source}")]
+    Task {
+        step: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 type ComponentResult = (&'static str, Result<(), AppError>);
+
+impl AppError {
+    /// `name` failed with `source`.
+    pub fn component(
+        name: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> AppError {
+        AppError::Component {
+            name,
+            source: source.into(),
+        }
+    }
+}
 
 /// A running Outpost: storage open, components started.
 #[derive(Debug)]
@@ -107,10 +132,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, AppError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| AppError::Task {
-            step,
-            message: e.to_string(),
-        })
+        .map_err(|source| AppError::Task { step, source })
 }
 
 fn open_storage(data_dir: &Path, config: &Config) -> Result<(Log, StateStore), AppError> {
@@ -128,13 +150,7 @@ impl App {
     pub async fn start(mut config: Config) -> Result<App, AppError> {
         let addr = config.http.listen_addr()?;
         if config.simulate.enabled {
-            // The simulated fridge is a real Modbus TCP server on loopback, polled like hardware.
-            crate::simulate::prepare_box(&mut config)
-                .await
-                .map_err(|e| AppError::Component {
-                    name: "simulate",
-                    message: e.to_string(),
-                })?;
+            add_simulated_fridge(&mut config).await?;
         }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -170,11 +186,19 @@ impl App {
             }
         };
 
+        let (shutdown, shutdown_rx) = Shutdown::new();
+        let ctx = Context::new(
+            &data_dir,
+            log.clone(),
+            state.clone(),
+            Identity::new(&edge_id, &config.edge.store_id),
+            shutdown_rx,
+        );
         // Plugins: the registry serves the /plugins endpoints; its runners start below.
         let plugins = {
-            let (config, log, state) = (config.clone(), log.clone(), state.clone());
+            let (ctx, plugins_config) = (ctx.clone(), config.plugins.clone());
             blocking("opening the plugin registry", move || {
-                crate::plugins::registry::open_for_box(&config, log, state)
+                crate::plugins::registry::open_for_box(&ctx, &plugins_config)
             })
             .await?
         };
@@ -182,67 +206,36 @@ impl App {
             Ok(plugins) => plugins,
             Err(e) => {
                 let _ = log.close();
-                return Err(AppError::Component {
-                    name: "plugins",
-                    message: e.to_string(),
-                });
+                return Err(AppError::component("plugins", e));
             }
         };
-
-        let (shutdown, shutdown_rx) = Shutdown::new();
         let mut components = JoinSet::new();
 
-        // Status boards of sources and sinks: /topics, /metrics and `outpost status` show them.
-        let sources = crate::kernel::StatusBoard::sources();
-        let sinks = crate::kernel::StatusBoard::sinks();
-
-        // MQTT (issue 4): the embedded broker behind Outpost's device listener, subscriptions to
-        // external brokers, and the sinks back to devices. A busy MQTT port does not stop the
-        // box: the listener reports it in status and keeps trying to bind.
-        let mqtt = crate::ingest::mqtt::start(
-            &config.mqtt,
-            config.log.max_record_bytes,
-            &log,
-            &sources,
-            &shutdown_rx,
-        )
-        .await;
-        let (mqtt_started, mqtt_tasks) = match mqtt {
+        // MQTT: the embedded broker behind Outpost's device listener, subscriptions to external
+        // brokers, and the sinks back to devices. A busy MQTT port does not stop the box: the
+        // listener reports it in status and keeps trying to bind.
+        let (mqtt_started, mqtt_tasks) = match crate::ingest::mqtt::start(&ctx, &config.mqtt).await
+        {
             Ok(started) => started,
             Err(e) => {
                 let _ = log.close();
-                return Err(AppError::Component {
-                    name: "mqtt",
-                    message: e.to_string(),
-                });
+                return Err(AppError::component("mqtt", e));
             }
         };
         for (name, task) in mqtt_tasks {
             spawn_component(&mut components, name, task);
         }
         for sink in config.mqtt.sinks.clone() {
-            let task = crate::sink::mqtt::run_sink(
-                sink,
-                mqtt_started.embedded,
-                log.clone(),
-                state.clone(),
-                sinks.clone(),
-                shutdown_rx.clone(),
-            );
+            let task = crate::sink::mqtt::run_sink(ctx.clone(), sink, mqtt_started.embedded);
             spawn_component(&mut components, "mqtt-sink", task);
         }
 
-        // Store-and-forward (issue 5): only with a cloud configured; it guards retention so a
-        // forwarded topic keeps its segments until they are forwarded.
-        let forwarder = config.forward.enabled().then(|| {
-            crate::forward::Forwarder::new(
-                log.clone(),
-                state.clone(),
-                config.forward.clone(),
-                &edge_id,
-                &config.edge.store_id,
-            )
-        });
+        // Store-and-forward: only with a cloud configured; it guards retention so a forwarded
+        // topic keeps its segments until they are forwarded.
+        let forwarder = config
+            .forward
+            .enabled()
+            .then(|| crate::forward::Forwarder::new(&ctx, config.forward.clone()));
         if let Some(f) = &forwarder {
             log.add_retention_guard(Arc::new(f.clone()));
         }
@@ -250,68 +243,48 @@ impl App {
         // critical), with a gap marker in `outpost.gaps` for each; with or without a cloud.
         crate::forward::evict::install(&log, &config.forward);
 
-        // Modbus (issue 4): each configured device is polled on its own task; none by default.
-        // Modbus and OPC-UA register their sources when `run` is called, so they are started
-        // before the HTTP API: its status lists them from its first answer.
+        // Modbus devices and OPC-UA servers register their sources when `run` is called, so
+        // they are started before the HTTP API: its status lists them from its first answer.
         if !config.modbus.devices.is_empty() {
-            let fut = crate::ingest::modbus::run(
-                config.modbus.clone(),
-                log.clone(),
-                sources.clone(),
-                shutdown_rx.clone(),
-            );
+            let fut = crate::ingest::modbus::run(&ctx, config.modbus.clone());
             spawn_component(&mut components, "modbus", fut);
         }
-        // OPC-UA (issue 4): each configured server is one self-healing session; none by default.
         if !config.opcua.servers.is_empty() {
-            let fut = crate::ingest::opcua::run(
-                config.opcua.clone(),
-                log.clone(),
-                sources.clone(),
-                shutdown_rx.clone(),
-            );
+            let fut = crate::ingest::opcua::run(&ctx, config.opcua.clone());
             spawn_component(&mut components, "opcua", fut);
         }
         // HTTP API.
-        let api_state = ApiState::new(log.clone(), state.clone(), config.clone(), edge_id.clone())
-            .with_shutdown(shutdown_rx.clone())
-            .with_status(sources.clone(), sinks.clone());
+        let api_state = ApiState::new(ctx.clone(), config.http.clone());
         components.spawn(serve_http(
             listener,
-            crate::forward::api::with_forwarder(
+            api::forward::with_forwarder(
                 api::plugins::with_plugins(api::router(api_state), plugins.clone()),
                 forwarder.clone(),
             ),
-            shutdown_rx.clone(),
+            ctx.shutdown.clone(),
         ));
 
         // Retention runs on the log's own background thread (every `log.retention_check_ms`).
-
-        // Later components (MQTT ingest, plugins, forwarder) are spawned here.
         if let Some(f) = forwarder {
-            let rx = shutdown_rx.clone();
-            spawn_component(&mut components, "forward", f.run(rx));
+            spawn_component(&mut components, "forward", f.run(ctx.shutdown.clone()));
         }
         if config.forward.enabled() && !config.mirror.topics.is_empty() {
             let fut = crate::mirror::run(
-                log.clone(),
+                ctx.clone(),
                 config.forward.kafka.clone(),
                 config.mirror.clone(),
-                edge_id.clone(),
-                config.edge.store_id.clone(),
-                shutdown_rx.clone(),
             );
             spawn_component(&mut components, "mirror", fut);
         }
         if let Some(registry) = plugins {
-            components.spawn(run_plugins(registry, shutdown_rx.clone()));
+            components.spawn(run_plugins(registry, ctx.shutdown.clone()));
         }
         // Demo traffic (`run --simulate`): POS events over the box's own MQTT listener.
         if config.simulate.enabled {
             let fut = crate::simulate::run_in_box(
+                ctx.clone(),
                 config.simulate.clone(),
                 mqtt_started.listen,
-                shutdown_rx.clone(),
             );
             spawn_component(&mut components, "simulate", fut);
         }
@@ -359,10 +332,7 @@ impl App {
             Some(joined) = self.components.join_next() => Some(component_outcome(joined)),
         };
         let failure = early.map(|(name, outcome)| {
-            let error = outcome.err().unwrap_or(AppError::Component {
-                name,
-                message: "stopped on its own before shutdown was requested".into(),
-            });
+            let error = outcome.err().unwrap_or(AppError::StoppedEarly { name });
             tracing::error!(component = name, error = %error, "A component stopped; shutting down.");
             error
         });
@@ -430,13 +400,7 @@ impl App {
 fn component_outcome(joined: Result<ComponentResult, tokio::task::JoinError>) -> ComponentResult {
     match joined {
         Ok(result) => result,
-        Err(e) => (
-            "unknown",
-            Err(AppError::Component {
-                name: "unknown",
-                message: format!("task ended abnormally: {e}"),
-            }),
-        ),
+        Err(e) => ("unknown", Err(AppError::component("unknown", e))),
     }
 }
 
@@ -448,31 +412,45 @@ async fn serve_http(
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.requested().await })
         .await;
-    let result = served.map_err(|e| AppError::Component {
-        name: "http",
-        message: e.to_string(),
-    });
+    let result = served.map_err(|e| AppError::component("http", e));
     ("http", result)
 }
 
-/// Installs the bundled plugins on first run and starts every installed plugin; stops them all
-/// at shutdown (each finishes and commits its current batch before the log closes).
 /// Runs `fut` as the component `name` of a running box: an error it ends with becomes
 /// [`AppError::Component`] naming it.
-fn spawn_component<E: std::fmt::Display>(
+fn spawn_component<E: std::error::Error + Send + Sync + 'static>(
     components: &mut JoinSet<ComponentResult>,
     name: &'static str,
     fut: impl Future<Output = Result<(), E>> + Send + 'static,
 ) {
     components.spawn(async move {
-        let result = fut.await.map_err(|e| AppError::Component {
-            name,
-            message: e.to_string(),
-        });
+        let result = fut.await.map_err(|e| AppError::component(name, e));
         (name, result)
     });
 }
 
+/// `run --simulate`: the simulated fridge is a real Modbus TCP server on loopback, polled like
+/// hardware; it joins the Modbus devices as `fridge` (or `fridge-sim` if the config already has
+/// a `fridge`).
+async fn add_simulated_fridge(config: &mut Config) -> Result<(), AppError> {
+    let addr = crate::simulate::fridge::start()
+        .await
+        .map_err(|e| AppError::component("simulate", SimulateError::FridgeBind(e)))?;
+    let taken = |name: &str| config.modbus.devices.iter().any(|d| d.name == name);
+    let name = if taken("fridge") {
+        "fridge-sim"
+    } else {
+        "fridge"
+    };
+    let device = crate::simulate::fridge::device(name, addr);
+    tracing::info!(device = name, topic = %device.topic_name(), modbus = %addr,
+        "The simulated fridge joins the Modbus devices.");
+    config.modbus.devices.push(device);
+    Ok(())
+}
+
+/// Installs the bundled plugins on first run and starts every installed plugin; stops them all
+/// at shutdown (each finishes and commits its current batch before the log closes).
 async fn run_plugins(
     registry: crate::plugins::registry::PluginRegistry,
     shutdown: Shutdown,
@@ -485,7 +463,10 @@ async fn run_plugins(
     let plugins = registry.list();
     tracing::info!(
         installed = plugins.len(),
-        running = plugins.iter().filter(|p| p.state == "running").count(),
+        running = plugins
+            .iter()
+            .filter(|p| p.state == crate::plugins::registry::PluginState::Running)
+            .count(),
         "Plugins started."
     );
     shutdown.requested().await;

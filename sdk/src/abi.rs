@@ -1,8 +1,11 @@
 //! The byte-level side of ABI v1 (see `ABI.md`): the version number, host status codes, the
-//! limits a v1 host enforces, and the record and header encodings in both directions.
+//! limits a v1 host enforces, the record and header encodings in both directions, and the rules
+//! by which a host refuses a call ([`Refusal`], [`CallBudget`]).
 //!
-//! Everything here is plain safe Rust that builds on every target, so the host can reuse the
-//! encoder and the tests can run natively. Decoding never panics: every length is checked
+//! This module is the one home of the ABI's bytes and rules: Outpost's wasm host encodes the
+//! records it passes and decodes the header blocks it receives with these functions and decides
+//! refusals with these checks, and the native test harness ([`crate::testing`]) applies the same
+//! checks. Everything here is plain safe Rust that builds on every target. Decoding never panics: every length is checked
 //! against the bytes that are actually there, and a bad input comes back as an [`Error`] of kind
 //! [`ErrorKind::InvalidInput`].
 
@@ -63,15 +66,40 @@ const FIXED_RECORD_LEN: usize = 4 + 8 + 8 + 4 + 4 + 4;
 /// Appends `record` in the v1 record encoding to `out`.
 pub fn encode_record(out: &mut Vec<u8>, record: &Record<'_>) {
     out.reserve(encoded_record_len(record));
-    put_bytes(out, record.topic.as_bytes());
-    out.extend_from_slice(&record.offset.to_le_bytes());
-    out.extend_from_slice(&record.timestamp_ms.to_le_bytes());
-    match record.key {
+    encode_record_fields(
+        out,
+        record.topic,
+        record.offset,
+        record.timestamp_ms,
+        record.key,
+        record.value,
+        record.headers.iter().map(|h| (h.name, h.value)),
+    );
+}
+
+/// Appends one record in the v1 record encoding to `out`, from its fields: what
+/// [`encode_record`] does for a host whose records are not [`Record`]s (Outpost's host encodes
+/// its log records with this).
+pub fn encode_record_fields<'h, I>(
+    out: &mut Vec<u8>,
+    topic: &str,
+    offset: u64,
+    timestamp_ms: u64,
+    key: Option<&[u8]>,
+    value: &[u8],
+    headers: I,
+) where
+    I: ExactSizeIterator<Item = (&'h str, &'h [u8])>,
+{
+    put_bytes(out, topic.as_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&timestamp_ms.to_le_bytes());
+    match key {
         Some(key) => put_bytes(out, key),
         None => out.extend_from_slice(&NO_KEY.to_le_bytes()),
     }
-    put_bytes(out, record.value);
-    encode_headers_into(out, record.headers.iter().map(|h| (h.name, h.value)));
+    put_bytes(out, value);
+    encode_headers_into(out, headers);
 }
 
 /// The number of bytes [`encode_record`] writes for `record`.
@@ -90,7 +118,7 @@ pub fn encoded_record_len(record: &Record<'_>) -> usize {
 /// Decodes one record in the v1 encoding. The record borrows `bytes`. Bytes after the last
 /// header are ignored (reserved for compatible extensions).
 pub fn decode_record(bytes: &[u8]) -> Result<Record<'_>, Error> {
-    let mut r = Reader::new(bytes);
+    let mut r = Reader::new(bytes, "record");
     let topic = r.str("topic")?;
     let offset = r.u64("offset")?;
     let timestamp_ms = r.u64("timestamp")?;
@@ -128,7 +156,7 @@ pub fn decode_headers(bytes: &[u8]) -> Result<Vec<Header<'_>>, Error> {
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
-    let mut r = Reader::new(bytes);
+    let mut r = Reader::new(bytes, "header block");
     let headers = r.headers()?;
     if r.remaining() != 0 {
         return Err(invalid(format!(
@@ -140,7 +168,7 @@ pub fn decode_headers(bytes: &[u8]) -> Result<Vec<Header<'_>>, Error> {
 }
 
 /// Appends a header block for `headers` (always with its count, even when zero).
-pub(crate) fn encode_headers_into<'h, I>(out: &mut Vec<u8>, headers: I)
+pub fn encode_headers_into<'h, I>(out: &mut Vec<u8>, headers: I)
 where
     I: ExactSizeIterator<Item = (&'h str, &'h [u8])>,
 {
@@ -171,11 +199,17 @@ fn invalid(message: String) -> Error {
 struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// What the bytes are (`record`, `header block`), for error messages.
+    whole: &'static str,
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Reader { bytes, pos: 0 }
+    fn new(bytes: &'a [u8], whole: &'static str) -> Self {
+        Reader {
+            bytes,
+            pos: 0,
+            whole,
+        }
     }
 
     fn remaining(&self) -> usize {
@@ -185,7 +219,8 @@ impl<'a> Reader<'a> {
     fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], Error> {
         if len > self.remaining() {
             return Err(invalid(format!(
-                "record truncated: {what} needs {len} bytes at byte {} but only {} remain",
+                "{} truncated: {what} needs {len} bytes at byte {} but only {} remain",
+                self.whole,
                 self.pos,
                 self.remaining()
             )));
@@ -234,6 +269,151 @@ impl<'a> Reader<'a> {
             headers.push(Header { name, value });
         }
         Ok(headers)
+    }
+}
+
+/// Whether a header name is the host's (`outpost-…`): such headers are dropped from emitted
+/// records.
+pub fn is_reserved_header(name: &str) -> bool {
+    name.starts_with(RESERVED_HEADER_PREFIX)
+}
+
+/// Why a v1 host refuses a call, and so which status it returns ([`Refusal::status`]). The
+/// wasm host and the test harness decide with the same checks ([`check_topic`],
+/// [`check_state_key`], [`check_state_value`], [`CallBudget`]); each words the message for its
+/// own audience.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// An emit or state write during `outpost_init`.
+    WriteDuringInit,
+    /// A topic name that is empty or longer than [`limits::MAX_TOPIC_LEN`].
+    TopicLength {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The manifest does not grant state.
+    StateNotGranted,
+    /// An empty state key.
+    EmptyStateKey,
+    /// A state key over the limit.
+    StateKeyTooLarge {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A state value over the limit.
+    StateValueTooLarge {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// An emitted record over the limit.
+    RecordTooLarge {
+        /// Its size in bytes.
+        len: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// This call already emitted [`limits::MAX_EMITS_PER_CALL`] records or would pass
+    /// [`limits::MAX_EMIT_BYTES_PER_CALL`] bytes.
+    EmitBudget,
+    /// This call would write more than [`limits::MAX_STATE_BYTES_PER_CALL`] bytes of state.
+    StateBudget,
+}
+
+impl Refusal {
+    /// The status a host import returns for this refusal.
+    pub fn status(self) -> i32 {
+        match self {
+            Refusal::WriteDuringInit | Refusal::StateNotGranted => status::DENIED,
+            Refusal::TopicLength { .. } | Refusal::EmptyStateKey => status::INVALID,
+            Refusal::StateKeyTooLarge { .. }
+            | Refusal::StateValueTooLarge { .. }
+            | Refusal::RecordTooLarge { .. }
+            | Refusal::EmitBudget
+            | Refusal::StateBudget => status::TOO_LARGE,
+        }
+    }
+}
+
+/// A topic name `emit` accepts: 1 to [`limits::MAX_TOPIC_LEN`] bytes.
+pub fn check_topic(topic: &str) -> Result<(), Refusal> {
+    if topic.is_empty() || topic.len() > limits::MAX_TOPIC_LEN {
+        return Err(Refusal::TopicLength { len: topic.len() });
+    }
+    Ok(())
+}
+
+/// A state key the state calls accept: granted, non-empty and at most `limit` bytes.
+pub fn check_state_key(granted: bool, key: &[u8], limit: usize) -> Result<(), Refusal> {
+    if !granted {
+        return Err(Refusal::StateNotGranted);
+    }
+    if key.is_empty() {
+        return Err(Refusal::EmptyStateKey);
+    }
+    if key.len() > limit {
+        return Err(Refusal::StateKeyTooLarge {
+            len: key.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// A state value `state_put` accepts: at most `limit` bytes.
+pub fn check_state_value(value: &[u8], limit: usize) -> Result<(), Refusal> {
+    if value.len() > limit {
+        return Err(Refusal::StateValueTooLarge {
+            len: value.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// The size of an emitted record as the ABI counts it: key, value and the encoded header block
+/// (`header_block_len` bytes; 0 for no headers).
+pub fn emit_record_len(key: Option<&[u8]>, value: &[u8], header_block_len: usize) -> usize {
+    key.map_or(0, <[u8]>::len) + value.len() + header_block_len
+}
+
+/// What one call has emitted and written so far, against the per-call limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallBudget {
+    emits: usize,
+    emit_bytes: usize,
+    state_bytes: usize,
+}
+
+impl CallBudget {
+    /// A budget with nothing spent (the start of a call).
+    pub fn new() -> Self {
+        CallBudget::default()
+    }
+
+    /// Spends one emit of `len` bytes (see [`emit_record_len`]), or refuses it.
+    pub fn emit(&mut self, len: usize) -> Result<(), Refusal> {
+        if self.emits >= limits::MAX_EMITS_PER_CALL
+            || self.emit_bytes + len > limits::MAX_EMIT_BYTES_PER_CALL
+        {
+            return Err(Refusal::EmitBudget);
+        }
+        self.emits += 1;
+        self.emit_bytes += len;
+        Ok(())
+    }
+
+    /// Spends a state write of `bytes` (key + value; the key alone for a delete), or refuses it.
+    pub fn state_write(&mut self, bytes: usize) -> Result<(), Refusal> {
+        if self.state_bytes + bytes > limits::MAX_STATE_BYTES_PER_CALL {
+            return Err(Refusal::StateBudget);
+        }
+        self.state_bytes += bytes;
+        Ok(())
     }
 }
 
@@ -356,6 +536,49 @@ mod tests {
         assert_eq!((headers[1].name, headers[1].value), ("bb", &b""[..]));
         assert!(encode_headers(&[]).is_empty());
         assert!(decode_headers(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn record_fields_encode_exactly_like_a_record() {
+        let record = sample();
+        let mut whole = Vec::new();
+        encode_record(&mut whole, &record);
+        let mut fields = Vec::new();
+        encode_record_fields(
+            &mut fields,
+            record.topic,
+            record.offset,
+            record.timestamp_ms,
+            record.key,
+            record.value,
+            record.headers.iter().map(|h| (h.name, h.value)),
+        );
+        assert_eq!(fields, whole);
+    }
+
+    #[test]
+    fn refusals_map_to_the_documented_statuses() {
+        assert_eq!(check_topic(""), Err(Refusal::TopicLength { len: 0 }));
+        assert_eq!(Refusal::TopicLength { len: 0 }.status(), status::INVALID);
+        assert_eq!(
+            check_state_key(false, b"k", 8),
+            Err(Refusal::StateNotGranted)
+        );
+        assert_eq!(Refusal::StateNotGranted.status(), status::DENIED);
+        assert_eq!(check_state_key(true, b"", 8), Err(Refusal::EmptyStateKey));
+        assert_eq!(
+            check_state_key(true, b"123456789", 8).map_err(Refusal::status),
+            Err(status::TOO_LARGE)
+        );
+        let mut budget = CallBudget::new();
+        for _ in 0..limits::MAX_EMITS_PER_CALL {
+            budget.emit(1).unwrap();
+        }
+        assert_eq!(budget.emit(1), Err(Refusal::EmitBudget));
+        assert_eq!(
+            CallBudget::new().state_write(limits::MAX_STATE_BYTES_PER_CALL + 1),
+            Err(Refusal::StateBudget)
+        );
     }
 
     #[test]

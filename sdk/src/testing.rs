@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::abi::{self, limits, RESERVED_HEADER_PREFIX};
+use crate::abi::{self, limits, CallBudget, Refusal};
 use crate::config::Config;
 use crate::context::{Context, Level};
 use crate::error::{Error, ErrorKind};
@@ -100,8 +100,8 @@ struct MemoryContext {
     state: BTreeMap<Vec<u8>, Vec<u8>>,
     pending_state: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     pending_emits: Vec<Emitted>,
-    call_emit_bytes: usize,
-    call_state_bytes: usize,
+    /// This call's emits and state writes against the per-call limits (the host's rule).
+    budget: CallBudget,
     emitted: Vec<Emitted>,
     keep_emitted: bool,
     emitted_count: u64,
@@ -118,8 +118,7 @@ impl MemoryContext {
             state: BTreeMap::new(),
             pending_state: BTreeMap::new(),
             pending_emits: Vec::new(),
-            call_emit_bytes: 0,
-            call_state_bytes: 0,
+            budget: CallBudget::new(),
             emitted: Vec::new(),
             keep_emitted: true,
             emitted_count: 0,
@@ -135,8 +134,7 @@ impl MemoryContext {
         self.phase = phase;
         self.pending_state.clear();
         self.pending_emits.clear();
-        self.call_emit_bytes = 0;
-        self.call_state_bytes = 0;
+        self.budget = CallBudget::new();
     }
 
     fn commit(&mut self) {
@@ -174,45 +172,50 @@ impl MemoryContext {
     }
 
     fn check_state_key(&self, op: &str, key: &[u8]) -> Result<(), Error> {
-        if !self.state_allowed {
-            return Err(Error::with_kind(
-                ErrorKind::Denied,
-                format!("{op} failed: the manifest does not grant state"),
-            ));
-        }
-        if key.is_empty() {
-            return Err(Error::with_kind(
-                ErrorKind::InvalidArgument,
-                format!("{op} failed: state keys must not be empty"),
-            ));
-        }
-        if key.len() > limits::MAX_STATE_KEY_LEN {
-            return Err(Error::with_kind(
-                ErrorKind::TooLarge,
-                format!(
-                    "{op} failed: key of {} bytes is over the {}-byte limit",
-                    key.len(),
-                    limits::MAX_STATE_KEY_LEN
-                ),
-            ));
-        }
-        Ok(())
+        abi::check_state_key(self.state_allowed, key, limits::MAX_STATE_KEY_LEN)
+            .map_err(|r| refused(op, r))
     }
 
     fn add_state_bytes(&mut self, op: &str, bytes: usize) -> Result<(), Error> {
-        let total = self.call_state_bytes + bytes;
-        if total > limits::MAX_STATE_BYTES_PER_CALL {
-            return Err(Error::with_kind(
-                ErrorKind::TooLarge,
-                format!(
-                    "{op} failed: this call wrote more than {} bytes of state",
-                    limits::MAX_STATE_BYTES_PER_CALL
-                ),
-            ));
-        }
-        self.call_state_bytes = total;
-        Ok(())
+        self.budget.state_write(bytes).map_err(|r| refused(op, r))
     }
+}
+
+/// The error a host call `op` returns when the host refuses it (the wording of the harness;
+/// the decision is the host's own rule, [`abi::Refusal`]).
+fn refused(op: &str, refusal: Refusal) -> Error {
+    let kind = match refusal.status() {
+        abi::status::DENIED => ErrorKind::Denied,
+        abi::status::TOO_LARGE => ErrorKind::TooLarge,
+        _ => ErrorKind::InvalidArgument,
+    };
+    let why = match refusal {
+        Refusal::WriteDuringInit => "writes are not allowed during init".to_owned(),
+        Refusal::TopicLength { .. } => {
+            format!("topic names must be 1 to {} bytes", limits::MAX_TOPIC_LEN)
+        }
+        Refusal::StateNotGranted => "the manifest does not grant state".to_owned(),
+        Refusal::EmptyStateKey => "state keys must not be empty".to_owned(),
+        Refusal::StateKeyTooLarge { len, limit } => {
+            format!("key of {len} bytes is over the {limit}-byte limit")
+        }
+        Refusal::StateValueTooLarge { len, limit } => {
+            format!("value of {len} bytes is over the {limit}-byte limit")
+        }
+        Refusal::RecordTooLarge { len, limit } => {
+            format!("record of {len} bytes is over the {limit}-byte limit")
+        }
+        Refusal::EmitBudget => format!(
+            "one call may emit at most {} records and {} bytes",
+            limits::MAX_EMITS_PER_CALL,
+            limits::MAX_EMIT_BYTES_PER_CALL
+        ),
+        Refusal::StateBudget => format!(
+            "this call wrote more than {} bytes of state",
+            limits::MAX_STATE_BYTES_PER_CALL
+        ),
+    };
+    Error::with_kind(kind, format!("{op} failed: {why}"))
 }
 
 impl Context for MemoryContext {
@@ -223,68 +226,45 @@ impl Context for MemoryContext {
         value: &[u8],
         headers: &[(&str, &[u8])],
     ) -> Result<(), Error> {
-        let fail = |kind: ErrorKind, why: String| {
-            Error::with_kind(kind, format!("emit to {topic} failed: {why}"))
-        };
+        let op = format!("emit to {topic}");
         if self.phase == Phase::Init {
-            return Err(fail(
-                ErrorKind::Denied,
-                "writes are not allowed during init".to_owned(),
-            ));
+            return Err(refused(&op, Refusal::WriteDuringInit));
         }
-        if topic.is_empty() || topic.len() > limits::MAX_TOPIC_LEN {
-            return Err(fail(
-                ErrorKind::InvalidArgument,
-                format!("topic names must be 1 to {} bytes", limits::MAX_TOPIC_LEN),
-            ));
-        }
+        abi::check_topic(topic).map_err(|r| refused(&op, r))?;
         if let Some(outputs) = &self.outputs {
             if !outputs.contains(topic) {
-                return Err(fail(
+                return Err(Error::with_kind(
                     ErrorKind::Denied,
-                    "the topic is not a declared output".to_owned(),
+                    format!("{op} failed: the topic is not a declared output"),
                 ));
             }
         }
-        let size = key.map_or(0, <[u8]>::len)
-            + value.len()
-            + if headers.is_empty() {
-                0
-            } else {
-                4 + headers
-                    .iter()
-                    .map(|(n, v)| 8 + n.len() + v.len())
-                    .sum::<usize>()
-            };
+        let block = if headers.is_empty() {
+            0
+        } else {
+            4 + headers
+                .iter()
+                .map(|(n, v)| 8 + n.len() + v.len())
+                .sum::<usize>()
+        };
+        let size = abi::emit_record_len(key, value, block);
         if size > limits::MAX_EMIT_RECORD_LEN {
-            return Err(fail(
-                ErrorKind::TooLarge,
-                format!(
-                    "record of {size} bytes is over the {}-byte limit",
-                    limits::MAX_EMIT_RECORD_LEN
-                ),
+            return Err(refused(
+                &op,
+                Refusal::RecordTooLarge {
+                    len: size,
+                    limit: limits::MAX_EMIT_RECORD_LEN,
+                },
             ));
         }
-        if self.pending_emits.len() >= limits::MAX_EMITS_PER_CALL
-            || self.call_emit_bytes + size > limits::MAX_EMIT_BYTES_PER_CALL
-        {
-            return Err(fail(
-                ErrorKind::TooLarge,
-                format!(
-                    "one call may emit at most {} records and {} bytes",
-                    limits::MAX_EMITS_PER_CALL,
-                    limits::MAX_EMIT_BYTES_PER_CALL
-                ),
-            ));
-        }
-        self.call_emit_bytes += size;
+        self.budget.emit(size).map_err(|r| refused(&op, r))?;
         self.pending_emits.push(Emitted {
             topic: topic.to_owned(),
             key: key.map(<[u8]>::to_vec),
             value: value.to_vec(),
             headers: headers
                 .iter()
-                .filter(|(n, _)| !n.starts_with(RESERVED_HEADER_PREFIX))
+                .filter(|(n, _)| !abi::is_reserved_header(n))
                 .map(|(n, v)| ((*n).to_owned(), v.to_vec()))
                 .collect(),
         });
@@ -310,16 +290,8 @@ impl Context for MemoryContext {
     fn state_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
         self.check_write("state_put")?;
         self.check_state_key("state_put", key)?;
-        if value.len() > limits::MAX_STATE_VALUE_LEN {
-            return Err(Error::with_kind(
-                ErrorKind::TooLarge,
-                format!(
-                    "state_put failed: value of {} bytes is over the {}-byte limit",
-                    value.len(),
-                    limits::MAX_STATE_VALUE_LEN
-                ),
-            ));
-        }
+        abi::check_state_value(value, limits::MAX_STATE_VALUE_LEN)
+            .map_err(|r| refused("state_put", r))?;
         self.add_state_bytes("state_put", key.len() + value.len())?;
         match self.pending_state.get_mut(key) {
             Some(slot) => match slot {

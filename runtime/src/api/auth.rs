@@ -15,7 +15,7 @@ pub(super) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(expected) = &api.config.http.auth_token {
+    if let Some(expected) = &api.http.auth_token {
         let given = request
             .headers()
             .get(AUTHORIZATION)

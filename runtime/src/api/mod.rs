@@ -18,6 +18,7 @@
 
 mod auth;
 pub mod error;
+pub mod forward;
 pub mod plugins;
 pub mod produce;
 pub mod records;
@@ -37,76 +38,51 @@ use serde_json::{json, Value};
 
 pub use error::ApiError;
 
-use crate::config::Config;
-use crate::kernel::{Shutdown, StatusBoard};
+use crate::config::HttpConfig;
+use crate::kernel::{Context, StatusBoard};
 use crate::log::Log;
 use crate::state::StateStore;
 
 /// The content type of `GET /metrics`.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach: the box's context and the `[http]` section. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ApiState {
-    log: Log,
-    state: StateStore,
-    config: Arc<Config>,
+    ctx: Context,
+    http: Arc<HttpConfig>,
     started: Instant,
-    edge_id: Arc<str>,
-    shutdown: Shutdown,
-    /// Status of every source (MQTT, Modbus, …).
-    sources: StatusBoard,
-    /// Status of every sink (`records_stored` counts records delivered).
-    sinks: StatusBoard,
 }
 
 impl ApiState {
-    /// Everything the handlers need; `edge_id` is the resolved id (see `StateStore::edge_id`).
-    pub fn new(log: Log, state: StateStore, config: Arc<Config>, edge_id: String) -> ApiState {
-        let shutdown = Shutdown::never();
+    /// The handlers of the box whose context is `ctx`, configured by `[http]`. Long polls end
+    /// early when the context's shutdown fires, so a graceful shutdown is not held up.
+    pub fn new(ctx: Context, http: HttpConfig) -> ApiState {
         ApiState {
-            log,
-            state,
-            config,
+            ctx,
+            http: Arc::new(http),
             started: Instant::now(),
-            edge_id: edge_id.into(),
-            shutdown,
-            sources: StatusBoard::sources(),
-            sinks: StatusBoard::sinks(),
         }
-    }
-
-    /// The status boards `/topics`, `/metrics` and `outpost status` show.
-    pub fn with_status(mut self, sources: StatusBoard, sinks: StatusBoard) -> ApiState {
-        self.sources = sources;
-        self.sinks = sinks;
-        self
     }
 
     /// The sources' status board.
     pub fn sources(&self) -> &StatusBoard {
-        &self.sources
+        &self.ctx.sources
     }
 
     /// The log the handlers read and write.
     pub fn log(&self) -> &Log {
-        &self.log
+        &self.ctx.log
     }
 
     /// The state store (consumer offsets for endpoints that commit them).
     pub fn state(&self) -> &StateStore {
-        &self.state
+        &self.ctx.state
     }
 
-    /// The configuration the server runs on.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// Long polls end early once `shutdown` turns true, so a graceful shutdown is not held up.
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> ApiState {
-        self.shutdown = shutdown;
-        self
+    /// The `[http]` section the server runs on.
+    pub fn http(&self) -> &HttpConfig {
+        &self.http
     }
 }
 
@@ -118,7 +94,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/topics/{topic}", post(produce::produce))
         .route("/topics/{topic}/records", get(records::fetch))
         .merge(plugins::routes())
-        .merge(crate::forward::api::routes())
+        .merge(forward::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -135,20 +111,20 @@ pub fn router(state: ApiState) -> Router {
 async fn health(State(api): State<ApiState>) -> Json<Value> {
     Json(json!({
         "status": "ok",
-        "edge_id": &*api.edge_id,
-        "store_id": api.config.edge.store_id,
+        "edge_id": api.ctx.identity.edge_id(),
+        "store_id": api.ctx.identity.store_id(),
         "uptime_s": api.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }
 
 /// The forwarder's status as JSON, `{"enabled": false}` without a cloud (see
-/// [`crate::forward::api::status_json`]; it also refreshes the debt gauges).
+/// [`forward::status_json`]; it also refreshes the debt gauges).
 async fn forward_status(forwarder: Option<Extension<crate::forward::Forwarder>>) -> Value {
     let Some(Extension(f)) = forwarder else {
         return json!({ "enabled": false });
     };
-    crate::forward::api::status_json(f)
+    forward::status_json(f)
         .await
         .unwrap_or_else(|error| json!({ "enabled": true, "error": error }))
 }
@@ -162,7 +138,7 @@ async fn metrics(
     // The log keeps its own counters and byte gauges; the per-topic offsets and segment
     // counts are refreshed here, at scrape time.
     let registry = crate::metrics::global();
-    for topic in api.log.topics() {
+    for topic in api.ctx.log.topics() {
         let s = topic.stats();
         let labels = [("topic", s.name.as_str())];
         registry
@@ -216,6 +192,7 @@ async fn list_topics(
         .filter_map(|t| Some((t.get("topic")?.as_str()?.to_string(), t.clone())))
         .collect();
     let topics: Vec<Value> = api
+        .ctx
         .log
         .topics()
         .iter()
@@ -234,8 +211,8 @@ async fn list_topics(
         .collect();
     Json(json!({
         "topics": topics,
-        "sources": api.sources.snapshot(),
-        "sinks": api.sinks.snapshot(),
+        "sources": api.ctx.sources.snapshot(),
+        "sinks": api.ctx.sinks.snapshot(),
         "forward": forward,
     }))
 }
@@ -263,18 +240,14 @@ async fn count_responses(request: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod status_tests {
-    use std::sync::Arc;
-
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
     use super::{router, ApiState};
-    use crate::config::Config;
-    use crate::kernel::{Link, StatusBoard};
-    use crate::log::Log;
-    use crate::state::StateStore;
+    use crate::kernel::context::open_for_test;
+    use crate::kernel::Link;
 
     async fn get(app: &axum::Router, path: &str) -> String {
         let request = Request::get(path).body(Body::empty()).unwrap();
@@ -286,9 +259,8 @@ mod status_tests {
     #[tokio::test]
     async fn sources_and_sinks_show_in_topics_and_metrics() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(&dir.path().join("log"), Default::default()).unwrap();
-        let state = StateStore::open(&dir.path().join("state")).unwrap();
-        let (sources, sinks) = (StatusBoard::sources(), StatusBoard::sinks());
+        let ctx = open_for_test(dir.path(), Default::default());
+        let (sources, sinks) = (ctx.sources.clone(), ctx.sinks.clone());
         sources.register("mqtt:store", "mqtt", |s| {
             s.set_link(Link::Retrying {
                 last_error: "connection refused".into(),
@@ -301,10 +273,7 @@ mod status_tests {
             k.set_link(Link::Connected);
             k.stored(7, 1_000);
         });
-        let app = router(
-            ApiState::new(log, state, Arc::new(Config::default()), "e".into())
-                .with_status(sources.clone(), sinks),
-        );
+        let app = router(ApiState::new(ctx, Default::default()));
 
         let topics: serde_json::Value = serde_json::from_str(&get(&app, "/topics").await).unwrap();
         assert_eq!(topics["sources"][0]["name"], "mqtt:store");
@@ -338,8 +307,8 @@ mod status_tests {
     async fn topics_and_metrics_show_the_data_debt_of_forwarded_topics() {
         use crate::log::NewRecord;
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(&dir.path().join("log"), Default::default()).unwrap();
-        let state = StateStore::open(&dir.path().join("state")).unwrap();
+        let ctx = open_for_test(dir.path(), Default::default());
+        let log = ctx.log.clone();
         let record = |v: &str| NewRecord {
             value: v.as_bytes().to_vec(),
             ..NewRecord::default()
@@ -356,15 +325,9 @@ mod status_tests {
             .unwrap();
         let mut config = crate::forward::ForwardConfig::default();
         config.kafka.brokers = "127.0.0.1:1".into();
-        let forwarder =
-            crate::forward::Forwarder::new(log.clone(), state.clone(), config, "e", "s");
-        let app = crate::forward::api::with_forwarder(
-            router(ApiState::new(
-                log,
-                state,
-                Arc::new(Config::default()),
-                "e".into(),
-            )),
+        let forwarder = crate::forward::Forwarder::new(&ctx, config);
+        let app = super::forward::with_forwarder(
+            router(ApiState::new(ctx, Default::default())),
             Some(forwarder),
         );
 
@@ -394,14 +357,8 @@ mod status_tests {
     #[tokio::test]
     async fn topics_say_forwarding_is_off_without_a_cloud() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(&dir.path().join("log"), Default::default()).unwrap();
-        let state = StateStore::open(&dir.path().join("state")).unwrap();
-        let app = router(ApiState::new(
-            log,
-            state,
-            Arc::new(Config::default()),
-            "e".into(),
-        ));
+        let ctx = open_for_test(dir.path(), Default::default());
+        let app = router(ApiState::new(ctx, Default::default()));
         let topics: serde_json::Value = serde_json::from_str(&get(&app, "/topics").await).unwrap();
         assert_eq!(topics["forward"]["enabled"], false);
     }

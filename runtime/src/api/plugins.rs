@@ -30,7 +30,7 @@
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -97,6 +97,7 @@ impl PluginApiError {
                 | RegistryError::Reset { .. }
                 | RegistryError::Io { .. }
                 | RegistryError::Corrupt { .. }
+                | RegistryError::Encode { .. }
                 | RegistryError::Host(_)
                 | RegistryError::Task(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50010),
             },
@@ -166,7 +167,7 @@ fn check_name(name: &str) -> Result<(), PluginApiError> {
 }
 
 async fn bundle_body(
-    api: &ApiState,
+    limit: usize,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Vec<u8>, PluginApiError> {
@@ -180,7 +181,6 @@ async fn bundle_body(
         None | Some("application/octet-stream") => {}
         Some(other) => return Err(PluginApiError::UnsupportedMediaType(other.to_string())),
     }
-    let limit = api.config().plugins.max_bundle_bytes;
     match read_body(headers, body, limit).await {
         Ok(bytes) if bytes.is_empty() => Err(PluginApiError::BadRequest(
             "the body is empty; send the bundle (.opb) as the body".into(),
@@ -209,13 +209,12 @@ async fn show<E: PluginEngine>(
 }
 
 async fn install<E: PluginEngine>(
-    State(api): State<ApiState>,
     reg: Reg<E>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, PluginApiError> {
     let registry = registry(reg)?;
-    let bytes = bundle_body(&api, &headers, body).await?;
+    let bytes = bundle_body(registry.config().max_bundle_bytes, &headers, body).await?;
     let info = registry.install(&bytes).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
@@ -229,7 +228,6 @@ struct UpgradeParams {
 }
 
 async fn upgrade<E: PluginEngine>(
-    State(api): State<ApiState>,
     reg: Reg<E>,
     Path(name): Path<String>,
     query: Result<Query<UpgradeParams>, QueryRejection>,
@@ -239,7 +237,7 @@ async fn upgrade<E: PluginEngine>(
     let registry = registry(reg)?;
     check_name(&name)?;
     let Query(params) = query.map_err(|e| PluginApiError::BadRequest(e.body_text()))?;
-    let bytes = bundle_body(&api, &headers, body).await?;
+    let bytes = bundle_body(registry.config().max_bundle_bytes, &headers, body).await?;
     let info = registry.upgrade(&name, &bytes, params.reset).await?;
     Ok(Json(info).into_response())
 }

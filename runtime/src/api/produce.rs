@@ -207,17 +207,6 @@ fn decode_base64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
     base64::engine::general_purpose::STANDARD.decode(s)
 }
 
-/// Bytes a record counts against `log.max_record_bytes`: key + value + header names and values.
-pub fn record_size(record: &NewRecord) -> usize {
-    record.key.as_ref().map_or(0, Vec::len)
-        + record.value.len()
-        + record
-            .headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len())
-            .sum::<usize>()
-}
-
 /// The handler.
 pub(super) async fn produce(
     State(api): State<ApiState>,
@@ -232,21 +221,21 @@ pub(super) async fn produce(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     )?;
-    let bytes = read_body(&headers, body, api.config.http.max_body_bytes).await?;
+    let bytes = read_body(&headers, body, api.http.max_body_bytes).await?;
     let request: Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let records = parse_produce(&request, format)?;
-    let limit = api.config.log.max_record_bytes;
+    let limit = api.ctx.log.max_record_bytes();
     if let Some((index, size)) = records
         .iter()
-        .map(record_size)
+        .map(NewRecord::payload_size)
         .enumerate()
         .find(|(_, size)| *size > limit)
     {
         return Err(ApiError::RecordTooLarge { index, size, limit });
     }
     let count = records.len();
-    let log = api.log.clone();
+    let log = api.ctx.log.clone();
     let topic_name = name.clone();
     let topic = tokio::task::spawn_blocking(move || log.topic_or_create(&topic_name))
         .await

@@ -102,14 +102,14 @@ pub(super) async fn fetch(
     let Path(name) = path.map_err(|e| ApiError::InvalidTopic(e.body_text()))?;
     validate_topic_name(&name).map_err(|e| ApiError::InvalidTopic(e.to_string()))?;
     let Query(params) = query.map_err(|e| ApiError::BadQuery(e.body_text()))?;
-    let http = &api.config.http;
+    let http = &*api.http;
     let limit = match params.limit {
         Some(0) => return Err(ApiError::BadQuery("`limit` must be at least 1".into())),
         Some(n) => n.min(http.max_fetch_records),
         None => http.max_fetch_records,
     };
     let max_bytes = http.max_fetch_bytes;
-    let topic = api.log.topic(&name)?;
+    let topic = api.ctx.log.topic(&name)?;
     let offset = params.offset.unwrap_or_else(|| topic.start_offset());
     let next = topic.next_offset();
     if offset > next {
@@ -132,7 +132,7 @@ pub(super) async fn fetch(
     let mut fetched = read(offset).await?;
     let wait_ms = params.wait_ms.unwrap_or(0).min(http.max_wait_ms);
     if fetched.records.is_empty() && wait_ms > 0 {
-        let shutdown = api.shutdown.clone();
+        let shutdown = api.ctx.shutdown.clone();
         tokio::select! {
             _ = topic.wait_for(fetched.next_offset, Duration::from_millis(wait_ms)) => {}
             _ = shutdown.requested() => {}

@@ -1,6 +1,5 @@
 //! Every endpoint and every bad-input case, through the router without a socket.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -12,7 +11,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
 use super::{router, ApiState};
-use crate::config::Config;
+use crate::kernel::{Context, Identity, Shutdown};
 use crate::log::{Log, LogError, NewRecord};
 use crate::state::StateStore;
 
@@ -25,16 +24,25 @@ struct Fixture {
     log: Log,
 }
 
+/// The sections of the box config the API reads.
+#[derive(Default)]
+struct Config {
+    log: crate::log::LogConfig,
+    http: crate::config::HttpConfig,
+}
+
+/// A context over a fresh log and state store in `dir` (identity `edge-test`/`store-0001`).
+fn context(dir: &std::path::Path, log: crate::log::LogConfig, shutdown: Shutdown) -> Context {
+    let log = Log::open(&dir.join("log"), log).unwrap();
+    let state = StateStore::open(&dir.join("state")).unwrap();
+    Context::new(dir, log, state, Identity::new("edge-test", "store-0001"), shutdown)
+}
+
 fn fixture_with(config: Config) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(&dir.path().join("log"), config.log.clone()).unwrap();
-    let state = StateStore::open(&dir.path().join("state")).unwrap();
-    let app = router(ApiState::new(
-        log.clone(),
-        state,
-        Arc::new(config),
-        "edge-test".into(),
-    ));
+    let ctx = context(dir.path(), config.log, Shutdown::never());
+    let log = ctx.log.clone();
+    let app = router(ApiState::new(ctx, config.http));
     Fixture {
         _dir: dir,
         app,
@@ -369,12 +377,10 @@ async fn fetch_wait_ends_empty_at_the_deadline_and_is_capped_by_max_wait_ms() {
 #[tokio::test]
 async fn a_shutdown_ends_a_long_poll_early() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(&dir.path().join("log"), Default::default()).unwrap();
-    let state = StateStore::open(&dir.path().join("state")).unwrap();
-    log.topic_or_create("w").unwrap();
-    let (stop, shutdown) = crate::kernel::Shutdown::new();
-    let api =
-        ApiState::new(log, state, Arc::new(Config::default()), "e".into()).with_shutdown(shutdown);
+    let (stop, shutdown) = Shutdown::new();
+    let ctx = context(dir.path(), Default::default(), shutdown);
+    ctx.log.topic_or_create("w").unwrap();
+    let api = ApiState::new(ctx, Default::default());
     let app = router(api);
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(100)).await;

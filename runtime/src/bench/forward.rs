@@ -277,7 +277,14 @@ fn drain(log: &Log, state_dir: &Path, config: ForwardConfig, records: u64) -> an
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let forwarder = Forwarder::new(log.clone(), state.clone(), config, EDGE, STORE);
+    let ctx = crate::kernel::Context::new(
+        state_dir,
+        log.clone(),
+        state.clone(),
+        crate::kernel::Identity::new(EDGE, STORE),
+        crate::kernel::Shutdown::never(),
+    );
+    let forwarder = Forwarder::new(&ctx, config);
     let consumer = forwarder.consumer().to_string();
     let (stop, rx) = crate::kernel::Shutdown::new();
     let started = Instant::now();

@@ -491,7 +491,7 @@ fn round_trip(
                         let v: serde_json::Value =
                             serde_json::from_slice(&p.payload).unwrap_or_default();
                         let id = v["payment_id"].as_str().unwrap_or_default();
-                        let start = sent.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+                        let start = crate::kernel::lock(&sent).remove(id);
                         if let Some(start) = start {
                             latencies.push(start.elapsed());
                             if latencies.len() as u64 >= total {
@@ -533,9 +533,7 @@ fn round_trip(
                 "kind": "sale",
             });
             if i >= warmup {
-                sent.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.clone(), Instant::now());
+                crate::kernel::lock(&sent).insert(id.clone(), Instant::now());
             }
             publ.publish("pos/payments", QoS::AtLeastOnce, false, payment.to_string())
                 .await?;

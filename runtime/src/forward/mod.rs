@@ -41,7 +41,6 @@
 //! Each eviction leaves a gap marker in `outpost.gaps`, itself forwarded as critical, and a
 //! cursor below the topic's new start skips ahead to it with a warning naming the range.
 
-pub mod api;
 pub mod budget;
 pub mod config;
 pub mod evict;
@@ -59,7 +58,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 
-use crate::kernel::{now_ms, Backoff, Shutdown};
+use crate::kernel::{now_ms, Backoff, Context, Shutdown};
 use crate::log::{Fetch, Log, LogError, Record, RetentionGuard, Topic};
 use crate::metrics::{self, Counter, Gauge};
 use crate::state::{Commit, StateError, StateStore};
@@ -285,13 +284,9 @@ impl SessionShared {
 
 impl Forwarder {
     /// A forwarder for this box; call [`Forwarder::run`] to start it.
-    pub fn new(
-        log: Log,
-        state: StateStore,
-        config: ForwardConfig,
-        edge_id: &str,
-        store_id: &str,
-    ) -> Forwarder {
+    pub fn new(ctx: &Context, config: ForwardConfig) -> Forwarder {
+        let (log, state) = (ctx.log.clone(), ctx.state.clone());
+        let (edge_id, store_id) = (ctx.identity.edge_id(), ctx.identity.store_id());
         let reg = metrics::global();
         let bucket = |rate: u64| TokenBucket::new(rate);
         let buckets = Buckets {
@@ -1066,10 +1061,9 @@ fn decimal_len(n: u64) -> u64 {
     n.checked_ilog10().map_or(1, |d| u64::from(d) + 1)
 }
 
-/// Bytes a record costs on the uplink budget: key, value, header names and values.
+/// Bytes a record costs on the uplink budget: its payload size, as the log counts it.
 fn record_bytes(r: &Record) -> u64 {
-    let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    (r.key.as_ref().map_or(0, Vec::len) + r.value.len() + headers) as u64
+    r.payload_size() as u64
 }
 
 /// A segment of a forwarded topic stays until its records are forwarded.

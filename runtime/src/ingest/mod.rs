@@ -6,7 +6,6 @@
 
 pub mod gaps;
 pub mod modbus;
-pub mod modbus_sim;
 pub mod mqtt;
 pub mod opcua;
 

@@ -6,18 +6,23 @@
 //! - [`clock`] — the one `now_ms` and the [`Clock`] seam for tests.
 //! - [`lock`] — mutexes without poisoning.
 //! - [`status`] — the boards of sources and sinks, every number a metric handle.
+//! - [`Context`] — what `app.rs` builds once per box and hands to every component: the log,
+//!   the state store, the identity, the shutdown signal, the status boards.
 //!
-//! The kernel depends on nothing else in the crate but the metrics registry; every room may
-//! depend on it.
+//! The primitives depend on nothing else in the crate but the metrics registry, so every room,
+//! `log/` and `state/` included, may use them. [`Context`] bundles the open storage with them;
+//! only components (and `app.rs`, which builds it) use it.
 
 pub mod backoff;
 pub mod clock;
+pub mod context;
 pub mod lock;
 pub mod shutdown;
 pub mod status;
 
 pub use backoff::Backoff;
 pub use clock::{now_ms, Clock, ManualClock, SystemClock};
+pub use context::{Context, Identity};
 pub use lock::{lock, read_lock, write_lock};
 pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use status::{Link, Role, Status, StatusBoard, StatusEntry};

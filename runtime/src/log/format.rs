@@ -85,11 +85,6 @@ pub(crate) fn payload_size(
             .sum::<usize>()
 }
 
-/// [`payload_size`] of a stored record.
-pub(crate) fn record_payload_size(r: &Record) -> usize {
-    payload_size(r.key.as_deref(), &r.value, &r.headers)
-}
-
 fn varint_len(mut v: u64) -> usize {
     let mut n = 1;
     while v >= 0x80 {
@@ -395,7 +390,7 @@ pub(crate) fn decode_records(
             return Ok(());
         }
         let record = parse_record_body(body, header, offset)?;
-        let size = record_payload_size(&record);
+        let size = record.payload_size();
         if !out.is_empty() && take.bytes.saturating_add(size) > take.max_bytes {
             take.full = true;
             return Ok(());

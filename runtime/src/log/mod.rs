@@ -339,6 +339,15 @@ pub struct NewRecord {
     pub timestamp_ms: Option<u64>,
 }
 
+impl NewRecord {
+    /// The bytes this record counts against `log.max_record_bytes`: key, value, and every
+    /// header's name and value (framing and the timestamp are free). The one home of that rule:
+    /// the log refuses by it, and every producer (HTTP, MQTT, plugins) checks it before.
+    pub fn payload_size(&self) -> usize {
+        format::payload_size(self.key.as_deref(), &self.value, &self.headers)
+    }
+}
+
 /// A stored record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -347,6 +356,14 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The bytes this record counted against `log.max_record_bytes` (and counts against fetch
+    /// byte limits and the forwarder's budgets): see [`NewRecord::payload_size`].
+    pub fn payload_size(&self) -> usize {
+        format::payload_size(self.key.as_deref(), &self.value, &self.headers)
+    }
 }
 
 /// A failed [`Topic::try_append`]: why, and the records it was given.
@@ -763,6 +780,12 @@ impl Log {
         Ok(Topic {
             inner: self.inner.open_topic(name)?,
         })
+    }
+
+    /// The largest record (by [`NewRecord::payload_size`]) an append accepts
+    /// (`log.max_record_bytes`).
+    pub fn max_record_bytes(&self) -> usize {
+        self.inner.shared.config.max_record_bytes
     }
 
     /// All topics, sorted by name.

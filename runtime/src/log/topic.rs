@@ -405,7 +405,7 @@ impl TopicInner {
         }
         let limit = self.shared.config.max_record_bytes;
         for r in &records {
-            let size = format::payload_size(r.key.as_deref(), &r.value, &r.headers);
+            let size = r.payload_size();
             if size > limit {
                 return fail(LogError::RecordTooLarge { size, limit }, records);
             }

@@ -21,8 +21,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::forward::KafkaConfig;
-use crate::kernel::Shutdown;
-use crate::log::{Log, LogError, NewRecord};
+use crate::kernel::Context;
+use crate::log::{LogError, NewRecord};
 use crate::metrics;
 
 /// Errors of the mirror.
@@ -109,19 +109,19 @@ impl MirrorConfig {
     }
 }
 
-/// Runs the mirror until `shutdown` turns true.
+/// Runs the mirror until the box stops; `kafka` is the cloud cluster's connection (the
+/// forwarder's `[forward.kafka]`).
 pub async fn run(
-    log: Log,
+    ctx: Context,
     kafka: KafkaConfig,
     config: MirrorConfig,
-    edge_id: String,
-    store_id: String,
-    shutdown: Shutdown,
 ) -> Result<(), MirrorError> {
+    let (edge_id, store_id) = (ctx.identity.edge_id(), ctx.identity.store_id());
+    let (log, shutdown) = (ctx.log.clone(), ctx.shutdown.clone());
     let group = config
         .group
-        .replace("{edge_id}", &edge_id)
-        .replace("{store_id}", &store_id);
+        .replace("{edge_id}", edge_id)
+        .replace("{store_id}", store_id);
     let mut cc = ClientConfig::new();
     cc.set("group.id", &group)
         .set("client.id", format!("outpost-{edge_id}-mirror"))

@@ -240,7 +240,7 @@ impl SecretKey {
                  make one with `outpost plugin keygen`"
             ))
         })?;
-        let seed = decode_key_bytes(encoded).map_err(bad)?;
+        let seed = decode_key_bytes(encoded).map_err(|e| bad(e.to_string()))?;
         Ok(SecretKey(SigningKey::from_bytes(&seed)))
     }
 
@@ -259,12 +259,20 @@ impl SecretKey {
     }
 }
 
-fn decode_key_bytes(encoded: &str) -> Result<[u8; 32], String> {
+/// Why the base64 part of a key is not a key.
+#[derive(Debug, thiserror::Error)]
+enum KeyBytesError {
+    #[error("not base64 ({0})")]
+    NotBase64(#[source] base64::DecodeError),
+    #[error("the key is {0} bytes, not 32")]
+    Length(usize),
+}
+
+fn decode_key_bytes(encoded: &str) -> Result<[u8; 32], KeyBytesError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
-        .map_err(|e| format!("not base64 ({e})"))?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("the key is {} bytes, not 32", bytes.len()))
+        .map_err(KeyBytesError::NotBase64)?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyBytesError::Length(bytes.len()))
 }
 
 /// Files written by [`keygen`].

@@ -212,9 +212,9 @@ impl Manifest {
     /// The `[config]` table as JSON bytes for `outpost_init` (`{}` when there is none).
     /// TOML datetimes become their RFC 3339 strings.
     pub fn config_json(&self) -> Vec<u8> {
-        let value = toml_to_json(&toml::Value::Table(self.config.clone()));
-        // Serialising a `serde_json::Value` cannot fail.
-        serde_json::to_vec(&value).unwrap_or_else(|_| b"{}".to_vec())
+        toml_to_json(&toml::Value::Table(self.config.clone()))
+            .to_string()
+            .into_bytes()
     }
 }
 

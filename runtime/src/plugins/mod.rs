@@ -8,6 +8,13 @@
 //! - [`runner`]: the durable consumer loop, dead-letter topic, quarantine.
 //! - [`bundle`]: signed plugin bundles and ed25519 keys.
 //! - [`registry`]: installed plugins on disk and their lifecycle (install, upgrade, remove).
+//!
+//! No `unwrap`/`expect`/`panic!` in library code of any of these: they handle bundles uploaded
+//! over HTTP, files on disk and whatever a guest does. The rule is switched on here, once, for
+//! every file below (tests may unwrap).
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod bundle;
 pub mod host;

@@ -73,8 +73,6 @@
 //! `outpost_plugin_call_seconds_total{plugin}` (time spent in guest calls) and
 //! `outpost_plugin_quarantined{plugin}`.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -89,9 +87,9 @@ use super::host::{
 };
 use super::manifest::Manifest;
 use crate::kernel::{lock, Shutdown, ShutdownTrigger};
-use crate::log::{FsyncPolicy, Log, NewRecord, Record, Topic};
+use crate::log::{FsyncPolicy, Log, LogError, NewRecord, Record, Topic};
 use crate::metrics::{self, Counter, Gauge};
-use crate::state::{Commit, StateStore};
+use crate::state::{Commit, StateError, StateStore};
 
 /// How often a runner with `prefix*` inputs looks for new matching topics.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(1);
@@ -133,6 +131,54 @@ impl Default for RunnerConfig {
             max_backoff_ms: 5000,
         }
     }
+}
+
+/// What went wrong on the host side of a runner: a batch that could not be read, appended or
+/// committed (it is dropped and read again after a pause), an input that could not be added, or
+/// an instance that could not be rebuilt. Its message becomes the status's `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// A topic created since start matches a `prefix*` input but could not be resumed.
+    #[error("adding a new input topic failed: {0}")]
+    AddInput(#[source] PluginError),
+    /// Reading an input failed.
+    #[error("reading input {topic} at offset {offset} failed: {source}")]
+    Read {
+        topic: String,
+        offset: u64,
+        #[source]
+        source: LogError,
+    },
+    /// Appending the batch's outputs failed.
+    #[error("appending to output {topic} failed: {source}")]
+    Append {
+        topic: String,
+        #[source]
+        source: LogError,
+    },
+    /// Fsyncing an `interval` output before the commit failed.
+    #[error("syncing output {topic} failed: {source}")]
+    Sync {
+        topic: String,
+        #[source]
+        source: LogError,
+    },
+    /// Appending the batch's dead letters failed.
+    #[error("appending to dead-letter topic {topic} failed: {source}")]
+    DeadLetter {
+        topic: String,
+        #[source]
+        source: LogError,
+    },
+    /// Committing the batch's state and offsets failed.
+    #[error("committing state and offsets failed: {0}")]
+    Commit(#[source] StateError),
+    /// The instance could not be rebuilt after a failed batch.
+    #[error("rebuilding the instance failed: {0}")]
+    Rebuild(#[source] PluginError),
+    /// The runner's thread panicked.
+    #[error("the runner thread panicked: {0}")]
+    Panicked(String),
 }
 
 /// Where a runner is in its life.
@@ -334,7 +380,7 @@ enum Step {
     /// The batch was committed and the plugin stops in this state (quarantined or failed).
     Ended(RunState),
     /// A read, append or commit failed; the batch was dropped.
-    HostError(String),
+    HostError(RunnerError),
 }
 
 struct Worker {
@@ -371,24 +417,6 @@ fn provenance(plugin: &str, topic: &str, offset: u64) -> [(String, Vec<u8>); 3] 
     ]
 }
 
-fn record_size(r: &Record) -> usize {
-    r.key.as_ref().map_or(0, Vec::len)
-        + r.value.len()
-        + r.headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len())
-            .sum::<usize>()
-}
-
-fn payload_size(r: &NewRecord) -> usize {
-    r.key.as_ref().map_or(0, Vec::len)
-        + r.value.len()
-        + r.headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len())
-            .sum::<usize>()
-}
-
 /// The dead letter of `record` (from `topic`) that failed with `failure`, fitted under `limit`
 /// bytes: if too large, first the value is dropped (and the header
 /// `outpost-dlq-value-dropped: <bytes>` added), then the original headers, then the key.
@@ -420,7 +448,7 @@ pub(crate) fn dead_letter(
             .collect(),
         timestamp_ms: Some(record.timestamp_ms),
     };
-    if payload_size(&letter) > limit {
+    if letter.payload_size() > limit {
         let dropped = letter.value.len();
         letter.value = Vec::new();
         host_headers.push((
@@ -431,10 +459,10 @@ pub(crate) fn dead_letter(
             .headers
             .push(host_headers[host_headers.len() - 1].clone());
     }
-    if payload_size(&letter) > limit {
+    if letter.payload_size() > limit {
         letter.headers = host_headers;
     }
-    if payload_size(&letter) > limit {
+    if letter.payload_size() > limit {
         letter.key = None;
     }
     letter
@@ -687,9 +715,9 @@ impl Worker {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".to_string());
-                let message = format!("the runner thread panicked: {what}");
-                tracing::error!(plugin = %shared.name, error = %message, "A plugin runner failed.");
-                shared.set_error(message);
+                let error = RunnerError::Panicked(what);
+                tracing::error!(plugin = %shared.name, error = %error, "A plugin runner failed.");
+                shared.set_error(error.to_string());
                 RunState::Failed
             }
         };
@@ -705,7 +733,7 @@ impl Worker {
             }
             if !self.patterns.is_empty() && self.last_scan.elapsed() >= RESCAN_EVERY {
                 if let Err(e) = self.rescan() {
-                    self.shared.set_error(e);
+                    self.shared.set_error(e.to_string());
                 }
             }
             match self.step() {
@@ -714,13 +742,14 @@ impl Worker {
                     self.wait_for_input();
                     if !self.patterns.is_empty() {
                         if let Err(e) = self.rescan() {
-                            self.shared.set_error(e);
+                            self.shared.set_error(e.to_string());
                         }
                     }
                 }
                 Step::Worked => backoff_ms = 0,
                 Step::Ended(state) => return state,
-                Step::HostError(message) => {
+                Step::HostError(error) => {
+                    let message = error.to_string();
                     tracing::error!(plugin = %self.shared.name, error = %message, "A plugin batch failed on the host side; it is read again after a pause.");
                     self.shared
                         .log
@@ -730,8 +759,7 @@ impl Worker {
                         drop(self.instance.take_state_ops());
                     }
                     if let Err(e) = self.instance.restart() {
-                        self.shared
-                            .set_error(format!("rebuilding the instance failed: {e}"));
+                        self.shared.set_error(RunnerError::Rebuild(e).to_string());
                         return RunState::Failed;
                     }
                     backoff_ms = (backoff_ms * 2).clamp(100, self.cfg.max_backoff_ms.max(100));
@@ -742,11 +770,11 @@ impl Worker {
     }
 
     /// Adds topics created since the last scan that match a `prefix*` input.
-    fn rescan(&mut self) -> Result<(), String> {
+    fn rescan(&mut self) -> Result<(), RunnerError> {
         self.last_scan = Instant::now();
         for topic in matching_topics(&self.log, &self.patterns, &self.excluded, &self.inputs) {
             let input = resume_input(&self.state, &self.consumer, topic, &self.shared.log)
-                .map_err(|e| format!("adding a new input topic failed: {e}"))?;
+                .map_err(RunnerError::AddInput)?;
             tracing::info!(plugin = %self.shared.name, topic = %input.name, offset = input.next, "A plugin picked up a new input topic matching its pattern.");
             self.shared
                 .positions()
@@ -799,7 +827,7 @@ impl Worker {
     }
 
     /// Reads a batch round-robin from the inputs.
-    fn read_batch(&mut self) -> Result<Vec<(usize, Record)>, String> {
+    fn read_batch(&mut self) -> Result<Vec<(usize, Record)>, RunnerError> {
         let n = self.inputs.len();
         // The batch is shared among the inputs that have records to read (none when only
         // `prefix*` inputs exist and no topic matches them yet).
@@ -824,12 +852,14 @@ impl Worker {
             if input.topic.next_offset() <= input.next {
                 continue;
             }
-            let fetch = input.topic.read(input.next, quota, bytes).map_err(|e| {
-                format!(
-                    "reading input {} at offset {} failed: {e}",
-                    input.name, input.next
-                )
-            })?;
+            let fetch = input
+                .topic
+                .read(input.next, quota, bytes)
+                .map_err(|source| RunnerError::Read {
+                    topic: input.name.clone(),
+                    offset: input.next,
+                    source,
+                })?;
             if let Some(first) = fetch.records.first() {
                 if first.offset > input.next {
                     let note = format!(
@@ -841,7 +871,7 @@ impl Worker {
                 }
             }
             if !fetch.records.is_empty() {
-                let total: usize = fetch.records.iter().map(record_size).sum();
+                let total: usize = fetch.records.iter().map(Record::payload_size).sum();
                 let mean = total as f64 / fetch.records.len() as f64;
                 self.avg_record_bytes = 0.8 * self.avg_record_bytes + 0.2 * mean.max(16.0);
             }
@@ -904,7 +934,7 @@ impl Worker {
                             headers,
                             timestamp_ms: None,
                         };
-                        pending_bytes += payload_size(&r);
+                        pending_bytes += r.payload_size();
                         emitted += 1;
                         if let Some(out) = outputs.get_mut(e.output) {
                             out.push(r);
@@ -926,7 +956,7 @@ impl Worker {
                         .push(LogLevel::Warn, LogSource::Host, message.clone());
                     let letter =
                         dead_letter(&plugin, topic, record, &failure, self.max_record_bytes);
-                    pending_bytes += payload_size(&letter);
+                    pending_bytes += letter.payload_size();
                     dead_letters.push(letter);
                     last_error = Some(message.clone());
                     if consecutive >= self.cfg.max_consecutive_failures {
@@ -958,11 +988,11 @@ impl Worker {
         let mut to_sync = Vec::new();
         for (topic, records) in self.outputs.iter().zip(outputs) {
             if !records.is_empty() {
-                if let Err(e) = topic.append(records) {
-                    return Step::HostError(format!(
-                        "appending to output {} failed: {e}",
-                        topic.name()
-                    ));
+                if let Err(source) = topic.append(records) {
+                    return Step::HostError(RunnerError::Append {
+                        topic: topic.name().to_string(),
+                        source,
+                    });
                 }
                 if matches!(topic.fsync_policy(), FsyncPolicy::Interval { .. }) {
                     to_sync.push(topic);
@@ -972,17 +1002,20 @@ impl Worker {
         // An `interval` output is readable (a sink can send the verdict) before its fsync; it
         // is made durable here, before the commit moves the offsets past its inputs.
         for topic in to_sync {
-            if let Err(e) = topic.sync() {
-                return Step::HostError(format!("syncing output {} failed: {e}", topic.name()));
+            if let Err(source) = topic.sync() {
+                return Step::HostError(RunnerError::Sync {
+                    topic: topic.name().to_string(),
+                    source,
+                });
             }
         }
         let letters = dead_letters.len() as u64;
         if !dead_letters.is_empty() {
-            if let Err(e) = self.dlq.append(dead_letters) {
-                return Step::HostError(format!(
-                    "appending to dead-letter topic {} failed: {e}",
-                    self.dlq.name()
-                ));
+            if let Err(source) = self.dlq.append(dead_letters) {
+                return Step::HostError(RunnerError::DeadLetter {
+                    topic: self.dlq.name().to_string(),
+                    source,
+                });
             }
         }
         let commit = Commit {
@@ -998,7 +1031,7 @@ impl Worker {
             ops: self.instance.take_state_ops(),
         };
         if let Err(e) = self.state.commit(&commit) {
-            return Step::HostError(format!("committing state and offsets failed: {e}"));
+            return Step::HostError(RunnerError::Commit(e));
         }
         self.instance.committed(commit.ops);
         {
@@ -1057,6 +1090,7 @@ mod tests {
 
     fn failure() -> CallFailure {
         CallFailure {
+            plugin: "p".into(),
             kind: FailureKind::Deadline,
             message: "too slow".into(),
         }
@@ -1105,12 +1139,11 @@ mod tests {
         let letter = dead_letter("p", "in", record(5000), &failure(), 1000);
         assert!(letter.value.is_empty());
         assert_eq!(header(&letter, HEADER_DLQ_VALUE_DROPPED), [b"5000"]);
-        assert!(payload_size(&letter) <= 1000);
+        assert!(letter.payload_size() <= 1000);
         assert_eq!(header(&letter, HEADER_ERROR).len(), 1);
     }
 
     #[test]
-    #[allow(clippy::unwrap_used, clippy::panic)]
     fn interval_outputs_are_durable_before_the_input_offsets_move() {
         use crate::log::{LogConfig, TopicConfig};
         let dir = tempfile::tempdir().unwrap();

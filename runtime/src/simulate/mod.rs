@@ -13,9 +13,10 @@
 //! [`generate`] makes the traffic (pure and seeded); [`drive`] sends it and tracks the answers.
 
 pub mod drive;
+pub mod fridge;
 pub mod generate;
 
-use crate::kernel::{now_ms, Shutdown};
+use crate::kernel::{now_ms, Context, Shutdown};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -342,35 +343,6 @@ async fn wait_for_signal() {
     }
 }
 
-/// Adds the simulated devices to `config` (the Modbus fridge, served on a loopback port by a
-/// task spawned here) before the box starts, and fills in `simulate.store_id`.
-pub async fn prepare_box(config: &mut crate::config::Config) -> Result<(), SimulateError> {
-    if config.simulate.store_id.is_none() {
-        config.simulate.store_id = Some(config.edge.store_id.clone());
-    }
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .map_err(SimulateError::FridgeBind)?;
-    let addr = listener.local_addr().map_err(SimulateError::FridgeBind)?;
-    tokio::spawn(async move {
-        if let Err(e) = crate::ingest::modbus_sim::serve_simulated_fridge(listener).await {
-            tracing::warn!(error = %e, "The simulated fridge stopped serving.");
-        }
-    });
-    // `fridge` unless the config already has a device of that name.
-    let taken = |name: &str| config.modbus.devices.iter().any(|d| d.name == name);
-    let name = if taken("fridge") {
-        "fridge-sim"
-    } else {
-        "fridge"
-    };
-    let device = crate::ingest::modbus_sim::simulated_fridge_device(name, addr);
-    tracing::info!(device = name, topic = %device.topic_name(), modbus = %addr,
-        "The simulated fridge joins the Modbus devices.");
-    config.modbus.devices.push(device);
-    Ok(())
-}
-
 /// Where to reach a listener bound to `addr` (an unspecified address means loopback).
 fn reachable(addr: SocketAddr) -> (String, u16) {
     let ip = match addr.ip() {
@@ -405,12 +377,14 @@ fn log_summary(s: &Summary, last: bool) {
     );
 }
 
-/// Generates demo traffic against the box's own MQTT listener `mqtt` until `shutdown`.
+/// Generates demo traffic against the box's own MQTT listener `mqtt` until the box stops;
+/// events carry `simulate.store_id`, or the box's own store id.
 pub async fn run_in_box(
+    ctx: Context,
     config: SimulateConfig,
     mqtt: Option<SocketAddr>,
-    shutdown: Shutdown,
 ) -> Result<(), SimulateError> {
+    let shutdown = ctx.shutdown.clone();
     let Some(addr) = mqtt else {
         tracing::warn!(
             "Demo traffic needs the embedded MQTT broker (mqtt.broker.enabled); only the simulated fridge runs."
@@ -422,7 +396,7 @@ pub async fn run_in_box(
     let store_id = config
         .store_id
         .clone()
-        .unwrap_or_else(|| "store-0001".into());
+        .unwrap_or_else(|| ctx.identity.store_id().to_string());
     let options = DriveOptions {
         host,
         port,

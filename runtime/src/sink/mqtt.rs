@@ -27,9 +27,9 @@ use tokio::sync::mpsc;
 use crate::ingest::mqtt::client::{self, AbortOnDrop, ClientSettings};
 use crate::ingest::mqtt::config::{parse_sink_template, SinkConfig, StartAt, TemplatePart};
 use crate::ingest::mqtt::MqttError;
-use crate::kernel::{Backoff, Shutdown};
+use crate::kernel::{Backoff, Context, Shutdown};
 use crate::kernel::{Link, StatusBoard};
-use crate::log::{Log, LogError, Topic};
+use crate::log::{LogError, Topic};
 use crate::state::{Commit, StateError, StateStore};
 
 /// How long to wait for the broker's CONNACK.
@@ -118,13 +118,17 @@ struct Sink {
 /// Runs one `[[mqtt.sinks]]` entry until shutdown. `embedded` is the embedded broker's
 /// loopback address, used when the sink has no `host`.
 pub async fn run_sink(
+    ctx: Context,
     cfg: SinkConfig,
     embedded: Option<SocketAddr>,
-    log: Log,
-    state: StateStore,
-    board: StatusBoard,
-    shutdown: Shutdown,
 ) -> Result<(), SinkError> {
+    let Context {
+        log,
+        state,
+        sinks: board,
+        shutdown,
+        ..
+    } = ctx;
     let name = format!("mqtt:{}", cfg.name);
     let consumer = format!("sink:mqtt:{}", cfg.name);
     let parts = parse_sink_template(&cfg.mqtt_topic).map_err(SinkError::Template)?;

@@ -78,6 +78,7 @@ use std::time::Instant;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
+use crate::kernel::{read_lock, write_lock};
 use crate::log::RetentionGuard;
 use crate::metrics::{Counter, Gauge};
 
@@ -254,14 +255,6 @@ impl Metrics {
             ),
         }
     }
-}
-
-fn lock_read(lock: &RwLock<()>) -> std::sync::RwLockReadGuard<'_, ()> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn lock_write(lock: &RwLock<()>) -> std::sync::RwLockWriteGuard<'_, ()> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// How long [`StateStore::open`] waits for a store whose files are locked.
@@ -603,7 +596,7 @@ impl StateStore {
             .collect();
         let namespace = commit.namespace.as_str();
         let inner = &self.inner;
-        let _shared = lock_read(&inner.reset_lock);
+        let _shared = read_lock(&inner.reset_lock);
         let result = (&inner.offsets, &inner.state).transaction(|(offsets_tx, state_tx)| {
             for (key, value) in &offsets {
                 offsets_tx.insert(key.as_slice(), &value[..])?;
@@ -661,7 +654,7 @@ impl StateStore {
         keys::check_name("consumer", consumer)?;
         let inner = &self.inner;
         {
-            let _exclusive = lock_write(&inner.reset_lock);
+            let _exclusive = write_lock(&inner.reset_lock);
             let state_keys = inner
                 .state
                 .scan_prefix(keys::namespace_prefix(namespace))

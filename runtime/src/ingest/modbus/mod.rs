@@ -40,9 +40,7 @@ pub use config::{
     DeviceConfig, ModbusConfig, Order, Parity, PointConfig, RegisterKind, Transport, ValueType,
 };
 
-use crate::kernel::Shutdown;
-use crate::kernel::StatusBoard;
-use crate::log::Log;
+use crate::kernel::Context;
 
 /// Errors of the Modbus source.
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +53,14 @@ pub enum ModbusError {
     Task(String),
 }
 
-/// Validates `config`, registers every device on `board` and polls each on its own task until
-/// `shutdown` turns true. Returns once every task has stopped (with no devices: once shutdown
+/// Validates `config`, registers every device on the context's source board and polls each on its own task until
+/// the box stops. Returns once every task has stopped (with no devices: once shutdown
 /// is requested, so that it can run as an `outpost run` component either way).
 pub fn run(
+    ctx: &Context,
     config: ModbusConfig,
-    log: Log,
-    board: StatusBoard,
-    shutdown: Shutdown,
 ) -> impl std::future::Future<Output = Result<(), ModbusError>> {
+    let (log, board, shutdown) = (&ctx.log, &ctx.sources, ctx.shutdown.clone());
     // Registered here, before the future is first polled: the status lists every configured
     // device from the moment the caller has this future.
     let tasks = config

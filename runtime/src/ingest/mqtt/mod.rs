@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 use self::client::ClientSettings;
 use self::config::{MqttConfig, SourceConfig};
 use self::route::{Route, Routes};
-use crate::kernel::{now_ms, Backoff, Shutdown};
+use crate::kernel::{now_ms, Backoff, Context, Shutdown};
 use crate::kernel::{Link, StatusBoard};
 use crate::log::{Log, LogError, NewRecord};
 
@@ -95,13 +95,8 @@ pub struct Started {
 
 /// Starts the embedded broker and binds the device listener (when enabled), and returns the
 /// tasks to run: the listener, a watch on the broker, one task per source.
-pub async fn start(
-    config: &MqttConfig,
-    max_record_bytes: usize,
-    log: &Log,
-    board: &StatusBoard,
-    shutdown: &Shutdown,
-) -> Result<(Started, Vec<Task>), MqttError> {
+pub async fn start(ctx: &Context, config: &MqttConfig) -> Result<(Started, Vec<Task>), MqttError> {
+    let (log, board, shutdown) = (&ctx.log, &ctx.sources, &ctx.shutdown);
     let mut tasks: Vec<Task> = Vec::new();
     let mut started = Started {
         embedded: None,
@@ -167,13 +162,7 @@ pub async fn start(
         ));
     }
     for source in &config.sources {
-        let task = run_source(
-            source.clone(),
-            max_record_bytes,
-            log.clone(),
-            board.clone(),
-            shutdown.clone(),
-        );
+        let task = run_source(ctx.clone(), source.clone());
         tasks.push(("mqtt-source", Box::pin(task)));
     }
     Ok((started, tasks))
@@ -226,13 +215,14 @@ const ACKS_SKIPPED_HELP: &str =
 
 /// Runs one `[[mqtt.sources]]` entry until shutdown: connects (and reconnects with backoff),
 /// subscribes, stores and acknowledges.
-pub async fn run_source(
-    cfg: SourceConfig,
-    max_record_bytes: usize,
-    log: Log,
-    board: StatusBoard,
-    shutdown: Shutdown,
-) -> Result<(), MqttError> {
+pub async fn run_source(ctx: Context, cfg: SourceConfig) -> Result<(), MqttError> {
+    let max_record_bytes = ctx.log.max_record_bytes();
+    let Context {
+        log,
+        sources: board,
+        shutdown,
+        ..
+    } = ctx;
     let name = format!("mqtt:{}", cfg.name);
     let routes = build_routes(
         cfg.filters
@@ -450,15 +440,6 @@ struct Appender {
     shutdown: Shutdown,
 }
 
-fn record_size(r: &NewRecord) -> usize {
-    r.key.as_ref().map_or(0, Vec::len)
-        + r.value.len()
-        + r.headers
-            .iter()
-            .map(|(n, v)| n.len() + v.len())
-            .sum::<usize>()
-}
-
 /// Stores batches of messages and acknowledges them once stored.
 async fn append_loop(mut a: Appender) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
@@ -493,7 +474,7 @@ async fn append_loop(mut a: Appender) {
                     continue;
                 }
             };
-            let size = record_size(&mapped.record);
+            let size = mapped.record.payload_size();
             if size > a.max_record_bytes {
                 refused += 1;
                 tracing::error!(source = %a.name, topic = %topic, bytes = size, limit = a.max_record_bytes, "A message is larger than `log.max_record_bytes`; it is acknowledged without being stored.");

@@ -63,9 +63,7 @@ mod server;
 
 pub use config::{ItemConfig, OpcuaConfig, SecurityMode, SecurityPolicy, ServerConfig};
 
-use crate::kernel::Shutdown;
-use crate::kernel::StatusBoard;
-use crate::log::Log;
+use crate::kernel::Context;
 
 /// Errors of the OPC-UA source.
 #[derive(Debug, thiserror::Error)]
@@ -78,15 +76,14 @@ pub enum OpcuaError {
     Task(String),
 }
 
-/// Validates `config`, registers every server on `board` and runs each on its own task until
-/// `shutdown` turns true. Returns once every task has stopped (with no servers: once shutdown
+/// Validates `config`, registers every server on the context's source board and runs each on its own task until
+/// the box stops. Returns once every task has stopped (with no servers: once shutdown
 /// is requested).
 pub fn run(
+    ctx: &Context,
     config: OpcuaConfig,
-    log: Log,
-    board: StatusBoard,
-    shutdown: Shutdown,
 ) -> impl std::future::Future<Output = Result<(), OpcuaError>> {
+    let (log, board, shutdown) = (&ctx.log, &ctx.sources, ctx.shutdown.clone());
     // Registered here, before the future is first polled: the status lists every configured
     // server from the moment the caller has this future.
     let tasks = config

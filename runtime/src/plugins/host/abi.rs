@@ -7,91 +7,184 @@
 //! dead letter's error names the refusal. Emits and state writes of a call are buffered and only
 //! kept when the call returns 0 (see `Instance::call`).
 
+use outpost_sdk::abi::Refusal;
 use wasmtime::{Caller, Linker};
 
 use super::guest_log::{truncate_utf8, LogLevel, LogSource};
 use super::store::{guest_slice, guest_slice_mut, Emitted, Phase, StoreData};
+use crate::state::StateError;
 
 /// The import module name.
 pub(crate) const MODULE: &str = "outpost";
 
 // The ABI's numbers (version, status codes, per-call limits, the reserved header prefix, the
-// "no key" length) are the SDK's own constants, so host and guests cannot drift apart.
+// "no key" length), its byte encodings and its refusal rules are the SDK's own (`sdk/src/abi.rs`),
+// so host and guests cannot drift apart.
 pub use outpost_sdk::abi::{limits, status, ABI_VERSION, NO_KEY, RESERVED_HEADER_PREFIX};
 
-/// Encodes one input record for `outpost_on_record` into `out` (cleared first):
-/// `u32 topic_len, topic, u64 offset, u64 timestamp_ms, u32 key_len (0xFFFFFFFF = none), key,
-/// u32 value_len, value, u32 header_count, (u32 name_len, name, u32 value_len, value)*`, all
-/// little-endian.
+/// Why the host refused an `outpost` import: the call returns [`AbiError::status`] and changes
+/// nothing, and if the guest then fails the record, the dead letter's error names the refusal.
+#[derive(Debug, thiserror::Error)]
+pub enum AbiError {
+    /// An emit or state write during init.
+    #[error("{call} during init: writes are not allowed during init")]
+    WriteDuringInit { call: &'static str },
+    /// A pointer/length pair outside the guest's memory.
+    #[error("{call}: the {what} pointer is outside memory")]
+    OutsideMemory {
+        call: &'static str,
+        what: &'static str,
+    },
+    /// `state_get`'s output buffer is outside the guest's memory.
+    #[error("state_get: the output buffer is outside memory")]
+    OutputBufferOutsideMemory,
+    /// The topic of an emit is not UTF-8.
+    #[error("emit: the topic name is not UTF-8")]
+    TopicNotUtf8,
+    /// The topic of an emit is empty or too long.
+    #[error("emit: topic names must be 1 to {} bytes", limits::MAX_TOPIC_LEN)]
+    TopicLength,
+    /// An emit to a topic the manifest does not declare.
+    #[error("emit to {topic:?} denied: the topic is not a declared output (outputs: {outputs:?})")]
+    NotAnOutput { topic: String, outputs: Vec<String> },
+    /// A malformed header block.
+    #[error("emit: {0}")]
+    Headers(#[source] outpost_sdk::Error),
+    /// An emitted record over `max_record_bytes`.
+    #[error("emit to {topic:?}: the record is {size} bytes with the host's headers, over the limit of {limit} bytes")]
+    RecordTooLarge {
+        topic: String,
+        size: usize,
+        limit: usize,
+    },
+    /// Over the per-call emit budget.
+    #[error(
+        "emit to {topic:?}: one call may emit at most {} records and {} bytes",
+        limits::MAX_EMITS_PER_CALL,
+        limits::MAX_EMIT_BYTES_PER_CALL
+    )]
+    EmitBudget { topic: String },
+    /// State calls without `state = true`.
+    #[error("{call} denied: the manifest does not grant state (`state = true`)")]
+    StateNotGranted { call: &'static str },
+    /// An empty state key.
+    #[error("{call}: state keys must not be empty")]
+    EmptyStateKey { call: &'static str },
+    /// A state key over `max_state_key_bytes`.
+    #[error("{call}: the key is {len} bytes, over the limit of {limit} bytes")]
+    StateKeyTooLarge {
+        call: &'static str,
+        len: usize,
+        limit: usize,
+    },
+    /// A state value over `max_state_value_bytes`.
+    #[error("state_put: the value is {len} bytes, over the limit of {limit} bytes")]
+    StateValueTooLarge { len: usize, limit: usize },
+    /// A stored value too large to hand to a wasm32 guest.
+    #[error("state_get: the value is over 2 GiB")]
+    ValueOver2GiB,
+    /// Over the per-call state budget.
+    #[error(
+        "{call}: one call may write at most {} bytes of state",
+        limits::MAX_STATE_BYTES_PER_CALL
+    )]
+    StateBudget { call: &'static str },
+    /// Reading committed state failed (INTERNAL: the call fails whatever the guest returns).
+    #[error("state_get: reading the state store failed: {0}")]
+    StateStore(#[source] StateError),
+}
+
+impl AbiError {
+    /// The status the import returns.
+    pub fn status(&self) -> i32 {
+        match self {
+            AbiError::WriteDuringInit { .. }
+            | AbiError::NotAnOutput { .. }
+            | AbiError::StateNotGranted { .. } => status::DENIED,
+            AbiError::OutsideMemory { .. }
+            | AbiError::OutputBufferOutsideMemory
+            | AbiError::TopicNotUtf8
+            | AbiError::TopicLength
+            | AbiError::Headers(_)
+            | AbiError::EmptyStateKey { .. } => status::INVALID,
+            AbiError::RecordTooLarge { .. }
+            | AbiError::EmitBudget { .. }
+            | AbiError::StateKeyTooLarge { .. }
+            | AbiError::StateValueTooLarge { .. }
+            | AbiError::ValueOver2GiB
+            | AbiError::StateBudget { .. } => status::TOO_LARGE,
+            AbiError::StateStore(_) => status::INTERNAL,
+        }
+    }
+
+    /// The host's wording of a refusal by the ABI's shared rules (`outpost_sdk::abi`).
+    fn from_rule(call: &'static str, topic: &str, refusal: Refusal) -> AbiError {
+        match refusal {
+            Refusal::WriteDuringInit => AbiError::WriteDuringInit { call },
+            Refusal::TopicLength { .. } => AbiError::TopicLength,
+            Refusal::StateNotGranted => AbiError::StateNotGranted { call },
+            Refusal::EmptyStateKey => AbiError::EmptyStateKey { call },
+            Refusal::StateKeyTooLarge { len, limit } => {
+                AbiError::StateKeyTooLarge { call, len, limit }
+            }
+            Refusal::StateValueTooLarge { len, limit } => {
+                AbiError::StateValueTooLarge { len, limit }
+            }
+            Refusal::RecordTooLarge { len, limit } => AbiError::RecordTooLarge {
+                topic: topic.to_string(),
+                size: len,
+                limit,
+            },
+            Refusal::EmitBudget => AbiError::EmitBudget {
+                topic: topic.to_string(),
+            },
+            // `Refusal` is non-exhaustive; today the only one left is the state budget.
+            _ => AbiError::StateBudget { call },
+        }
+    }
+}
+
+/// Encodes one input record for `outpost_on_record` into `out` (cleared first), in the SDK's
+/// v1 record encoding (`outpost_sdk::abi::encode_record`).
 pub(crate) fn encode_record(out: &mut Vec<u8>, topic: &str, record: &crate::log::Record) {
-    fn put(out: &mut Vec<u8>, bytes: &[u8]) {
-        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(bytes);
-    }
     out.clear();
-    put(out, topic.as_bytes());
-    out.extend_from_slice(&record.offset.to_le_bytes());
-    out.extend_from_slice(&record.timestamp_ms.to_le_bytes());
-    match &record.key {
-        Some(key) => put(out, key),
-        None => out.extend_from_slice(&NO_KEY.to_le_bytes()),
-    }
-    put(out, &record.value);
-    out.extend_from_slice(&(record.headers.len() as u32).to_le_bytes());
-    for (name, value) in &record.headers {
-        put(out, name.as_bytes());
-        put(out, value);
-    }
+    outpost_sdk::abi::encode_record_fields(
+        out,
+        topic,
+        record.offset,
+        record.timestamp_ms,
+        record.key.as_deref(),
+        &record.value,
+        record
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice())),
+    );
 }
 
 /// Record headers: (name, value) pairs in order.
 type Headers = Vec<(String, Vec<u8>)>;
 
-/// Decodes an `emit` header block: `u32 count`, then `(u32 len, name, u32 len, value)` per
-/// header, nothing after. Reserved (`outpost-`) names are dropped. Returns the kept headers
-/// and their size as the log counts it (names + values).
-fn decode_headers(block: &[u8]) -> Result<(Headers, usize), &'static str> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        if b.len() < n {
-            return None;
-        }
-        let (head, rest) = b.split_at(n);
-        *b = rest;
-        Some(head)
-    }
-    fn len(b: &mut &[u8]) -> Option<usize> {
-        take(b, 4).map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]) as usize)
-    }
-    let mut b = block;
-    if b.is_empty() {
-        return Ok((Vec::new(), 0));
-    }
-    let count = len(&mut b).ok_or("the header block is shorter than its count")?;
-    if count > b.len() / 8 {
-        return Err("the header count does not fit the header block");
-    }
-    let mut headers = Vec::with_capacity(count);
+/// Decodes an `emit` header block with the SDK's decoder (`u32 count`, then
+/// `(u32 len, name, u32 len, value)` per header, nothing after). Reserved (`outpost-`) names
+/// are dropped. Returns the kept headers and their size as the log counts it (names + values).
+fn decode_headers(block: &[u8]) -> Result<(Headers, usize), AbiError> {
+    let decoded = outpost_sdk::abi::decode_headers(block).map_err(AbiError::Headers)?;
+    let mut headers = Vec::with_capacity(decoded.len());
     let mut size = 0;
-    for _ in 0..count {
-        let n = len(&mut b).ok_or("a header name length is cut off")?;
-        let name = take(&mut b, n).ok_or("a header name is cut off")?;
-        let name = std::str::from_utf8(name).map_err(|_| "a header name is not UTF-8")?;
-        let n = len(&mut b).ok_or("a header value length is cut off")?;
-        let value = take(&mut b, n).ok_or("a header value is cut off")?;
-        if !name.starts_with(RESERVED_HEADER_PREFIX) {
-            size += name.len() + value.len();
-            headers.push((name.to_string(), value.to_vec()));
+    for h in decoded {
+        if !outpost_sdk::abi::is_reserved_header(h.name) {
+            size += h.name.len() + h.value.len();
+            headers.push((h.name.to_string(), h.value.to_vec()));
         }
-    }
-    if !b.is_empty() {
-        return Err("the header block has bytes after its last header");
     }
     Ok((headers, size))
 }
 
 /// Remembers a refusal for the failure message and returns its status.
-fn refuse(data: &mut StoreData, code: i32, why: String) -> i32 {
-    data.call.refused = Some(why);
+fn refuse(data: &mut StoreData, error: AbiError) -> i32 {
+    let code = error.status();
+    data.call.refused = Some(error);
     code
 }
 
@@ -123,104 +216,63 @@ fn emit(
 ) -> i32 {
     with_memory(&mut caller, |mem, data| {
         if data.phase == Phase::Init {
-            return refuse(
-                data,
-                status::DENIED,
-                "emit during init: writes are not allowed during init".into(),
-            );
+            return refuse(data, AbiError::WriteDuringInit { call: "emit" });
         }
+        let outside = |what| AbiError::OutsideMemory { call: "emit", what };
         let Some(topic) = guest_slice(mem, topic_ptr, topic_len) else {
-            return refuse(
-                data,
-                status::INVALID,
-                "emit: the topic pointer is outside memory".into(),
-            );
+            return refuse(data, outside("topic"));
         };
         let Ok(topic) = std::str::from_utf8(topic) else {
-            return refuse(
-                data,
-                status::INVALID,
-                "emit: the topic name is not UTF-8".into(),
-            );
+            return refuse(data, AbiError::TopicNotUtf8);
         };
-        if topic.is_empty() || topic.len() > limits::MAX_TOPIC_LEN {
-            return refuse(
-                data,
-                status::INVALID,
-                format!(
-                    "emit: topic names must be 1 to {} bytes",
-                    limits::MAX_TOPIC_LEN
-                ),
-            );
+        if let Err(rule) = outpost_sdk::abi::check_topic(topic) {
+            return refuse(data, AbiError::from_rule("emit", topic, rule));
         }
         let Some(output) = data.grants.outputs.iter().position(|o| o == topic) else {
-            let why = format!(
-                "emit to {topic:?} denied: the topic is not a declared output (outputs: {:?})",
-                data.grants.outputs
-            );
-            return refuse(data, status::DENIED, why);
+            let error = AbiError::NotAnOutput {
+                topic: topic.to_string(),
+                outputs: data.grants.outputs.clone(),
+            };
+            return refuse(data, error);
         };
         let key = if key_len == -1 {
             None
         } else {
             match guest_slice(mem, key_ptr, key_len) {
                 Some(k) => Some(k),
-                None => {
-                    return refuse(
-                        data,
-                        status::INVALID,
-                        "emit: the key pointer is outside memory".into(),
-                    )
-                }
+                None => return refuse(data, outside("key")),
             }
         };
         let Some(value) = guest_slice(mem, value_ptr, value_len) else {
-            return refuse(
-                data,
-                status::INVALID,
-                "emit: the value pointer is outside memory".into(),
-            );
+            return refuse(data, outside("value"));
         };
         let block = if headers_len == 0 {
             &[][..]
         } else {
             match guest_slice(mem, headers_ptr, headers_len) {
                 Some(b) => b,
-                None => {
-                    return refuse(
-                        data,
-                        status::INVALID,
-                        "emit: the headers pointer is outside memory".into(),
-                    )
-                }
+                None => return refuse(data, outside("headers")),
             }
         };
         let (headers, header_bytes) = match decode_headers(block) {
             Ok(h) => h,
-            Err(why) => return refuse(data, status::INVALID, format!("emit: {why}")),
+            Err(error) => return refuse(data, error),
         };
-        let key_bytes = key.map_or(0, <[u8]>::len);
-        let abi_size = key_bytes + value.len() + block.len();
-        let log_size = key_bytes + value.len() + header_bytes + data.call.provenance_bytes;
+        let abi_size = outpost_sdk::abi::emit_record_len(key, value, block.len());
+        let log_size =
+            key.map_or(0, <[u8]>::len) + value.len() + header_bytes + data.call.provenance_bytes;
         let limit = data.grants.max_record_bytes;
         if abi_size.max(log_size) > limit {
-            let why = format!(
-                "emit to {topic:?}: the record is {} bytes with the host's headers, over the limit of {limit} bytes",
-                abi_size.max(log_size)
-            );
-            return refuse(data, status::TOO_LARGE, why);
+            let error = AbiError::RecordTooLarge {
+                topic: topic.to_string(),
+                size: abi_size.max(log_size),
+                limit,
+            };
+            return refuse(data, error);
         }
-        if data.call.emits.len() >= limits::MAX_EMITS_PER_CALL
-            || data.call.emit_bytes + abi_size > limits::MAX_EMIT_BYTES_PER_CALL
-        {
-            let why = format!(
-                "emit to {topic:?}: one call may emit at most {} records and {} bytes",
-                limits::MAX_EMITS_PER_CALL,
-                limits::MAX_EMIT_BYTES_PER_CALL
-            );
-            return refuse(data, status::TOO_LARGE, why);
+        if let Err(rule) = data.call.budget.emit(abi_size) {
+            return refuse(data, AbiError::from_rule("emit", topic, rule));
         }
-        data.call.emit_bytes += abi_size;
         data.call.emits.push(Emitted {
             output,
             key: key.map(<[u8]>::to_vec),
@@ -235,38 +287,20 @@ fn emit(
 fn check_state_key<'m>(
     data: &mut StoreData,
     mem: &'m [u8],
-    op: &str,
+    call: &'static str,
     key_ptr: i32,
     key_len: i32,
 ) -> Result<&'m [u8], i32> {
     if !data.grants.state {
-        return Err(refuse(
-            data,
-            status::DENIED,
-            format!("{op} denied: the manifest does not grant state (`state = true`)"),
-        ));
+        return Err(refuse(data, AbiError::StateNotGranted { call }));
     }
     let Some(key) = guest_slice(mem, key_ptr, key_len) else {
-        return Err(refuse(
-            data,
-            status::INVALID,
-            format!("{op}: the key pointer is outside memory"),
-        ));
+        return Err(refuse(data, AbiError::OutsideMemory { call, what: "key" }));
     };
-    if key.is_empty() {
-        return Err(refuse(
-            data,
-            status::INVALID,
-            format!("{op}: state keys must not be empty"),
-        ));
-    }
-    if key.len() > data.grants.max_state_key_bytes {
-        let why = format!(
-            "{op}: the key is {} bytes, over the limit of {} bytes",
-            key.len(),
-            data.grants.max_state_key_bytes
-        );
-        return Err(refuse(data, status::TOO_LARGE, why));
+    if let Err(rule) =
+        outpost_sdk::abi::check_state_key(data.grants.state, key, data.grants.max_state_key_bytes)
+    {
+        return Err(refuse(data, AbiError::from_rule(call, "", rule)));
     }
     Ok(key)
 }
@@ -282,12 +316,10 @@ fn known<'d>(data: &'d StoreData, key: &[u8]) -> Option<&'d Option<Vec<u8>>> {
 }
 
 /// Reads `key` from the state store (committed state) and remembers it in the cache.
-fn load(data: &mut StoreData, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+fn load(data: &mut StoreData, key: &[u8]) -> Result<Option<Vec<u8>>, AbiError> {
     match &data.state {
         Some(store) => {
-            let value = store
-                .get(&data.plugin, key)
-                .map_err(|e| format!("state_get: reading the state store failed: {e}"))?;
+            let value = store.get(&data.plugin, key).map_err(AbiError::StateStore)?;
             data.cache.insert(key.to_vec(), value.clone());
             Ok(value)
         }
@@ -306,11 +338,7 @@ fn give(
     out_cap: i32,
 ) -> i32 {
     let Ok(len) = i32::try_from(value.len()) else {
-        return refuse(
-            data,
-            status::TOO_LARGE,
-            "state_get: the value is over 2 GiB".into(),
-        );
+        return refuse(data, AbiError::ValueOver2GiB);
     };
     if value.len() > out_cap as u32 as usize {
         data.call.last_get = Some((key.to_vec(), value.to_vec()));
@@ -321,11 +349,7 @@ fn give(
             dst.copy_from_slice(value);
             len
         }
-        None => refuse(
-            data,
-            status::INVALID,
-            "state_get: the output buffer is outside memory".into(),
-        ),
+        None => refuse(data, AbiError::OutputBufferOutsideMemory),
     }
 }
 
@@ -383,9 +407,9 @@ fn state_get_key(
         None => match load(data, key) {
             Ok(Some(v)) => v,
             Ok(None) => return status::NOT_FOUND,
-            Err(why) => {
-                data.call.internal = Some(why.clone());
-                return refuse(data, status::INTERNAL, why);
+            Err(error) => {
+                data.call.internal = Some(error.to_string());
+                return refuse(data, error);
             }
         },
     };
@@ -401,40 +425,24 @@ fn state_put(
 ) -> i32 {
     with_memory(&mut caller, |mem, data| {
         if data.phase == Phase::Init {
-            return refuse(
-                data,
-                status::DENIED,
-                "state_put during init: writes are not allowed during init".into(),
-            );
+            return refuse(data, AbiError::WriteDuringInit { call: "state_put" });
         }
         let key = match check_state_key(data, mem, "state_put", key_ptr, key_len) {
             Ok(k) => k,
             Err(code) => return code,
         };
         let Some(value) = guest_slice(mem, value_ptr, value_len) else {
-            return refuse(
-                data,
-                status::INVALID,
-                "state_put: the value pointer is outside memory".into(),
-            );
+            let error = AbiError::OutsideMemory {
+                call: "state_put",
+                what: "value",
+            };
+            return refuse(data, error);
         };
-        if value.len() > data.grants.max_state_value_bytes {
-            let why = format!(
-                "state_put: the value is {} bytes, over the limit of {} bytes",
-                value.len(),
-                data.grants.max_state_value_bytes
-            );
-            return refuse(data, status::TOO_LARGE, why);
+        let rules = outpost_sdk::abi::check_state_value(value, data.grants.max_state_value_bytes)
+            .and_then(|()| data.call.budget.state_write(key.len() + value.len()));
+        if let Err(rule) = rules {
+            return refuse(data, AbiError::from_rule("state_put", "", rule));
         }
-        let bytes = key.len() + value.len();
-        if data.call.state_bytes + bytes > limits::MAX_STATE_BYTES_PER_CALL {
-            let why = format!(
-                "state_put: one call may write at most {} bytes of state",
-                limits::MAX_STATE_BYTES_PER_CALL
-            );
-            return refuse(data, status::TOO_LARGE, why);
-        }
-        data.call.state_bytes += bytes;
         data.call.last_get = None;
         match data.call.writes.get_mut(key) {
             Some(slot) => match slot {
@@ -457,22 +465,18 @@ fn state_delete(mut caller: Caller<'_, StoreData>, key_ptr: i32, key_len: i32) -
         if data.phase == Phase::Init {
             return refuse(
                 data,
-                status::DENIED,
-                "state_delete during init: writes are not allowed during init".into(),
+                AbiError::WriteDuringInit {
+                    call: "state_delete",
+                },
             );
         }
         let key = match check_state_key(data, mem, "state_delete", key_ptr, key_len) {
             Ok(k) => k,
             Err(code) => return code,
         };
-        if data.call.state_bytes + key.len() > limits::MAX_STATE_BYTES_PER_CALL {
-            let why = format!(
-                "state_delete: one call may write at most {} bytes of state",
-                limits::MAX_STATE_BYTES_PER_CALL
-            );
-            return refuse(data, status::TOO_LARGE, why);
+        if let Err(rule) = data.call.budget.state_write(key.len()) {
+            return refuse(data, AbiError::from_rule("state_delete", "", rule));
         }
-        data.call.state_bytes += key.len();
         data.call.last_get = None;
         data.call.writes.insert(key.to_vec(), None);
         0
@@ -497,8 +501,10 @@ fn log(mut caller: Caller<'_, StoreData>, level: i32, ptr: i32, len: i32) {
             None => {
                 refuse(
                     data,
-                    status::INVALID,
-                    "log: the message pointer is outside memory".into(),
+                    AbiError::OutsideMemory {
+                        call: "log",
+                        what: "message",
+                    },
                 );
             }
         }
@@ -513,8 +519,10 @@ fn set_error(mut caller: Caller<'_, StoreData>, ptr: i32, len: i32) {
             None => {
                 refuse(
                     data,
-                    status::INVALID,
-                    "set_error: the message pointer is outside memory".into(),
+                    AbiError::OutsideMemory {
+                        call: "set_error",
+                        what: "message",
+                    },
                 );
             }
         }
@@ -523,7 +531,7 @@ fn set_error(mut caller: Caller<'_, StoreData>, ptr: i32, len: i32) {
 }
 
 fn now_ms() -> i64 {
-    super::guest_log::now_ms() as i64
+    crate::kernel::now_ms() as i64
 }
 
 /// Adds the `outpost` imports to `linker`.

@@ -129,15 +129,31 @@ impl ModuleCache {
     }
 
     /// Writes `module`'s compiled form for the wasm with this SHA-256.
-    pub(crate) fn store(&self, module: &Module, wasm_sha256: &[u8; 32]) -> Result<PathBuf, String> {
-        let payload = module
-            .serialize()
-            .map_err(|e| format!("serializing the compiled module failed: {e}"))?;
+    pub(crate) fn store(
+        &self,
+        module: &Module,
+        wasm_sha256: &[u8; 32],
+    ) -> Result<PathBuf, CacheError> {
+        let payload = module.serialize().map_err(CacheError::Serialize)?;
         let path = self.path(wasm_sha256);
-        write_atomically(&self.dir, &path, &payload)
-            .map_err(|e| format!("writing {} failed: {e}", path.display()))?;
-        Ok(path)
+        match write_atomically(&self.dir, &path, &payload) {
+            Ok(()) => Ok(path),
+            Err(source) => Err(CacheError::Write { path, source }),
+        }
     }
+}
+
+/// Why a compiled module could not be cached (the module is compiled again on the next start).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CacheError {
+    #[error("serializing the compiled module failed: {0}")]
+    Serialize(#[source] wasmtime::Error),
+    #[error("writing {} failed: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn write_atomically(dir: &Path, path: &Path, payload: &[u8]) -> std::io::Result<()> {

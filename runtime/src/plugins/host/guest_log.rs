@@ -85,13 +85,6 @@ struct Inner {
     suppressed: u64,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Cuts `s` to at most `max` bytes at a character boundary.
 pub(crate) fn truncate_utf8(s: &mut String, max: usize) {
     if s.len() > max {
@@ -165,7 +158,7 @@ impl GuestLog {
             inner.ring.pop_front();
         }
         inner.ring.push_back(LogLine {
-            ts_ms: now_ms(),
+            ts_ms: crate::kernel::now_ms(),
             level,
             source,
             message,

@@ -122,7 +122,11 @@ fn classify(
         message.push_str(&said);
     }
     data.flush_output();
-    CallFailure { kind, message }
+    CallFailure {
+        plugin: Arc::clone(&settings.plugin),
+        kind,
+        message,
+    }
 }
 
 /// A failure of an init-time call as a [`PluginError`].
@@ -323,6 +327,7 @@ impl Instance {
         deadline_ms: u64,
     ) -> Result<i32, CallFailure> {
         let len = i32::try_from(bytes.len()).map_err(|_| CallFailure {
+            plugin: Arc::clone(&settings.plugin),
             kind: FailureKind::Host,
             message: format!(
                 "the input is {} bytes, more than wasm32 can address",
@@ -349,6 +354,7 @@ impl Instance {
                 String::new()
             };
             return Err(CallFailure {
+                plugin: Arc::clone(&settings.plugin),
                 kind: FailureKind::OutOfMemory,
                 message: format!("outpost_alloc({len}) returned 0{why}"),
             });
@@ -359,6 +365,7 @@ impl Instance {
             .is_err()
         {
             return Err(CallFailure {
+                plugin: Arc::clone(&settings.plugin),
                 kind: FailureKind::Host,
                 message: format!(
                     "outpost_alloc({len}) returned {:#x}, which is not {len} bytes inside the plugin's memory",
@@ -442,6 +449,7 @@ impl Instance {
                     return Ok(());
                 }
                 Some(why) => Err(CallFailure {
+                    plugin: Arc::clone(&self.settings.plugin),
                     kind: FailureKind::Host,
                     message: why,
                 }),
@@ -464,7 +472,11 @@ impl Instance {
                 } else {
                     FailureKind::Error
                 };
-                Err(CallFailure { kind, message })
+                Err(CallFailure {
+                    plugin: Arc::clone(&self.settings.plugin),
+                    kind,
+                    message,
+                })
             }
             Err(failure) => Err(failure),
         };

@@ -58,15 +58,15 @@ pub(crate) enum Phase {
 #[derive(Debug, Default)]
 pub(crate) struct CallState {
     pub emits: Vec<Emitted>,
-    pub emit_bytes: usize,
+    /// This call's emits and state writes against the ABI's per-call limits.
+    pub budget: outpost_sdk::abi::CallBudget,
     /// State writes of this call: key → new value (`None` = deleted).
     pub writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    pub state_bytes: usize,
     /// The guest's `set_error` message.
     pub error: Option<String>,
     /// The last host call the host refused (DENIED / TOO_LARGE / INVALID), for the failure
     /// message if the guest then fails the record.
-    pub refused: Option<String>,
+    pub refused: Option<super::abi::AbiError>,
     /// A host failure (INTERNAL): the call fails whatever the guest returns.
     pub internal: Option<String>,
     /// Bytes the host's provenance headers add to each record emitted by this call.
@@ -84,11 +84,10 @@ impl CallState {
     /// Forgets everything of the previous call.
     pub fn reset(&mut self, provenance_bytes: usize) {
         self.emits.clear();
-        self.emit_bytes = 0;
+        self.budget = outpost_sdk::abi::CallBudget::new();
         if !self.writes.is_empty() {
             self.writes.clear();
         }
-        self.state_bytes = 0;
         self.error = None;
         self.refused = None;
         self.internal = None;

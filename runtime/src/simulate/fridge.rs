@@ -10,7 +10,8 @@
 //! | coil | 0 | bool | `door_open` | the door is open |
 //! | discrete input | 0 | bool | `compressor` | the compressor runs |
 //!
-//! [`simulated_fridge_device`] returns the matching `[[modbus.devices]]` entry.
+//! [`device`] returns the matching `[[modbus.devices]]` entry; [`start`] serves it on a free
+//! loopback port.
 //!
 //! # The model
 //! The temperature drifts slowly around the 4 °C setpoint (a ten-minute swing of ±0.6 °C plus a
@@ -177,7 +178,7 @@ impl Service for FridgeService {
 
 /// Serves the simulated fridge on `listener` until the returned future is dropped (or the
 /// listener fails). Each connection is served on its own task.
-pub async fn serve_simulated_fridge(listener: TcpListener) -> io::Result<()> {
+pub async fn serve(listener: TcpListener) -> io::Result<()> {
     let service = FridgeService {
         started: Arc::new(Instant::now()),
     };
@@ -196,8 +197,21 @@ pub async fn serve_simulated_fridge(listener: TcpListener) -> io::Result<()> {
     server.serve(&on_connected, on_process_error).await
 }
 
+/// Serves the simulated fridge on a free loopback port, in the background for as long as the
+/// runtime runs, and returns its address.
+pub async fn start() -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener).await {
+            tracing::warn!(error = %e, "The simulated fridge stopped serving.");
+        }
+    });
+    Ok(addr)
+}
+
 /// The `[[modbus.devices]]` entry that polls the simulated fridge at `addr` every second.
-pub fn simulated_fridge_device(name: &str, addr: SocketAddr) -> DeviceConfig {
+pub fn device(name: &str, addr: SocketAddr) -> DeviceConfig {
     let mut device = DeviceConfig::tcp(name, &addr.ip().to_string(), addr.port());
     device.poll_interval_ms = 1000;
     device.request_timeout_ms = 500;
@@ -293,7 +307,7 @@ mod tests {
 
     #[test]
     fn the_matching_device_config_validates() {
-        let device = simulated_fridge_device("fridge-sim", "127.0.0.1:1502".parse().unwrap());
+        let device = device("fridge-sim", "127.0.0.1:1502".parse().unwrap());
         device.validate(0).unwrap();
         assert_eq!(device.topic_name(), "sensors.fridge-sim");
     }

@@ -2,7 +2,7 @@
 //!
 //! | endpoint | answer |
 //! |---|---|
-//! | `GET /forward` | [`super::ForwardStatus`] as JSON, or `{"enabled":false}` without a cloud |
+//! | `GET /forward` | [`crate::forward::ForwardStatus`] as JSON, or `{"enabled":false}` without a cloud |
 //! | `POST /forward/bulk?enable=true\|false` | switches `manual` bulk topics (harbour mode) |
 //!
 //! The running [`Forwarder`] is reached through an `Extension` added by [`with_forwarder`].
@@ -16,8 +16,8 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::Forwarder;
-use crate::api::ApiState;
+use super::ApiState;
+use crate::forward::Forwarder;
 
 /// The forwarder routes (they answer "disabled" until [`with_forwarder`] adds one).
 pub fn routes() -> Router<ApiState> {
@@ -97,17 +97,13 @@ fn error(status: StatusCode, message: String) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
 
     use super::*;
-    use crate::config::Config;
-    use crate::log::{Log, NewRecord};
-    use crate::state::StateStore;
+    use crate::log::NewRecord;
 
     async fn call(app: &Router, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
         let request = Request::builder()
@@ -124,10 +120,10 @@ mod tests {
     #[tokio::test]
     async fn status_shows_the_debt_per_topic_and_class_and_bulk_can_be_switched() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.forward.kafka.brokers = "127.0.0.1:1".into();
-        let log = Log::open(&dir.path().join("log"), config.log.clone()).unwrap();
-        let state = StateStore::open(&dir.path().join("state")).unwrap();
+        let ctx = crate::kernel::context::open_for_test(dir.path(), Default::default());
+        let mut config = crate::forward::ForwardConfig::default();
+        config.kafka.brokers = "127.0.0.1:1".into();
+        let log = ctx.log.clone();
         let payments = log.topic_or_create("pos.payments").unwrap();
         let records = (0..5)
             .map(|i| NewRecord {
@@ -137,14 +133,8 @@ mod tests {
             .collect();
         payments.append(records).unwrap();
         log.topic_or_create("sensors.fridge").unwrap();
-        let forwarder = Forwarder::new(
-            log.clone(),
-            state.clone(),
-            config.forward.clone(),
-            "e1",
-            "s1",
-        );
-        let api = ApiState::new(log, state, Arc::new(config), "e1".into());
+        let forwarder = Forwarder::new(&ctx, config);
+        let api = ApiState::new(ctx, Default::default());
         let plain = crate::api::router(api);
         let app = with_forwarder(plain.clone(), Some(forwarder.clone()));
 

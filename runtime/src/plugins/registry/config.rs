@@ -1,0 +1,182 @@
+//! The `[plugins]` config section: what a box lets plugins do (memory, CPU deadline, failures
+//! before quarantine, bundle and module sizes) and which signatures it trusts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::plugins::bundle::{BundleError, TrustPolicy};
+
+/// The `[plugins]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Run plugins at all. When false no plugin starts and the `/plugins` endpoints answer 503.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Install the plugins embedded in the binary on first run (a removed one stays removed).
+    #[serde(default = "default_true")]
+    pub bundled: bool,
+    /// Development only: accept unsigned bundles. Bundles with a bad or unknown signature are
+    /// refused regardless.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// Public keys (`ed25519:<base64>`, as `outpost plugin keygen` writes them) whose
+    /// signatures this box accepts.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Linear memory of a plugin whose manifest does not ask for an amount, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub default_memory_mib: u64,
+    /// Most linear memory any plugin gets, in MiB; larger manifest requests are capped.
+    #[serde(default = "default_memory_mib")]
+    pub max_memory_mib: u64,
+    /// CPU deadline of one call into a plugin whose manifest does not ask for one, in ms.
+    #[serde(default = "default_deadline_ms")]
+    pub default_deadline_ms: u64,
+    /// Longest CPU deadline of one call (`outpost_init` or one record), in ms; larger manifest
+    /// requests are capped. A call past it is stopped and counts as a failure.
+    #[serde(default = "default_deadline_ms")]
+    pub max_deadline_ms: u64,
+    /// Failures in a row (trap, deadline, out of memory, error return) after which a plugin is
+    /// quarantined: stopped until it is upgraded or the box restarts.
+    #[serde(default = "default_max_consecutive_failures")]
+    pub max_consecutive_failures: u32,
+    /// Largest bundle accepted by `POST /plugins` and `PUT /plugins/{name}`, in bytes.
+    #[serde(default = "default_max_bundle_bytes")]
+    pub max_bundle_bytes: usize,
+    /// Largest wasm module, in bytes.
+    #[serde(default = "default_max_module_bytes")]
+    pub max_module_bytes: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_memory_mib() -> u64 {
+    64
+}
+fn default_deadline_ms() -> u64 {
+    100
+}
+fn default_max_consecutive_failures() -> u32 {
+    5
+}
+fn default_max_bundle_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_module_bytes() -> usize {
+    12 * 1024 * 1024
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            enabled: true,
+            bundled: true,
+            allow_unsigned: false,
+            trusted_keys: Vec::new(),
+            default_memory_mib: default_memory_mib(),
+            max_memory_mib: default_memory_mib(),
+            default_deadline_ms: default_deadline_ms(),
+            max_deadline_ms: default_deadline_ms(),
+            max_consecutive_failures: default_max_consecutive_failures(),
+            max_bundle_bytes: default_max_bundle_bytes(),
+            max_module_bytes: default_max_module_bytes(),
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// Checks the section; the error is `(dotted key, problem and fix)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let range = |key: &str, value: u64, min: u64, max: u64| {
+            if value < min || value > max {
+                Err((
+                    format!("plugins.{key}"),
+                    format!("{value} is out of range; set it between {min} and {max}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        range("max_memory_mib", self.max_memory_mib, 1, 4096)?;
+        range(
+            "default_memory_mib",
+            self.default_memory_mib,
+            1,
+            self.max_memory_mib,
+        )?;
+        range("max_deadline_ms", self.max_deadline_ms, 1, 60_000)?;
+        range(
+            "default_deadline_ms",
+            self.default_deadline_ms,
+            1,
+            self.max_deadline_ms,
+        )?;
+        range(
+            "max_consecutive_failures",
+            u64::from(self.max_consecutive_failures),
+            1,
+            1_000_000,
+        )?;
+        range(
+            "max_module_bytes",
+            self.max_module_bytes as u64,
+            1024,
+            1 << 30,
+        )?;
+        range(
+            "max_bundle_bytes",
+            self.max_bundle_bytes as u64,
+            self.max_module_bytes as u64,
+            (1 << 30) + (2 << 20),
+        )
+        .map_err(|(key, problem)| {
+            (
+                key,
+                format!(
+                    "{problem} (a bundle holds the module, so at least `plugins.max_module_bytes`)"
+                ),
+            )
+        })?;
+        self.trust_policy().map_err(|e| match e {
+            BundleError::BadKey { origin, problem } => (origin, problem),
+            other => ("plugins.trusted_keys".to_string(), other.to_string()),
+        })?;
+        Ok(())
+    }
+
+    /// The trust policy of `trusted_keys` and `allow_unsigned`.
+    pub fn trust_policy(&self) -> Result<TrustPolicy, BundleError> {
+        TrustPolicy::from_config(&self.trusted_keys, self.allow_unsigned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_validation_names_the_key() {
+        PluginsConfig::default().validate().unwrap();
+        type Case = (fn(&mut PluginsConfig), &'static str);
+        let cases: [Case; 5] = [
+            (|c| c.max_memory_mib = 0, "plugins.max_memory_mib"),
+            (|c| c.default_memory_mib = 65, "plugins.default_memory_mib"),
+            (
+                |c| c.default_deadline_ms = 101,
+                "plugins.default_deadline_ms",
+            ),
+            (|c| c.max_bundle_bytes = 1000, "plugins.max_bundle_bytes"),
+            (
+                |c| c.trusted_keys = vec!["ed25519:nope".into()],
+                "plugins.trusted_keys[0]",
+            ),
+        ];
+        for (change, key) in cases {
+            let mut c = PluginsConfig::default();
+            change(&mut c);
+            let (got, problem) = c.validate().unwrap_err();
+            assert_eq!(got, key, "{problem}");
+        }
+    }
+}
