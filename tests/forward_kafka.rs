@@ -8,14 +8,11 @@
 //! lost, duplicates recognised by headers, the broker's ListOffsets count agreeing); a budget
 //! on an uplink measured by a byte-counting loopback proxy (within 10 %); mirroring.
 
-#[path = "common/kafka.rs"]
-mod kafka;
-#[path = "common/python.rs"]
-mod python;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::common::{kafka, python};
 
 use outpost::forward::{Class, ForwardConfig, ForwardStatus, Forwarder};
 use outpost::log::{Log, LogConfig, NewRecord};
@@ -27,13 +24,12 @@ use kafka::{Arrived, Tansu};
 const EDGE: &str = "edge-fwd";
 const STORE: &str = "store-42";
 
-/// The tansu peers of these tests run one at a time, to keep the timing of each (the kill -9
-/// and budget tests measure progress over time) independent of the others on a 2-core machine.
-/// (Fetches that answered nothing in time were tansu 0.6's missing header index, which
-/// `Tansu::start` now adds; see tests/common/kafka.rs.)
+/// The tansu peers of these tests run one at a time (with those of the other modules), to keep
+/// the timing of each (the kill -9 and budget tests measure progress over time) independent of
+/// the others on a 2-core machine. (Fetches that answered nothing in time were tansu 0.6's
+/// missing header index, which `Tansu::start` now adds; see tests/common/kafka.rs.)
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    kafka::one_broker_at_a_time()
 }
 
 fn peers(test: &str) -> Option<(PathBuf, PathBuf)> {

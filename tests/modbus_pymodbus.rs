@@ -8,11 +8,10 @@
 //! only changes and heartbeats, and that a server killed and restarted mid-run is polled again
 //! with the gap shown in status.
 
-#[path = "common/python.rs"]
-mod python;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use crate::common::python;
 
 use outpost::ingest::modbus::{
     self, DeviceConfig, ModbusConfig, Order, Parity, PointConfig, RegisterKind, Transport,

@@ -275,6 +275,8 @@ async fn outpost_run_polls_a_device_from_its_config_file_and_shows_it_in_status(
 data_dir = "{data}"
 [http]
 listen = "127.0.0.1:0"
+[mqtt.broker]
+listen = "127.0.0.1:{mqtt}"
 [plugins]
 enabled = false
 
@@ -298,6 +300,7 @@ kind = "coil"
 address = 0
 "#,
         data = dir.path().join("data").display(),
+        mqtt = crate::common::python::free_port(),
         port = fridge.port()
     );
     let config = outpost::config::Config::from_toml_str(&text, "e2e.toml").unwrap();

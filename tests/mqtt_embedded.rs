@@ -3,14 +3,11 @@
 //! headers, answers come back over MQTT, every acknowledged message survives `kill -9`, and a
 //! full log holds acknowledgements instead of dropping messages.
 
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/python.rs"]
-mod python;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use crate::common::{peers, python};
 
 use peers::{eventually, Outpost, Rng};
 use python::{free_port, PythonPeer};

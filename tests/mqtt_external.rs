@@ -4,14 +4,11 @@
 //! log holding messages back instead of dropping them, the broker restarting under a
 //! connected source, TLS with a private CA and client certificates, and username/password.
 
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/python.rs"]
-mod python;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::common::{peers, python};
 
 use peers::{eventually, Certs, Mosquitto, Outpost, Rng};
 use python::{free_port, PythonPeer};

@@ -10,13 +10,10 @@
 //! Outpost, with the outages as gaps in status and never more than one session and one
 //! subscription on the server, and that a clean shutdown closes the session.
 
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/python.rs"]
-mod python;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use crate::common::{peers, python};
 
 use peers::{eventually, Outpost};
 use python::{free_port, PythonPeer};

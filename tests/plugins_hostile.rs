@@ -1031,7 +1031,12 @@ fn counter_plugin_applies_each_input_exactly_once_across_kill_nine() {
     // Eight kills at random moments, then one run to the end.
     for cycle in 0..9 {
         let mut child = std::process::Command::new(&exe)
-            .args(["--exact", CRASH_TEST, "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                &crate::common::test_name(module_path!(), CRASH_TEST),
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CRASH_CHILD_ENV, dir.path())
             .stdout(std::process::Stdio::piped())
             .spawn()

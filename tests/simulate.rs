@@ -3,16 +3,13 @@
 //! and alerts on the planted fraud (and on nothing else), verdicts reach a terminal subscribed
 //! over MQTT; and `outpost simulate` against a running box prints a summary of what came back.
 
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/python.rs"]
-mod python;
-
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::common::{peers, python};
 
 use outpost::simulate::generate::{Generator, Kind, Pattern};
 use outpost::simulate::SimulateConfig;
