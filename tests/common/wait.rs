@@ -8,13 +8,15 @@
 //! Deadlines are generous (the suite runs on loaded two-core machines): a passing test returns
 //! as soon as the condition holds, so only a failing one waits the whole deadline.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// How often the helpers look again.
 const POLL: Duration = Duration::from_millis(20);
 
 /// Calls `observe` until `done` holds for what it returns or `timeout` has passed. `Ok` with
-/// the value that satisfied `done`, `Err` with the last value observed. Blocks the thread.
+/// the value that satisfied `done`, `Err` with the last value observed. Blocks the thread:
+/// use [`wait_until_async`] inside a tokio runtime.
 pub fn wait_until<T>(
     timeout: Duration,
     mut observe: impl FnMut() -> T,
@@ -30,5 +32,25 @@ pub fn wait_until<T>(
             return Err(value);
         }
         std::thread::sleep(POLL);
+    }
+}
+
+/// [`wait_until`] for async tests: sleeps with tokio between looks, so the tasks under test
+/// (on the same runtime) keep running.
+pub async fn wait_until_async<T, F: Future<Output = T>>(
+    timeout: Duration,
+    mut observe: impl FnMut() -> F,
+    mut done: impl FnMut(&T) -> bool,
+) -> Result<T, T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value = observe().await;
+        if done(&value) {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(value);
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
