@@ -135,7 +135,9 @@ local = "ref.blocklist"
         !reasons("p-clean").contains(&"blocklisted".to_string()),
         "{scores:?}"
     );
-    let alerts = box_.wait_records("fraud.alerts", Duration::from_secs(10), |r| !r.is_empty());
+    let alerts = box_.wait_records("fraud.alerts", Duration::from_secs(30), |r| {
+        r.iter().any(|a| a["value"]["payment_id"] == "p-blocked")
+    });
     assert!(
         alerts
             .iter()
