@@ -381,8 +381,18 @@ fn cloud_records_are_mirrored_into_a_local_topic_and_resume_after_a_restart() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        // Give the offset commit a moment, then stop cleanly.
-        std::thread::sleep(Duration::from_millis(500));
+        // The mirror commits to the cloud group asynchronously after the local append: wait
+        // until the broker has the commit (what a restart resumes at), then stop cleanly.
+        let group = mirror.group.replace("{edge_id}", EDGE);
+        let committed = crate::common::wait::wait_until(
+            Duration::from_secs(60),
+            || committed_offset(&broker.brokers(), &group, "blocklist"),
+            |c| c.is_some_and(|c| c >= expect as i64),
+        );
+        assert!(
+            committed.is_ok(),
+            "the mirror did not commit offset {expect} to its group: {committed:?}"
+        );
         stop.send(true).unwrap();
         rt.block_on(task).unwrap().unwrap();
     };
@@ -410,6 +420,27 @@ fn cloud_records_are_mirrored_into_a_local_topic_and_resume_after_a_restart() {
     assert_eq!(seen, (0..500).collect::<BTreeSet<u64>>());
     // Resumed from the committed offset: the second run did not start over.
     assert_eq!(fetch.records.len(), 500, "records mirrored twice");
+}
+
+/// The offset consumer group `group` committed on partition 0 of the cloud topic `topic` (where
+/// the group's next consumer resumes), read from the broker without joining the group.
+fn committed_offset(brokers: &str, group: &str, topic: &str) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .ok()?;
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    partitions.add_partition(topic, 0);
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(5))
+        .ok()?;
+    match committed.find_partition(topic, 0)?.offset() {
+        rdkafka::Offset::Offset(n) => Some(n),
+        _ => None,
+    }
 }
 
 /// `outpost run` as a child process, with its stderr drained.
