@@ -157,6 +157,11 @@ impl Server {
             .args(["run", "--log-level", "info", "--data-dir"])
             .arg(data_dir)
             .env("OUTPOST_LISTEN", "127.0.0.1:0")
+            // Not the default 1883, which another box on the machine may hold.
+            .env(
+                "OUTPOST_MQTT_LISTEN",
+                format!("127.0.0.1:{}", crate::common::python::free_port()),
+            )
             .env("OUTPOST_EDGE_ID", "edge-cli-test")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -8,14 +8,11 @@
 //! lost, duplicates recognised by headers, the broker's ListOffsets count agreeing); a budget
 //! on an uplink measured by a byte-counting loopback proxy (within 10 %); mirroring.
 
-#[path = "common/kafka.rs"]
-mod kafka;
-#[path = "common/python.rs"]
-mod python;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::common::{kafka, python};
 
 use outpost::forward::{Class, ForwardConfig, ForwardStatus, Forwarder};
 use outpost::log::{Log, LogConfig, NewRecord};
@@ -27,13 +24,12 @@ use kafka::{Arrived, Tansu};
 const EDGE: &str = "edge-fwd";
 const STORE: &str = "store-42";
 
-/// The tansu peers of these tests run one at a time, to keep the timing of each (the kill -9
-/// and budget tests measure progress over time) independent of the others on a 2-core machine.
-/// (Fetches that answered nothing in time were tansu 0.6's missing header index, which
-/// `Tansu::start` now adds; see tests/common/kafka.rs.)
+/// The tansu peers of these tests run one at a time (with those of the other modules), to keep
+/// the timing of each (the kill -9 and budget tests measure progress over time) independent of
+/// the others on a 2-core machine. (Fetches that answered nothing in time were tansu 0.6's
+/// missing header index, which `Tansu::start` now adds; see tests/common/kafka.rs.)
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    kafka::one_broker_at_a_time()
 }
 
 fn peers(test: &str) -> Option<(PathBuf, PathBuf)> {
@@ -393,8 +389,18 @@ fn cloud_records_are_mirrored_into_a_local_topic_and_resume_after_a_restart() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        // Give the offset commit a moment, then stop cleanly.
-        std::thread::sleep(Duration::from_millis(500));
+        // The mirror commits to the cloud group asynchronously after the local append: wait
+        // until the broker has the commit (what a restart resumes at), then stop cleanly.
+        let group = mirror.group.replace("{edge_id}", EDGE);
+        let committed = crate::common::wait::wait_until(
+            Duration::from_secs(60),
+            || committed_offset(&broker.brokers(), &group, "blocklist"),
+            |c| c.is_some_and(|c| c >= expect as i64),
+        );
+        assert!(
+            committed.is_ok(),
+            "the mirror did not commit offset {expect} to its group: {committed:?}"
+        );
         stop.request();
         rt.block_on(task).unwrap().unwrap();
     };
@@ -422,6 +428,27 @@ fn cloud_records_are_mirrored_into_a_local_topic_and_resume_after_a_restart() {
     assert_eq!(seen, (0..500).collect::<BTreeSet<u64>>());
     // Resumed from the committed offset: the second run did not start over.
     assert_eq!(fetch.records.len(), 500, "records mirrored twice");
+}
+
+/// The offset consumer group `group` committed on partition 0 of the cloud topic `topic` (where
+/// the group's next consumer resumes), read from the broker without joining the group.
+fn committed_offset(brokers: &str, group: &str, topic: &str) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .ok()?;
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    partitions.add_partition(topic, 0);
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(5))
+        .ok()?;
+    match committed.find_partition(topic, 0)?.offset() {
+        rdkafka::Offset::Offset(n) => Some(n),
+        _ => None,
+    }
 }
 
 /// `outpost run` as a child process, with its stderr drained.

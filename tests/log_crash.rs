@@ -339,7 +339,12 @@ fn run_child(
 ) -> Result<ChildRun, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut child = Command::new(exe)
-        .args(["--exact", CHILD_TEST, "--nocapture", "--ignored"])
+        .args([
+            "--exact",
+            &crate::common::test_name(module_path!(), CHILD_TEST),
+            "--nocapture",
+            "--ignored",
+        ])
         .env(ENV_DIR, dir)
         .env(ENV_POLICY, policy_to_env(policy))
         .env(ENV_TOPIC, topic)

@@ -14,17 +14,12 @@
 //! confluent-kafka) that the gap markers arrived and, with the records that did, account for
 //! every offset of every topic.
 
-#[path = "common/kafka.rs"]
-mod kafka;
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/python.rs"]
-mod python;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::common::{kafka, peers, python};
 
 use outpost::forward::{ForwardConfig, Forwarder};
 use outpost::log::{
@@ -630,6 +625,7 @@ brokers = "127.0.0.1:{closed}"
 #[test]
 fn gap_markers_reach_the_cloud_and_with_the_forwarded_records_account_for_every_offset() {
     let _serial = serial();
+    let _broker = kafka::one_broker_at_a_time();
     let test = "eviction with a broker down";
     let Some(tansu) = kafka::tansu_binary(test) else {
         return;

@@ -3,14 +3,9 @@
 //! `ref.blocklist`, and the bundled fraud-score plugin uses it: a payment with that card is
 //! scored as blocklisted, a payment with another card is not.
 
-#[path = "common/kafka.rs"]
-mod kafka;
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/python.rs"]
-mod python;
-
 use std::time::Duration;
+
+use crate::common::{kafka, peers, python};
 
 use peers::{eventually, Outpost};
 use python::free_port;
@@ -49,6 +44,7 @@ fn payment(id: &str, card: &str) -> Value {
 
 #[test]
 fn a_blocklist_mirrored_from_the_cloud_is_used_by_the_fraud_plugin() {
+    let _broker = kafka::one_broker_at_a_time();
     let Some(python) = python::python("mirror_plugin") else {
         return;
     };
@@ -139,7 +135,9 @@ local = "ref.blocklist"
         !reasons("p-clean").contains(&"blocklisted".to_string()),
         "{scores:?}"
     );
-    let alerts = box_.wait_records("fraud.alerts", Duration::from_secs(10), |r| !r.is_empty());
+    let alerts = box_.wait_records("fraud.alerts", Duration::from_secs(30), |r| {
+        r.iter().any(|a| a["value"]["payment_id"] == "p-blocked")
+    });
     assert!(
         alerts
             .iter()

@@ -16,6 +16,8 @@ use outpost::simulate::fridge::{
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+use crate::common::wait::wait_until_async;
+
 async fn start_fridge() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -238,17 +240,39 @@ async fn a_full_log_shows_as_backpressure_with_the_skipped_interval_as_a_gap() {
     );
     assert!(gap["from_ms"].as_u64().unwrap() > 0);
     assert_eq!(status.records_stored as usize, stored);
-    // Refused polls are counted, not hidden.
-    let metrics = outpost::metrics::global().render();
-    let refused = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("outpost_modbus_polls_total{device=\"fridge-full\",result=\"refused\"}")
-        })
-        .unwrap_or_else(|| panic!("{metrics}"));
-    let count: u64 = refused.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(count >= 3, "{refused}");
+    // Refused polls are counted, not hidden. The counter and the gap are two updates: wait for
+    // the counter too.
+    let refused = wait_until_async(
+        Duration::from_secs(10),
+        || async {
+            metric_line("outpost_modbus_polls_total{device=\"fridge-full\",result=\"refused\"}")
+        },
+        |line| metric_value(line) >= 3.0,
+    )
+    .await
+    .unwrap_or_else(|line| line);
+    let count = metric_value(&refused);
+    assert!(count >= 3.0, "{refused}");
     running.stop().await;
+}
+
+/// The line of the series `series` (name and labels) in the process's metrics, or the whole
+/// rendering when it is not there yet.
+fn metric_line(series: &str) -> String {
+    let metrics = outpost::metrics::global().render();
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .map(str::to_string)
+        .unwrap_or(metrics)
+}
+
+/// The value at the end of a metrics line; NaN when it is not one.
+fn metric_value(line: &str) -> f64 {
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// Sends `GET path` with `Connection: close`; returns the body.
@@ -279,6 +303,8 @@ async fn outpost_run_polls_a_device_from_its_config_file_and_shows_it_in_status(
 data_dir = "{data}"
 [http]
 listen = "127.0.0.1:0"
+[mqtt.broker]
+listen = "127.0.0.1:{mqtt}"
 [plugins]
 enabled = false
 
@@ -302,6 +328,7 @@ kind = "coil"
 address = 0
 "#,
         data = dir.path().join("data").display(),
+        mqtt = crate::common::python::free_port(),
         port = fridge.port()
     );
     let config = outpost::config::Config::from_toml_str(&text, "e2e.toml").unwrap();
@@ -325,14 +352,23 @@ address = 0
     assert!(first["value"]["values"]["temperature"].is_number());
     assert!(first["value"]["values"]["door_open"].is_boolean());
 
-    let topics: Value = serde_json::from_str(&http_get(addr, "/topics").await).unwrap();
-    let source = topics["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "modbus:fridge-e2e")
-        .unwrap_or_else(|| panic!("{topics}"))
-        .clone();
+    // The status counts a record after the append that made it readable: wait for the count.
+    let source = wait_until_async(
+        Duration::from_secs(10),
+        || async {
+            let topics: Value = serde_json::from_str(&http_get(addr, "/topics").await).unwrap();
+            topics["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "modbus:fridge-e2e")
+                .unwrap_or_else(|| panic!("{topics}"))
+                .clone()
+        },
+        |s| s["records_stored"].as_u64() >= Some(2),
+    )
+    .await
+    .unwrap_or_else(|s| s);
     assert_eq!(source["kind"], "modbus");
     assert_eq!(source["link"]["state"], "connected", "{source}");
     assert!(source["records_stored"].as_u64().unwrap() >= 2);
@@ -362,12 +398,15 @@ async fn connect_and_request_delays_pace_a_poll() {
     let elapsed = started.elapsed();
     assert!(elapsed >= Duration::from_millis(650), "{elapsed:?}");
     assert!(elapsed < Duration::from_millis(3000), "{elapsed:?}");
-    let metrics = outpost::metrics::global().render();
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("outpost_modbus_poll_seconds{device=\"fridge-paced\"}"))
-        .unwrap_or_else(|| panic!("{metrics}"));
-    let seconds: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    // The poll's duration is set once the poll is done, a moment after its record is stored.
+    let line = wait_until_async(
+        Duration::from_secs(10),
+        || async { metric_line("outpost_modbus_poll_seconds{device=\"fridge-paced\"}") },
+        |line| metric_value(line) >= 0.65,
+    )
+    .await
+    .unwrap_or_else(|line| line);
+    let seconds = metric_value(&line);
     assert!(seconds >= 0.65, "{line}");
     running.stop().await;
 }

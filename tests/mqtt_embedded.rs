@@ -3,14 +3,12 @@
 //! headers, answers come back over MQTT, every acknowledged message survives `kill -9`, and a
 //! full log holds acknowledgements instead of dropping messages.
 
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/python.rs"]
-mod python;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use crate::common::wait::wait_until;
+use crate::common::{peers, python};
 
 use peers::{eventually, Outpost, Rng};
 use python::{free_port, PythonPeer};
@@ -134,9 +132,21 @@ fn a_device_payment_is_stored_with_key_and_headers_and_its_verdict_comes_back() 
     assert_eq!(verdict["payment_id"], "p-1");
     assert!(verdict["score"].is_number(), "{verdict}");
 
-    let sink = box_.status("sinks", "mqtt:verdicts").unwrap();
+    // The sink counts the verdict when the broker's PUBACK comes back, which can be a moment
+    // after the subscriber got it: wait for the count rather than read it at once.
+    let sink = wait_until(
+        Duration::from_secs(20),
+        || box_.status("sinks", "mqtt:verdicts").unwrap(),
+        |s| s["records_stored"] != 0,
+    )
+    .unwrap_or_else(|s| s);
     assert_eq!(sink["records_stored"], 1, "{sink}");
-    let listener = box_.status("sources", "mqtt:listener").unwrap();
+    let listener = wait_until(
+        Duration::from_secs(20),
+        || box_.status("sources", "mqtt:listener").unwrap(),
+        |l| l["records_stored"].as_u64() >= Some(1),
+    )
+    .unwrap_or_else(|l| l);
     assert_eq!(listener["link"]["state"], "connected", "{listener}");
     assert!(
         listener["records_stored"].as_u64().unwrap() >= 1,
@@ -340,7 +350,12 @@ sinks = []
         acked(&device).is_empty(),
         "acknowledged while the log was full"
     );
-    let listener = box_.status("sources", "mqtt:listener").unwrap();
+    let listener = wait_until(
+        Duration::from_secs(5),
+        || box_.status("sources", "mqtt:listener").unwrap(),
+        |l| l["link"]["state"] == "backpressured",
+    )
+    .unwrap_or_else(|l| l);
     assert_eq!(listener["link"]["state"], "backpressured", "{listener}");
     assert!(box_.records("pos.payments").is_empty());
 

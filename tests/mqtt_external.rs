@@ -4,14 +4,12 @@
 //! log holding messages back instead of dropping them, the broker restarting under a
 //! connected source, TLS with a private CA and client certificates, and username/password.
 
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/python.rs"]
-mod python;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::common::wait::wait_until;
+use crate::common::{peers, python};
 
 use peers::{eventually, Certs, Mosquitto, Outpost, Rng};
 use python::{free_port, PythonPeer};
@@ -229,7 +227,13 @@ fn messages_of_every_qos_map_to_log_topics_with_keys_and_the_mqtt_topic_header()
     let keys: Vec<&str> = orders.iter().map(|r| r["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["o-0", "o-1", "o-2"], "{orders:?}");
 
-    let source = box_.status("sources", "mqtt:store").unwrap();
+    // Counted after the append that made the last record readable: wait for the count.
+    let source = wait_until(
+        Duration::from_secs(20),
+        || box_.status("sources", "mqtt:store").unwrap(),
+        |s| s["records_stored"].as_u64() >= Some(8),
+    )
+    .unwrap_or_else(|s| s);
     assert_eq!(source["records_stored"], 8, "{source}");
     assert_eq!(source["kind"], "mqtt");
 }
@@ -357,7 +361,13 @@ fn a_broker_restart_shows_retrying_then_connected_and_delivery_resumes() {
     std::thread::sleep(Duration::from_millis(500));
     broker.restart();
     wait_connected(&box_);
-    let s = box_.status("sources", "mqtt:store").unwrap();
+    // The gap is closed a moment after the source shows connected again.
+    let s = wait_until(
+        Duration::from_secs(20),
+        || box_.status("sources", "mqtt:store").unwrap(),
+        |s| s["gaps"].as_u64() >= Some(1) && s["last_gap"].is_string(),
+    )
+    .unwrap_or_else(|s| s);
     assert!(
         s["gaps"].as_u64().unwrap() >= 1,
         "the outage is not shown as a gap: {s}"

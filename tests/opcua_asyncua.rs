@@ -10,13 +10,11 @@
 //! Outpost, with the outages as gaps in status and never more than one session and one
 //! subscription on the server, and that a clean shutdown closes the session.
 
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/python.rs"]
-mod python;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use crate::common::wait::wait_until;
+use crate::common::{peers, python};
 
 use peers::{eventually, Outpost};
 use python::{free_port, PythonPeer};
@@ -219,9 +217,18 @@ fn every_change_of_every_variable_arrives_with_exact_values_and_node_ids() {
         let server = v["server_ts_ms"].as_u64().unwrap();
         assert!(source <= ts + 1000 && server <= ts + 1000, "{r}");
     }
-    let status = box_.status("sources", "opcua:plant").unwrap();
+    // The status counts a batch after the append that made it readable: wait for the count.
+    let status = wait_until(
+        Duration::from_secs(20),
+        || box_.status("sources", "opcua:plant").unwrap(),
+        |s| s["records_stored"].as_u64() >= Some(records.len() as u64),
+    )
+    .unwrap_or_else(|s| s);
     assert_eq!(status["link"]["state"], "connected", "{status}");
-    assert!(status["records_stored"].as_u64().unwrap() >= records.len() as u64);
+    assert!(
+        status["records_stored"].as_u64().unwrap() >= records.len() as u64,
+        "{status}"
+    );
     assert_eq!(status["details"]["sessions_created"], 1, "{status}");
     let refused = status["details"]["refused_items"].as_array().unwrap();
     assert_eq!(refused.len(), 1, "{status}");
@@ -240,12 +247,24 @@ fn every_change_of_every_variable_arrives_with_exact_values_and_node_ids() {
         "one session with one subscription"
     );
 
-    let metrics = metrics_text(box_.http_port);
-    let stored = metrics
-        .lines()
-        .find(|l| l.starts_with("outpost_opcua_records_stored_total{server=\"plant\"}"))
+    // The counter is bumped after the append that made the records readable: wait for it.
+    let stored_counter = |metrics: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("outpost_opcua_records_stored_total{server=\"plant\"}"))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    };
+    let metrics = wait_until(
+        Duration::from_secs(20),
+        || metrics_text(box_.http_port),
+        |m| stored_counter(m).is_some_and(|n| n >= records.len() as f64),
+    )
+    .unwrap_or_else(|m| m);
+    let stored = stored_counter(&metrics)
         .unwrap_or_else(|| panic!("no OPC-UA record counter in /metrics:\n{metrics}"));
-    let stored: f64 = stored.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(stored >= records.len() as f64, "{stored}");
     assert!(
         metrics.contains("outpost_opcua_connected{server=\"plant\"} 1"),
@@ -321,7 +340,13 @@ fn basic256sha256_with_user_and_password_works_and_a_wrong_password_is_shown() {
             && client_pki.join("private/private.pem").is_file(),
         "the client certificate is created in pki_dir"
     );
-    let refused = box_.status("sources", "opcua:wrong-password").unwrap();
+    // Its first refusal may come after the other two servers delivered: wait for it.
+    let refused = wait_until(
+        Duration::from_secs(30),
+        || box_.status("sources", "opcua:wrong-password").unwrap(),
+        |s| s["link"]["state"] == "retrying" && s["link"]["last_error"].is_string(),
+    )
+    .unwrap_or_else(|s| s);
     assert_eq!(refused["link"]["state"], "retrying", "{refused}");
     let error = refused["link"]["last_error"].as_str().unwrap();
     assert!(
@@ -380,7 +405,7 @@ fn records_resume_after_a_network_cut_and_a_server_restart_without_piling_up_ses
         ticks(r, "ns=2;s=Counter").last().is_some_and(|k| *k >= 35)
     });
     assert!(first
-        .wait_for_line(|l| l.starts_with("DROPPED"), Duration::from_secs(1))
+        .wait_for_line(|l| l.starts_with("DROPPED"), Duration::from_secs(10))
         .is_some());
     let counter = ticks(&records, "ns=2;s=Counter");
     assert!(counter.last().is_some_and(|k| *k >= 35), "{counter:?}");
@@ -443,7 +468,12 @@ fn records_resume_after_a_network_cut_and_a_server_restart_without_piling_up_ses
         healed.as_millis(),
         (restarted - killed).as_millis()
     );
-    let status = box_.status("sources", "opcua:plant").unwrap();
+    let status = wait_until(
+        Duration::from_secs(20),
+        || box_.status("sources", "opcua:plant").unwrap(),
+        |s| s["link"]["state"] == "connected" && s["gaps"].as_u64() >= Some(2),
+    )
+    .unwrap_or_else(|s| s);
     assert_eq!(status["link"]["state"], "connected", "{status}");
     assert!(status["gaps"].as_u64().unwrap() >= 2, "{status}");
     let last_gap = status["last_gap"].as_str().unwrap();

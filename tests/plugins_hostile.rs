@@ -262,8 +262,10 @@ fn plugin_in_infinite_loop_is_stopped_within_deadline() {
         let took = started.elapsed();
         assert_eq!(failure.kind, FailureKind::Deadline, "{failure}");
         assert!(failure.message.contains("100 ms"), "{failure}");
+        // The upper bound leaves room for a loaded two-core machine, where the epoch ticker
+        // and the interrupted thread wait for a core; a guest that ran on would take seconds.
         assert!(
-            took >= Duration::from_millis(100) && took <= Duration::from_millis(200),
+            took >= Duration::from_millis(100) && took <= Duration::from_millis(600),
             "attempt {attempt}: the loop was stopped after {took:?}"
         );
         instance.restart().unwrap();
@@ -755,8 +757,9 @@ fn wasi_sleep_counts_against_the_deadline() {
         .unwrap_err();
     let took = started.elapsed();
     assert_eq!(failure.kind, FailureKind::Deadline, "{failure}");
+    // Room for a loaded machine above the deadline; the guest asked for 10 s.
     assert!(
-        took >= Duration::from_millis(80) && took <= Duration::from_millis(200),
+        took >= Duration::from_millis(80) && took <= Duration::from_millis(600),
         "a 10 s sleep under a 100 ms deadline took {took:?}"
     );
 }
@@ -777,12 +780,14 @@ fn plugin_output_flood_is_rate_limited_in_its_log() {
 
 #[test]
 fn plugin_is_quarantined_after_consecutive_failures() {
+    // The `failing` fixture under a name of its own: its gauge in the process-wide metrics
+    // is not reset by another test starting a `failing` plugin meanwhile.
     let env = Env::new();
     let echo = env.start(wat!("echo").as_bytes(), ECHO);
-    let failing = env.start(wat!("failing").as_bytes(), &manifest("failing", ""));
+    let failing = env.start(wat!("failing").as_bytes(), &manifest("quarantined", ""));
     let values: Vec<Vec<u8>> = (0..8).map(|i| format!("r{i}").into_bytes()).collect();
     let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
-    env.produce("failing.in", &refs);
+    env.produce("quarantined.in", &refs);
     eventually("the plugin is quarantined", || failing.is_finished());
     let status = failing.status();
     assert_eq!(status.state, RunState::Quarantined, "{status:?}");
@@ -798,19 +803,21 @@ fn plugin_is_quarantined_after_consecutive_failures() {
     );
     // Offsets are committed up to the last handled record, no further.
     assert_eq!(
-        env.state.offset("plugin:failing", "failing.in").unwrap(),
+        env.state
+            .offset("plugin:quarantined", "quarantined.in")
+            .unwrap(),
         Some(5)
     );
-    assert_eq!(status.offsets, vec![("failing.in".to_string(), 5)]);
-    assert_eq!(status.lag, vec![("failing.in".to_string(), 3)]);
-    assert_eq!(env.records("failing.dlq").len(), 5);
+    assert_eq!(status.offsets, vec![("quarantined.in".to_string(), 5)]);
+    assert_eq!(status.lag, vec![("quarantined.in".to_string(), 3)]);
+    assert_eq!(env.records("quarantined.dlq").len(), 5);
     let metrics = outpost::metrics::global().render();
     assert!(
-        metrics.contains("outpost_plugin_quarantined{plugin=\"failing\"} 1"),
+        metrics.contains("outpost_plugin_quarantined{plugin=\"quarantined\"} 1"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("outpost_plugin_failures_total{plugin=\"failing\",kind=\"error\"}"),
+        metrics.contains("outpost_plugin_failures_total{plugin=\"quarantined\",kind=\"error\"}"),
         "{metrics}"
     );
     assert!(failing
@@ -821,10 +828,10 @@ fn plugin_is_quarantined_after_consecutive_failures() {
 
     // Started again (an upgrade or a restart of the box), it resumes after the last handled
     // record: the three remaining records fail, but not five in a row yet.
-    let again = env.start(wat!("failing").as_bytes(), &manifest("failing", ""));
+    let again = env.start(wat!("failing").as_bytes(), &manifest("quarantined", ""));
     eventually("the rest is handled", || again.status().processed == 3);
     assert_eq!(again.status().state, RunState::Running);
-    assert_eq!(env.records("failing.dlq").len(), 8);
+    assert_eq!(env.records("quarantined.dlq").len(), 8);
     again.stop_blocking();
 }
 
@@ -1031,7 +1038,12 @@ fn counter_plugin_applies_each_input_exactly_once_across_kill_nine() {
     // Eight kills at random moments, then one run to the end.
     for cycle in 0..9 {
         let mut child = std::process::Command::new(&exe)
-            .args(["--exact", CRASH_TEST, "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                &crate::common::test_name(module_path!(), CRASH_TEST),
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CRASH_CHILD_ENV, dir.path())
             .stdout(std::process::Stdio::piped())
             .spawn()

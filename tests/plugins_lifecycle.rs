@@ -24,6 +24,8 @@ use outpost::plugins::registry::{
 };
 use outpost::state::StateStore;
 
+use crate::common::wait::wait_until_async;
+
 const COUNTER_WAT: &str = include_str!("fixtures/wat/lifecycle_counter.wat");
 const INIT_FAILS_WAT: &str = include_str!("fixtures/wat/init-fails.wat");
 const STEP_LINE: &str = "(global $step i32 (i32.const 1))";
@@ -247,7 +249,14 @@ async fn an_installed_plugin_processes_records_and_an_upgrade_keeps_its_state_an
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.counts().len(), 4, "no input was processed twice");
 
-    let (status, list) = b.call("GET", "/plugins", Vec::new()).await;
+    // The runner counts a batch after it appended its outputs and committed: wait for it.
+    let (status, list) = wait_until_async(
+        Duration::from_secs(20),
+        || b.call("GET", "/plugins", Vec::new()),
+        |(_, list)| list["plugins"][0]["runner"]["processed"] != 0,
+    )
+    .await
+    .unwrap_or_else(|last| last);
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["plugins"][0]["name"], "counter");
     assert_eq!(list["plugins"][0]["runner"]["processed"], 1, "{list}");
@@ -270,7 +279,15 @@ async fn an_upgrade_with_reset_starts_from_empty_state_and_the_first_offset() {
     assert_eq!(status, StatusCode::OK, "{info}");
     // Both inputs are read again from offset 0 into an empty counter.
     assert_eq!(b.wait_for_counts(4).await, [1, 2, 10, 20]);
-    assert_eq!(b.stored_count(), Some(20));
+    // The state is committed after the outputs are appended: wait for the commit.
+    let stored = wait_until_async(
+        Duration::from_secs(20),
+        || async { b.stored_count() },
+        |n| *n == Some(20),
+    )
+    .await
+    .unwrap_or_else(|n| n);
+    assert_eq!(stored, Some(20));
     b.registry.stop_all().await;
 }
 

@@ -5,8 +5,9 @@
 # workspace test. Caches live outside the repo so a second run rebuilds nothing:
 #   OUTPOST_CACHE_DIR   default ~/.cache/outpost (tools built or installed for the tests)
 #   CARGO_TARGET_DIR    default: cargo's own (target/ in the repo)
-# Extra arguments are passed to `cargo test` (e.g. `./tests/run.sh log_crash`). Every test binary
-# runs even after a failure (`--no-fail-fast`), so one red test never hides the others.
+# Extra arguments are passed to `cargo test` (e.g. `./tests/run.sh log_crash::`: the integration
+# tests are one binary, tests/suite.rs, whose test names start with their file's module). Every
+# test binary runs even after a failure (`--no-fail-fast`), so one red test never hides the others.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)

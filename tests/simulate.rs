@@ -3,16 +3,13 @@
 //! and alerts on the planted fraud (and on nothing else), verdicts reach a terminal subscribed
 //! over MQTT; and `outpost simulate` against a running box prints a summary of what came back.
 
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/python.rs"]
-mod python;
-
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::common::{peers, python};
 
 use outpost::simulate::generate::{Generator, Kind, Pattern};
 use outpost::simulate::SimulateConfig;
@@ -159,11 +156,22 @@ fn run_simulate_fills_store_topics_and_the_fraud_plugin_flags_only_planted_fraud
 
     // The planted cards, known from the seed (the payloads say nothing about them).
     // Generated well past the payments seen: alerts fetched now may be for later ones.
-    let alerts = box_.records("fraud.alerts");
     // The run tag is in the payment ids: `pay-{tag}-{slot}`.
     let first_id = payments[0]["value"]["payment_id"].as_str().unwrap();
     let run_tag = first_id.split('-').nth(1).unwrap();
     let planted = planted_cards(run_tag, seen, seen + 2000);
+    // The plugin appends an alert after the score of the same payment: wait until every
+    // completed episode has its alert rather than read fraud.alerts at once.
+    let alerts = box_.wait_records("fraud.alerts", Duration::from_secs(30), |alerts| {
+        planted
+            .iter()
+            .filter(|(_, (_, sent, total))| sent == total)
+            .all(|(card, _)| {
+                alerts
+                    .iter()
+                    .any(|a| a["value"]["card_id"].as_str() == Some(card.as_str()))
+            })
+    });
     let mut best: HashMap<&str, u64> = HashMap::new();
     for a in &alerts {
         let card = a["value"]["card_id"].as_str().unwrap();

@@ -87,7 +87,12 @@ fn state_and_offsets_roll_back_together_after_kill_nine() {
     let mut total_commits_seen = 0u64;
     for cycle in 0..CYCLES {
         let mut child = Command::new(&exe)
-            .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                &crate::common::test_name(module_path!(), TEST_NAME),
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -9,9 +9,15 @@
 //! table per record (fetches stop answering in time beyond some ten thousand records with
 //! headers); [`Tansu::start`] adds that index (`kafka_bench.py index`) once the broker runs. What arrived is read with the
 //! independent Python client (`tests/peers/kafka_consume.py`, confluent-kafka).
-//! Include with `#[path = "common/kafka.rs"] mod kafka;` next to `common/python.rs`.
+//! Used as `crate::common::kafka` next to `common::python`.
 
-#![allow(dead_code)]
+/// Tests that start a tansu broker hold this guard: one broker at a time in the test binary,
+/// so the timing of each (the kill -9 and budget tests measure progress over time) does not
+/// depend on another broker test running beside it on a 2-core machine.
+pub fn one_broker_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static BROKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    BROKER.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -244,6 +250,8 @@ pub fn watermarks(
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Arrived {
     pub topic: String,
+    /// Not asserted (the tests' topics have one partition); shown in failure messages.
+    #[allow(dead_code)]
     pub partition: i32,
     pub offset: i64,
     pub key: Option<String>,

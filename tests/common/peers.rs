@@ -5,10 +5,7 @@
 //!
 //! When mosquitto or openssl is missing a test skips with a printed reason, unless
 //! `OUTPOST_REQUIRE_PEERS` is set (CI, `tests/run.sh`), where it fails instead. Python peers
-//! (paho-mqtt) come from `common/python.rs`. Include with
-//! `#[path = "common/peers.rs"] mod peers;` next to `#[path = "common/python.rs"] mod python;`.
-
-#![allow(dead_code)]
+//! (paho-mqtt) come from `common/python.rs`. Used as `crate::common::peers`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -528,18 +525,10 @@ impl Drop for Outpost {
     }
 }
 
-/// Waits until `pred` is true, checking every 50 ms; false on timeout.
-pub fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if pred() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Waits until `pred` is true; false on timeout. (`common::wait::wait_until` when the failure
+/// message should show the last value observed.)
+pub fn eventually(timeout: Duration, pred: impl FnMut() -> bool) -> bool {
+    super::wait::wait_until(timeout, pred, |ok| *ok).is_ok()
 }
 
 /// A small deterministic random number generator (xorshift), seeded from the clock and

@@ -6,12 +6,10 @@
 //!
 //! A [`PythonPeer`] runs one script from `tests/peers/`, collects its stdout lines (scripts
 //! print `LISTENING <port>` once ready and may log what they receive), and is killed on drop.
-//! Include it with `#[path = "common/python.rs"] mod python;`.
-
-#![allow(dead_code)]
+//! Used as `crate::common::python`.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -185,16 +183,4 @@ impl Drop for PythonPeer {
         }
         self.kill();
     }
-}
-
-/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
-pub fn wait_listening(port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }

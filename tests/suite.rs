@@ -1,0 +1,31 @@
+//! Outpost's integration tests, one test crate: every `tests/<area>.rs` is a module here (the
+//! crate root's modules sit beside it, so the files keep their paths), and `common/` holds the
+//! helpers they share. One binary links wasmtime, librdkafka and jemalloc once instead of once
+//! per file. A test's name carries its module: `cargo test -p outpost --test suite log_crash::`
+//! runs one area.
+//!
+//! Everything here shares one process: a test never relies on process isolation. Metrics in
+//! `outpost::metrics::global()` are asserted by series labels unique to the test (or by a
+//! difference), tests do not set environment variables or change the current directory, and
+//! a test that runs a test of this binary as a child names it with `common::test_name`.
+
+mod common;
+
+mod api_socket;
+mod cli;
+mod forward_kafka;
+mod log_corruption;
+mod log_crash;
+mod log_eviction;
+mod log_model;
+mod mirror_plugin;
+mod modbus_pymodbus;
+mod modbus_simulated;
+mod mqtt_embedded;
+mod mqtt_external;
+mod opcua_asyncua;
+mod plugins_e2e;
+mod plugins_hostile;
+mod plugins_lifecycle;
+mod simulate;
+mod state_durability;
