@@ -12,6 +12,7 @@
 mod common;
 
 mod api_socket;
+mod architecture;
 mod cli;
 mod forward_kafka;
 mod log_corruption;

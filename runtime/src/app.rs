@@ -28,6 +28,15 @@ use crate::log::{Log, LogError};
 use crate::simulate::SimulateError;
 use crate::state::{StateError, StateStore};
 
+/// The default log filter of a box at `level`: everything at `level` but the noisy modules of
+/// the embedded broker and the OPC-UA client (see `cli::init_logging`). Also what the
+/// benchmarks give the boxes they start as child processes.
+pub fn default_log_filter(level: &str) -> String {
+    const QUIET: &str =
+        "rumqttd=off,opcua_client::session::client=off,opcua_core::comms::secure_channel=off";
+    format!("{level},{QUIET}")
+}
+
 /// How long components may take to stop once shutdown is requested.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 

@@ -35,7 +35,13 @@ struct Config {
 fn context(dir: &std::path::Path, log: crate::log::LogConfig, shutdown: Shutdown) -> Context {
     let log = Log::open(&dir.join("log"), log).unwrap();
     let state = StateStore::open(&dir.join("state")).unwrap();
-    Context::new(dir, log, state, Identity::new("edge-test", "store-0001"), shutdown)
+    Context::new(
+        dir,
+        log,
+        state,
+        Identity::new("edge-test", "store-0001"),
+        shutdown,
+    )
 }
 
 fn fixture_with(config: Config) -> Fixture {

@@ -171,7 +171,7 @@ fn start_box(args: &MqttBenchArgs, plugins: bool) -> anyhow::Result<Target> {
         .args([
             "run",
             "--log-level",
-            &crate::cli::default_log_filter("warn"),
+            &crate::app::default_log_filter("warn"),
             "--config",
         ])
         .arg(&config)

@@ -243,14 +243,7 @@ pub fn init_logging(cli: &Cli) -> Result<(), CliError> {
         .map_err(|e| CliError::Usage(format!("cannot install the log subscriber: {e}")))
 }
 
-/// The default log filter at `level`: everything at `level` but the noisy modules of the
-/// embedded broker and the OPC-UA client described at [`init_logging`]. Also what the
-/// benchmarks give the boxes they start as child processes.
-pub fn default_log_filter(level: &str) -> String {
-    const QUIET: &str =
-        "rumqttd=off,opcua_client::session::client=off,opcua_core::comms::secure_channel=off";
-    format!("{level},{QUIET}")
-}
+pub use crate::app::default_log_filter;
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     Ok(tokio::runtime::Builder::new_multi_thread()

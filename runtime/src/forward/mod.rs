@@ -41,6 +41,10 @@
 //! Each eviction leaves a gap marker in `outpost.gaps`, itself forwarded as critical, and a
 //! cursor below the topic's new start skips ahead to it with a warning naming the range.
 
+// No unwrap/expect on data from devices, the network or the disk: errors are values here.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod budget;
 pub mod config;
 pub mod evict;

@@ -4,6 +4,10 @@
 //! This file owns what sources share: running per-device tasks and appending groups of records.
 //! Their status lives on the kernel's [`crate::kernel::StatusBoard`].
 
+// No unwrap/expect on data from devices, the network or the disk: errors are values here.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod gaps;
 pub mod modbus;
 pub mod mqtt;
