@@ -223,14 +223,15 @@ impl App {
         // MQTT: the embedded broker behind Outpost's device listener, subscriptions to external
         // brokers, and the sinks back to devices. A busy MQTT port does not stop the box: the
         // listener reports it in status and keeps trying to bind.
-        let (mqtt_started, mqtt_tasks) = match crate::ingest::mqtt::start(&ctx, &config.mqtt).await
-        {
-            Ok(started) => started,
-            Err(e) => {
-                let _ = log.close();
-                return Err(AppError::component("mqtt", e));
-            }
-        };
+        let (mqtt_started, mqtt_tasks) =
+            match crate::ingest::mqtt::start(&ctx, &config.mqtt.broker, &config.mqtt.sources).await
+            {
+                Ok(started) => started,
+                Err(e) => {
+                    let _ = log.close();
+                    return Err(AppError::component("mqtt", e));
+                }
+            };
         for (name, task) in mqtt_tasks {
             spawn_component(&mut components, name, task);
         }

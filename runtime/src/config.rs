@@ -10,10 +10,8 @@
 //! 4. the built-in defaults, which are exactly `runtime/config/outpost.example.toml`
 //!    (printed by `outpost config example`; a test keeps the two equal).
 //!
-//! `OUTPOST_MQTT_LISTEN` sets `mqtt.broker.listen` (and is kept in [`Config::deferred`] too).
-//! `OUTPOST_KAFKA_BROKERS` is part of the outside contract but its section (`[forward]`) does
-//! not exist yet: [`Overrides`] reads it and [`Config::apply`] keeps it in
-//! [`Config::deferred`] for that section to pick up.
+//! `OUTPOST_MQTT_LISTEN` sets `mqtt.broker.listen`; `OUTPOST_KAFKA_BROKERS` sets
+//! `forward.kafka.brokers`, which turns forwarding on with the default classes.
 //!
 //! # Adding a section
 //! Define `XxxConfig` next to its component (serde, `deny_unknown_fields`, named default
@@ -28,9 +26,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::modbus::ModbusConfig;
-use crate::ingest::mqtt::config::MqttConfig;
+use crate::ingest::mqtt::config::{BrokerConfig, SourceConfig};
 use crate::log::LogConfig;
 use crate::plugins::registry::PluginsConfig;
+use crate::sink::mqtt::config::SinkConfig;
 
 /// The documented default configuration file, compiled in.
 pub const EXAMPLE_TOML: &str = include_str!("../config/outpost.example.toml");
@@ -102,12 +101,67 @@ pub struct Config {
     /// Demo store traffic generated inside `outpost run` (`[simulate]`); off by default.
     #[serde(default)]
     pub simulate: crate::simulate::SimulateConfig,
-    /// Overrides read from the environment for sections that do not exist yet.
-    #[serde(skip)]
-    pub deferred: DeferredOverrides,
     /// Dotted keys set by an override, with where they came from (for error messages).
     #[serde(skip)]
     pub origins: BTreeMap<String, String>,
+}
+
+/// The whole `[mqtt]` section: the embedded broker and external sources (ingest) and the sinks
+/// back to devices (sink), checked together here because a sink on the embedded broker depends
+/// on the broker's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Subscriptions to external MQTT brokers (`[[mqtt.sources]]`).
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// Log topics published back to MQTT (`[[mqtt.sinks]]`).
+    #[serde(default = "crate::sink::mqtt::config::default_sinks")]
+    pub sinks: Vec<SinkConfig>,
+    /// The embedded broker and its device-facing listener (`[mqtt.broker]`).
+    #[serde(default)]
+    pub broker: BrokerConfig,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            sources: Vec::new(),
+            sinks: crate::sink::mqtt::config::default_sinks(),
+            broker: BrokerConfig::default(),
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Checks the section; `log` is the `[log]` section (record size limit). The problem names
+    /// the key.
+    pub fn validate(&self, log: &LogConfig) -> Result<(), (String, String)> {
+        crate::ingest::mqtt::config::validate(&self.broker, &self.sources, log)?;
+        crate::sink::mqtt::config::validate(&self.sinks)?;
+        for (i, s) in self.sinks.iter().enumerate() {
+            if s.host.is_some() {
+                continue;
+            }
+            let prefix = format!("mqtt.sinks[{i}]");
+            if !self.broker.enabled {
+                return Err((format!("{prefix}.host"), "is unset, which means the embedded broker, but `mqtt.broker.enabled` is false; set a host or enable the broker".into()));
+            }
+            // The sink publishes through the device listener: a route taking its topics would
+            // store every answer again.
+            let sample = crate::sink::mqtt::config::sample_topic(&s.mqtt_topic);
+            if let Some(j) = self.broker.route_taking(&sample) {
+                return Err((
+                    format!("{prefix}.mqtt_topic"),
+                    format!(
+                        "{:?} is also taken by `mqtt.broker.routes[{j}]` ({:?}), so every answer would be stored again; narrow that route's filter",
+                        s.mqtt_topic, self.broker.routes[j].filter
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `[edge]` section: who this box is and where it keeps its data.
@@ -209,15 +263,6 @@ impl HttpConfig {
     }
 }
 
-/// Environment overrides kept for sections that later issues add.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeferredOverrides {
-    /// `OUTPOST_MQTT_LISTEN`: the embedded MQTT broker's address (for `[mqtt]`).
-    pub mqtt_listen: Option<String>,
-    /// `OUTPOST_KAFKA_BROKERS`: cloud bootstrap servers; turns forwarding on (for `[forward]`).
-    pub kafka_brokers: Option<String>,
-}
-
 /// Values that override the file: from the environment, then from command-line flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
@@ -229,8 +274,11 @@ pub struct Overrides {
     pub edge_id: Option<(String, String)>,
     /// `edge.store_id`, with its origin.
     pub store_id: Option<(String, String)>,
-    /// Overrides for sections that do not exist yet.
-    pub deferred: DeferredOverrides,
+    /// `OUTPOST_MQTT_LISTEN`: `mqtt.broker.listen`, the device listener's address.
+    pub mqtt_listen: Option<String>,
+    /// `OUTPOST_KAFKA_BROKERS`: `forward.kafka.brokers`, the cloud's bootstrap servers (turns
+    /// forwarding on).
+    pub kafka_brokers: Option<String>,
 }
 
 impl Overrides {
@@ -245,10 +293,8 @@ impl Overrides {
             listen: with_origin("OUTPOST_LISTEN"),
             edge_id: with_origin("OUTPOST_EDGE_ID"),
             store_id: with_origin("OUTPOST_STORE_ID"),
-            deferred: DeferredOverrides {
-                mqtt_listen: get("OUTPOST_MQTT_LISTEN"),
-                kafka_brokers: get("OUTPOST_KAFKA_BROKERS"),
-            },
+            mqtt_listen: get("OUTPOST_MQTT_LISTEN"),
+            kafka_brokers: get("OUTPOST_KAFKA_BROKERS"),
         }
     }
 
@@ -313,16 +359,12 @@ impl Config {
             self.edge.store_id = id.clone();
             self.origins.insert("edge.store_id".into(), origin.clone());
         }
-        if let Some(listen) = &overrides.deferred.mqtt_listen {
-            self.deferred.mqtt_listen = Some(listen.clone());
+        if let Some(listen) = &overrides.mqtt_listen {
             self.mqtt.broker.listen = listen.clone();
             self.origins
                 .insert("mqtt.broker.listen".into(), "OUTPOST_MQTT_LISTEN".into());
         }
-        if overrides.deferred.kafka_brokers.is_some() {
-            self.deferred.kafka_brokers = overrides.deferred.kafka_brokers.clone();
-        }
-        if let Some(brokers) = &overrides.deferred.kafka_brokers {
+        if let Some(brokers) = &overrides.kafka_brokers {
             self.forward.kafka.brokers = brokers.clone();
             self.origins.insert(
                 "forward.kafka.brokers".into(),
@@ -660,16 +702,16 @@ mod tests {
     }
 
     #[test]
-    fn reserved_variables_are_kept_for_later_sections() {
+    fn the_mqtt_listen_and_kafka_brokers_variables_set_their_keys() {
         let o = Overrides::from_env(env(&[
             ("OUTPOST_MQTT_LISTEN", "0.0.0.0:1883"),
             ("OUTPOST_KAFKA_BROKERS", "k1:9092,k2:9092"),
         ]));
         let mut c = Config::default();
         c.apply(&o);
-        assert_eq!(c.deferred.mqtt_listen.as_deref(), Some("0.0.0.0:1883"));
         assert_eq!(c.mqtt.broker.listen, "0.0.0.0:1883");
-        assert_eq!(c.deferred.kafka_brokers.as_deref(), Some("k1:9092,k2:9092"));
+        assert_eq!(c.forward.kafka.brokers, "k1:9092,k2:9092");
+        assert!(c.forward.enabled());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod log;
 pub mod metrics;
 pub mod mirror;
+pub mod mqtt_client;
 pub mod plugins;
 pub mod simulate;
 pub mod sink;

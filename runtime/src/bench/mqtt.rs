@@ -290,7 +290,7 @@ async fn ingest_client(
     inflight: u16,
 ) -> anyhow::Result<Vec<Duration>> {
     let (client, mut eventloop) =
-        crate::ingest::mqtt::client::connect(target_opts, usize::from(inflight) * 2);
+        crate::mqtt_client::connect(target_opts, usize::from(inflight) * 2);
     let publisher = tokio::spawn(async move {
         for _ in 0..count {
             client
@@ -466,7 +466,7 @@ fn round_trip(
     let run_id = std::process::id();
     let (latencies, elapsed) = rt.block_on(async {
         // The terminal side: subscribe to every verdict.
-        let (sub, mut sub_loop) = crate::ingest::mqtt::client::connect(
+        let (sub, mut sub_loop) = crate::mqtt_client::connect(
             options(&target, &format!("bench-verdicts-{run_id}"), 10),
             16,
         );
@@ -506,7 +506,7 @@ fn round_trip(
         });
 
         // The till side: payments at a fixed rate.
-        let (publ, mut pub_loop) = crate::ingest::mqtt::client::connect(
+        let (publ, mut pub_loop) = crate::mqtt_client::connect(
             options(&target, &format!("bench-till-{run_id}"), 1000),
             2048,
         );

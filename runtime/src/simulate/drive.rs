@@ -17,8 +17,8 @@ use tokio::sync::watch;
 
 use super::generate::{Generator, GeneratorConfig, Kind, Pattern, Planted};
 use super::SimulateError;
-use crate::ingest::mqtt::client::AbortOnDrop;
 use crate::kernel::{lock, now_ms, Shutdown};
+use crate::mqtt_client::AbortOnDrop;
 
 /// Score at or above which a verdict counts as flagged: the bundled fraud-score plugin's
 /// default `alert_threshold`.
@@ -370,7 +370,7 @@ pub async fn drive(
     mqtt.set_keep_alive(Duration::from_secs(30));
     mqtt.set_inflight(200);
     mqtt.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = crate::ingest::mqtt::client::connect(mqtt, 1024);
+    let (client, mut eventloop) = crate::mqtt_client::connect(mqtt, 1024);
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let (subscribed_tx, mut subscribed) = watch::channel(false);
     let closing = Arc::new(AtomicBool::new(false));

@@ -10,41 +10,17 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::route::{KeySource, Route};
 use crate::log::LogConfig;
+use crate::mqtt_client::{check_credentials, check_host, check_name, check_qos, check_tls, range};
+pub use crate::mqtt_client::{Problem, TlsConfig, SYSTEM_CA_FILE};
 
 /// Bytes a stored record may need besides the MQTT payload: the `mqtt-topic` header (a topic is
 /// at most 65535 bytes) and the `mqtt-client-id` header (at most 65535 bytes), with framing.
 pub const RECORD_OVERHEAD_BYTES: usize = 2 * 65_535 + 64;
-
-/// The whole `[mqtt]` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    /// Subscriptions to external MQTT brokers (`[[mqtt.sources]]`).
-    #[serde(default)]
-    pub sources: Vec<SourceConfig>,
-    /// Log topics published back to MQTT (`[[mqtt.sinks]]`).
-    #[serde(default = "default_sinks")]
-    pub sinks: Vec<SinkConfig>,
-    /// The embedded broker and its device-facing listener (`[mqtt.broker]`).
-    #[serde(default)]
-    pub broker: BrokerConfig,
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            sources: Vec::new(),
-            sinks: default_sinks(),
-            broker: BrokerConfig::default(),
-        }
-    }
-}
 
 /// `[mqtt.broker]`: the embedded broker (rumqttd on loopback) behind Outpost's listener.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,25 +101,6 @@ pub struct FilterConfig {
     pub key: Option<KeySource>,
 }
 
-/// TLS to a broker: CA bundle and an optional client certificate (PEM files).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// CA certificates that sign the broker's certificate. Unset: the system bundle
-    /// `/etc/ssl/certs/ca-certificates.crt`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate chain, for brokers that require one (with `key_file`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    /// The client certificate's private key (PKCS#8, PKCS#1 or SEC1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-}
-
-/// The system CA bundle used when `tls.ca_file` is unset.
-pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
-
 /// `[[mqtt.sources]]`: an external broker Outpost subscribes to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,62 +144,6 @@ pub struct SourceConfig {
     pub filters: Vec<FilterConfig>,
 }
 
-/// Where a new sink starts reading its topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartAt {
-    /// Only records appended after the sink first started (answers are live data).
-    End,
-    /// Everything the topic still holds.
-    Beginning,
-}
-
-/// `[[mqtt.sinks]]`: publishes the records of a log topic to MQTT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkConfig {
-    /// Unique name; its offset is kept as consumer `sink:mqtt:<name>`.
-    pub name: String,
-    /// The log topic to publish.
-    pub topic: String,
-    /// MQTT topic template; `{field}` is a top-level field of the record's JSON value,
-    /// `{/a/b}` a JSON pointer. Records without the field are skipped (and counted).
-    pub mqtt_topic: String,
-    /// Publish QoS: 0, 1 or 2. With 1 or 2 the offset moves only after the broker acknowledged.
-    #[serde(default = "default_qos")]
-    pub qos: u8,
-    /// Publish with the retain flag.
-    #[serde(default)]
-    pub retain: bool,
-    /// Where a sink without a stored offset starts: "end" or "beginning".
-    #[serde(default = "default_start_at")]
-    pub start_at: StartAt,
-    /// Broker host. Unset: the embedded broker.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    /// Broker port (with `host`).
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// Client id. Unset: `outpost-sink-<name>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
-    /// User name, if the broker wants one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    /// Password (with `username`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-    /// TLS settings (with `host`); unset: plain TCP.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<TlsConfig>,
-    /// Publishes not yet acknowledged by the broker, at most.
-    #[serde(default = "default_sink_inflight")]
-    pub max_inflight: u16,
-    /// Longest wait between reconnects, in ms.
-    #[serde(default = "default_retry_max_ms")]
-    pub retry_max_ms: u64,
-}
-
 fn default_true() -> bool {
     true
 }
@@ -279,12 +180,6 @@ fn default_retry_max_ms() -> u64 {
 fn default_batch_max_records() -> usize {
     1000
 }
-fn default_start_at() -> StartAt {
-    StartAt::End
-}
-fn default_sink_inflight() -> u16 {
-    100
-}
 
 fn route(filter: &str, pointer: &str) -> RouteConfig {
     RouteConfig {
@@ -305,87 +200,6 @@ fn default_routes() -> Vec<RouteConfig> {
     ]
 }
 
-fn sink(name: &str, topic: &str, mqtt_topic: &str) -> SinkConfig {
-    SinkConfig {
-        name: name.to_string(),
-        topic: topic.to_string(),
-        mqtt_topic: mqtt_topic.to_string(),
-        qos: default_qos(),
-        retain: false,
-        start_at: default_start_at(),
-        host: None,
-        port: default_port(),
-        client_id: None,
-        username: None,
-        password: None,
-        tls: None,
-        max_inflight: default_sink_inflight(),
-        retry_max_ms: default_retry_max_ms(),
-    }
-}
-
-fn default_sinks() -> Vec<SinkConfig> {
-    vec![
-        sink("verdicts", "fraud.scores", "pos/{terminal_id}/verdict"),
-        sink("offers", "recommendations", "signage/{device_id}/offers"),
-    ]
-}
-
-/// A problem: the dotted key and what to do about it.
-pub type Problem = (String, String);
-
-fn range(key: &str, value: u64, min: u64, max: u64) -> Result<(), Problem> {
-    if value < min || value > max {
-        return Err((
-            key.to_string(),
-            format!("{value} is out of range; set it between {min} and {max}"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_name(key: &str, name: &str, seen: &mut BTreeSet<String>) -> Result<(), Problem> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
-        return Err((
-            key.to_string(),
-            format!("{name:?} must be 1 to 64 characters of letters, digits, '.', '_' or '-'"),
-        ));
-    }
-    if !seen.insert(name.to_string()) {
-        return Err((
-            key.to_string(),
-            format!("{name:?} is used twice; names must be unique"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_qos(key: &str, qos: u8) -> Result<(), Problem> {
-    if qos > 2 {
-        return Err((
-            key.to_string(),
-            format!("{qos} is not a QoS; use 0, 1 or 2"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_host(key: &str, host: &str) -> Result<(), Problem> {
-    // One colon means "host:port" was written into `host`; IPv6 literals have several.
-    let looks_like_host_port = host.matches(':').count() == 1;
-    if host.is_empty()
-        || host.contains(|c: char| c.is_whitespace() || c == '/')
-        || looks_like_host_port
-    {
-        return Err((
-            key.to_string(),
-            format!("{host:?} is not a host name or IP address; use e.g. \"broker.store.lan\" or \"10.0.0.5\" and put the port in `port`"),
-        ));
-    }
-    Ok(())
-}
-
 /// Whether `host:port` names the embedded broker's own listener on `listen`.
 fn is_own_listener(host: &str, port: u16, listen: &str) -> bool {
     let Ok(listen) = listen.parse::<SocketAddr>() else {
@@ -398,308 +212,151 @@ fn is_own_listener(host: &str, port: u16, listen: &str) -> bool {
     loopback || listen.ip().to_string() == host.trim_matches(['[', ']'])
 }
 
-fn check_tls(prefix: &str, tls: &TlsConfig) -> Result<(), Problem> {
-    let ca = tls
-        .ca_file
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_FILE));
-    if !ca.is_file() {
-        return Err((
-            format!("{prefix}.tls.ca_file"),
-            format!("{} is not a readable file; give the PEM file of the CA that signed the broker's certificate", ca.display()),
-        ));
+impl BrokerConfig {
+    /// The index of the first route that takes MQTT topic `topic`, if one does.
+    pub fn route_taking(&self, topic: &str) -> Option<usize> {
+        self.routes.iter().position(|r| {
+            super::route::TopicFilter::parse(&r.filter).is_ok_and(|f| f.matches(topic))
+        })
     }
-    match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => {
-            for (name, path) in [("cert_file", cert), ("key_file", key)] {
-                if !path.is_file() {
-                    return Err((
-                        format!("{prefix}.tls.{name}"),
-                        format!("{} is not a readable file", path.display()),
-                    ));
-                }
-            }
-        }
-        (None, None) => {}
-        (Some(_), None) => {
-            return Err((
-                format!("{prefix}.tls.key_file"),
-                "is missing; a client certificate needs its private key".into(),
-            ))
-        }
-        (None, Some(_)) => {
-            return Err((
-                format!("{prefix}.tls.cert_file"),
-                "is missing; a private key needs its client certificate".into(),
-            ))
-        }
-    }
-    Ok(())
 }
 
-fn check_credentials(
-    prefix: &str,
-    username: &Option<String>,
-    password: &Option<String>,
+/// Checks `[mqtt.broker]` and `[[mqtt.sources]]`; `log` is the `[log]` section (record size
+/// limit). The problem names the key.
+pub fn validate(
+    broker: &BrokerConfig,
+    sources: &[SourceConfig],
+    log: &LogConfig,
 ) -> Result<(), Problem> {
-    if password.is_some() && username.is_none() {
+    let b = broker;
+    if b.listen.parse::<SocketAddr>().is_err() {
         return Err((
-            format!("{prefix}.username"),
-            "is missing; a password needs a user name".into(),
+            "mqtt.broker.listen".into(),
+            format!(
+                "{:?} is not an IP:PORT address; use e.g. \"127.0.0.1:1883\" or \"0.0.0.0:1883\"",
+                b.listen
+            ),
         ));
     }
-    Ok(())
-}
-
-/// A parsed sink topic template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TemplatePart {
-    /// Literal text.
-    Text(String),
-    /// A JSON pointer into the record's value (`{terminal_id}` is `/terminal_id`).
-    Field(String),
-}
-
-/// Parses a sink's `mqtt_topic` template.
-pub fn parse_sink_template(template: &str) -> Result<Vec<TemplatePart>, String> {
-    let mut parts = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            parts.push(TemplatePart::Text(rest[..open].to_string()));
-        }
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("{template:?} has a `{{` without `}}`"))?
-            + open;
-        let inner = &rest[open + 1..close];
-        if inner.is_empty() {
-            return Err(format!(
-                "{template:?} has an empty `{{}}`; name a field such as `{{terminal_id}}`"
-            ));
-        }
-        let pointer = if inner.starts_with('/') {
-            inner.to_string()
-        } else {
-            format!("/{inner}")
-        };
-        parts.push(TemplatePart::Field(pointer));
-        rest = &rest[close + 1..];
-    }
-    if rest.contains('}') {
-        return Err(format!("{template:?} has a `}}` without `{{`"));
-    }
-    if !rest.is_empty() {
-        parts.push(TemplatePart::Text(rest.to_string()));
-    }
-    for part in &parts {
-        if let TemplatePart::Text(t) = part {
-            if t.contains(['+', '#', '\0']) {
-                return Err(format!(
-                    "{template:?}: an MQTT topic to publish to cannot contain `+`, `#` or NUL"
-                ));
-            }
-        }
-    }
-    if parts.is_empty() {
-        return Err("is empty; give an MQTT topic such as \"pos/{terminal_id}/verdict\"".into());
-    }
-    Ok(parts)
-}
-
-impl MqttConfig {
-    /// Checks the section; `log` is the `[log]` section (record size limit). `listen_origin`
-    /// is not needed here: the caller maps keys to origins.
-    pub fn validate(&self, log: &LogConfig) -> Result<(), Problem> {
-        let b = &self.broker;
-        if b.listen.parse::<SocketAddr>().is_err() {
-            return Err((
-                "mqtt.broker.listen".into(),
-                format!(
-                    "{:?} is not an IP:PORT address; use e.g. \"127.0.0.1:1883\" or \"0.0.0.0:1883\"",
-                    b.listen
-                ),
-            ));
-        }
-        if b.internal_port == u16::MAX {
-            return Err((
+    if b.internal_port == u16::MAX {
+        return Err((
                 "mqtt.broker.internal_port".into(),
                 "65535 leaves no port for the MQTT 5 server (it takes the next one); use 0 or a lower port".into(),
             ));
-        }
-        range(
-            "mqtt.broker.max_connections",
-            b.max_connections as u64,
-            1,
-            100_000,
-        )?;
-        let payload_max = log.max_record_bytes.saturating_sub(RECORD_OVERHEAD_BYTES);
-        if b.max_payload_bytes < 1 || b.max_payload_bytes > payload_max {
-            return Err((
+    }
+    range(
+        "mqtt.broker.max_connections",
+        b.max_connections as u64,
+        1,
+        100_000,
+    )?;
+    let payload_max = log.max_record_bytes.saturating_sub(RECORD_OVERHEAD_BYTES);
+    if b.max_payload_bytes < 1 || b.max_payload_bytes > payload_max {
+        return Err((
                 "mqtt.broker.max_payload_bytes".into(),
                 format!(
                     "{} does not fit a log record: set it between 1 and {payload_max} (`log.max_record_bytes` minus {RECORD_OVERHEAD_BYTES} bytes for the MQTT topic and client id headers), or raise `log.max_record_bytes`",
                     b.max_payload_bytes
                 ),
             ));
-        }
-        range("mqtt.broker.max_inflight", b.max_inflight as u64, 1, 65_535)?;
-        range(
-            "mqtt.broker.connect_timeout_ms",
-            b.connect_timeout_ms,
-            100,
-            600_000,
-        )?;
-        for (i, r) in b.routes.iter().enumerate() {
-            Route::new(&r.filter, r.topic.as_deref(), r.key.as_ref())
-                .map_err(|(field, p)| (format!("mqtt.broker.routes[{i}].{field}"), p))?;
-        }
+    }
+    range("mqtt.broker.max_inflight", b.max_inflight as u64, 1, 65_535)?;
+    range(
+        "mqtt.broker.connect_timeout_ms",
+        b.connect_timeout_ms,
+        100,
+        600_000,
+    )?;
+    for (i, r) in b.routes.iter().enumerate() {
+        Route::new(&r.filter, r.topic.as_deref(), r.key.as_ref())
+            .map_err(|(field, p)| (format!("mqtt.broker.routes[{i}].{field}"), p))?;
+    }
 
-        let mut names = BTreeSet::new();
-        for (i, s) in self.sources.iter().enumerate() {
-            let prefix = format!("mqtt.sources[{i}]");
-            check_name(&format!("{prefix}.name"), &s.name, &mut names)?;
-            check_host(&format!("{prefix}.host"), &s.host)?;
-            if b.enabled && is_own_listener(&s.host, s.port, &b.listen) {
-                return Err((
+    let mut names = BTreeSet::new();
+    for (i, s) in sources.iter().enumerate() {
+        let prefix = format!("mqtt.sources[{i}]");
+        check_name(&format!("{prefix}.name"), &s.name, &mut names)?;
+        check_host(&format!("{prefix}.host"), &s.host)?;
+        if b.enabled && is_own_listener(&s.host, s.port, &b.listen) {
+            return Err((
                     format!("{prefix}.host"),
                     format!(
                         "{}:{} is this box's own MQTT listener (`mqtt.broker.listen`); devices publishing there are stored by `mqtt.broker.routes`, and a source on it would store them twice",
                         s.host, s.port
                     ),
                 ));
-            }
-            if s.port == 0 {
+        }
+        if s.port == 0 {
+            return Err((
+                format!("{prefix}.port"),
+                "0 is not a port; the MQTT default is 1883 (8883 with TLS)".into(),
+            ));
+        }
+        if let Some(id) = &s.client_id {
+            if id.is_empty() || id.len() > 65_535 {
                 return Err((
-                    format!("{prefix}.port"),
-                    "0 is not a port; the MQTT default is 1883 (8883 with TLS)".into(),
+                    format!("{prefix}.client_id"),
+                    "must be 1 to 65535 bytes; a persistent session needs a fixed, non-empty id"
+                        .into(),
                 ));
             }
-            if let Some(id) = &s.client_id {
-                if id.is_empty() || id.len() > 65_535 {
-                    return Err((format!("{prefix}.client_id"), "must be 1 to 65535 bytes; a persistent session needs a fixed, non-empty id".into()));
-                }
-            }
-            check_credentials(&prefix, &s.username, &s.password)?;
-            if s.keep_alive_ms % 1000 != 0 {
-                return Err((
-                    format!("{prefix}.keep_alive_ms"),
-                    format!(
-                        "{} is not whole seconds; MQTT counts keep-alive in seconds (e.g. 30000)",
-                        s.keep_alive_ms
-                    ),
-                ));
-            }
-            range(
-                &format!("{prefix}.keep_alive_ms"),
-                s.keep_alive_ms,
-                1000,
-                65_535_000,
-            )?;
-            range(
-                &format!("{prefix}.retry_initial_ms"),
-                s.retry_initial_ms,
-                1,
-                3_600_000,
-            )?;
-            range(
-                &format!("{prefix}.retry_max_ms"),
-                s.retry_max_ms,
-                s.retry_initial_ms,
-                3_600_000,
-            )?;
-            range(
-                &format!("{prefix}.batch_max_records"),
-                s.batch_max_records as u64,
-                1,
-                100_000,
-            )?;
-            if let Some(tls) = &s.tls {
-                check_tls(&prefix, tls)?;
-            }
-            if s.filters.is_empty() {
-                return Err((format!("{prefix}.filters"), "is empty; subscribe to at least one topic filter, e.g. filters = [{ filter = \"pos/#\" }]".into()));
-            }
-            for (j, f) in s.filters.iter().enumerate() {
-                check_qos(&format!("{prefix}.filters[{j}].qos"), f.qos)?;
-                Route::new(&f.filter, f.topic.as_deref(), f.key.as_ref())
-                    .map_err(|(field, p)| (format!("{prefix}.filters[{j}].{field}"), p))?;
-            }
         }
-
-        let mut names = BTreeSet::new();
-        for (i, s) in self.sinks.iter().enumerate() {
-            let prefix = format!("mqtt.sinks[{i}]");
-            check_name(&format!("{prefix}.name"), &s.name, &mut names)?;
-            crate::log::validate_topic_name(&s.topic)
-                .map_err(|e| (format!("{prefix}.topic"), e.to_string()))?;
-            parse_sink_template(&s.mqtt_topic).map_err(|p| (format!("{prefix}.mqtt_topic"), p))?;
-            check_qos(&format!("{prefix}.qos"), s.qos)?;
-            range(
-                &format!("{prefix}.max_inflight"),
-                u64::from(s.max_inflight),
-                1,
-                65_535,
-            )?;
-            range(
-                &format!("{prefix}.retry_max_ms"),
-                s.retry_max_ms,
-                1,
-                3_600_000,
-            )?;
-            check_credentials(&prefix, &s.username, &s.password)?;
-            match &s.host {
-                Some(host) => {
-                    check_host(&format!("{prefix}.host"), host)?;
-                    if s.port == 0 {
-                        return Err((
-                            format!("{prefix}.port"),
-                            "0 is not a port; the MQTT default is 1883 (8883 with TLS)".into(),
-                        ));
-                    }
-                    if let Some(tls) = &s.tls {
-                        check_tls(&prefix, tls)?;
-                    }
-                }
-                None => {
-                    if !b.enabled {
-                        return Err((format!("{prefix}.host"), "is unset, which means the embedded broker, but `mqtt.broker.enabled` is false; set a host or enable the broker".into()));
-                    }
-                    if s.tls.is_some() {
-                        return Err((format!("{prefix}.tls"), "applies only to an external broker (`host`); the embedded broker is reached over loopback".into()));
-                    }
-                    // The sink publishes through the device listener: a route taking its
-                    // topics would store every answer again.
-                    let sample: String = parse_sink_template(&s.mqtt_topic)
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|p| match p {
-                            TemplatePart::Text(t) => t.as_str(),
-                            TemplatePart::Field(_) => "x",
-                        })
-                        .collect();
-                    if let Some(j) = b.routes.iter().position(|r| {
-                        super::route::TopicFilter::parse(&r.filter)
-                            .is_ok_and(|f| f.matches(&sample))
-                    }) {
-                        return Err((
-                            format!("{prefix}.mqtt_topic"),
-                            format!(
-                                "{:?} is also taken by `mqtt.broker.routes[{j}]` ({:?}), so every answer would be stored again; narrow that route's filter",
-                                s.mqtt_topic, b.routes[j].filter
-                            ),
-                        ));
-                    }
-                }
-            }
+        check_credentials(&prefix, &s.username, &s.password)?;
+        if s.keep_alive_ms % 1000 != 0 {
+            return Err((
+                format!("{prefix}.keep_alive_ms"),
+                format!(
+                    "{} is not whole seconds; MQTT counts keep-alive in seconds (e.g. 30000)",
+                    s.keep_alive_ms
+                ),
+            ));
         }
-        Ok(())
+        range(
+            &format!("{prefix}.keep_alive_ms"),
+            s.keep_alive_ms,
+            1000,
+            65_535_000,
+        )?;
+        range(
+            &format!("{prefix}.retry_initial_ms"),
+            s.retry_initial_ms,
+            1,
+            3_600_000,
+        )?;
+        range(
+            &format!("{prefix}.retry_max_ms"),
+            s.retry_max_ms,
+            s.retry_initial_ms,
+            3_600_000,
+        )?;
+        range(
+            &format!("{prefix}.batch_max_records"),
+            s.batch_max_records as u64,
+            1,
+            100_000,
+        )?;
+        if let Some(tls) = &s.tls {
+            check_tls(&prefix, tls)?;
+        }
+        if s.filters.is_empty() {
+            return Err((format!("{prefix}.filters"), "is empty; subscribe to at least one topic filter, e.g. filters = [{ filter = \"pos/#\" }]".into()));
+        }
+        for (j, f) in s.filters.iter().enumerate() {
+            check_qos(&format!("{prefix}.filters[{j}].qos"), f.qos)?;
+            Route::new(&f.filter, f.topic.as_deref(), f.key.as_ref())
+                .map_err(|(field, p)| (format!("{prefix}.filters[{j}].{field}"), p))?;
+        }
     }
+
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The `[mqtt]` section as a whole (it lives in config.rs) and the sinks' templates.
+    use crate::config::MqttConfig;
+    use crate::sink::mqtt::config::{parse_sink_template, TemplatePart};
 
     fn problem_key(c: &MqttConfig) -> String {
         c.validate(&LogConfig::default()).unwrap_err().0

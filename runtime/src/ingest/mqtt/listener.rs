@@ -64,7 +64,8 @@ use tokio::task::JoinSet;
 
 use super::packet::{self, Aliases, Connect, PacketError};
 use super::route::{Mapped, Routes, HEADER_WILL};
-use super::{MqttError, KEY_MISSING, KEY_MISSING_HELP};
+use super::source::{KEY_MISSING, KEY_MISSING_HELP};
+use super::MqttError;
 use crate::kernel::{Backoff, Shutdown};
 use crate::kernel::{Link, StatusBoard};
 use crate::log::{Log, LogError, NewRecord};

@@ -17,6 +17,8 @@
 //!
 //! [`Topic::wait_for`]: crate::log::Topic::wait_for
 
+pub mod config;
+
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -24,12 +26,11 @@ use std::time::{Duration, Instant};
 use rumqttc::{Event, Outgoing, Packet};
 use tokio::sync::mpsc;
 
-use crate::ingest::mqtt::client::{self, AbortOnDrop, ClientSettings};
-use crate::ingest::mqtt::config::{parse_sink_template, SinkConfig, StartAt, TemplatePart};
-use crate::ingest::mqtt::MqttError;
+use self::config::{parse_sink_template, SinkConfig, StartAt, TemplatePart};
 use crate::kernel::{Backoff, Context, Shutdown};
 use crate::kernel::{Link, StatusBoard};
 use crate::log::{LogError, Topic};
+use crate::mqtt_client::{self as client, AbortOnDrop, ClientError, ClientSettings};
 use crate::state::{Commit, StateError, StateStore};
 
 /// How long to wait for the broker's CONNACK.
@@ -44,7 +45,7 @@ const READ_BYTES: usize = 1024 * 1024;
 pub enum SinkError {
     /// Options or TLS files.
     #[error(transparent)]
-    Setup(#[from] MqttError),
+    Setup(#[from] ClientError),
     /// Reading the log failed.
     #[error("log: {0}")]
     Log(#[from] LogError),
@@ -59,7 +60,8 @@ pub enum SinkError {
     Template(String),
 }
 
-/// Why a record cannot be addressed.
+/// The MQTT topic of a record: `parts` filled from its JSON value; `Err` says why the record
+/// cannot be addressed (not JSON, a field missing or not a string or number).
 fn render(parts: &[TemplatePart], value: &[u8]) -> Result<String, String> {
     let mut json: Option<serde_json::Value> = None;
     let mut out = String::new();
@@ -136,7 +138,7 @@ pub async fn run_sink(
         (Some(host), _) => (host.clone(), cfg.port),
         (None, Some(addr)) => (addr.ip().to_string(), addr.port()),
         (None, None) => {
-            return Err(SinkError::Setup(MqttError::Setup(format!(
+            return Err(SinkError::Setup(ClientError::Setup(format!(
                 "sink {:?} has no host and the embedded broker is not running",
                 cfg.name
             ))))
