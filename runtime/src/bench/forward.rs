@@ -315,16 +315,24 @@ fn drain(log: &Log, state_dir: &Path, config: ForwardConfig, records: u64) -> an
 }
 
 /// Runs the benchmark.
-pub fn run(args: &ForwardBenchArgs, output: &mut dyn std::io::Write) -> anyhow::Result<()> {
+pub fn run(
+    args: &ForwardBenchArgs,
+    output: &mut dyn std::io::Write,
+) -> Result<(), super::BenchError> {
+    let invalid = |m: &str| Err(super::BenchError::InvalidArgument(m.into()));
     if args.records == 0 || args.repeats == 0 {
-        bail!("--records and --repeats must be at least 1");
+        return invalid("--records and --repeats must be at least 1");
     }
     if args.record_bytes < 32 {
-        bail!("--record-bytes must be at least 32");
+        return invalid("--record-bytes must be at least 32");
     }
     if !matches!(args.compression.as_str(), "zstd" | "lz4" | "none") {
-        bail!("--compression must be zstd, lz4 or none");
+        return invalid("--compression must be zstd, lz4 or none");
     }
+    measure(args, output).map_err(super::BenchError::Failed)
+}
+
+fn measure(args: &ForwardBenchArgs, output: &mut dyn std::io::Write) -> anyhow::Result<()> {
     let python = args
         .python
         .clone()

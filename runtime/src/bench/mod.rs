@@ -10,6 +10,18 @@
 //! - [`plugins`]: `outpost bench plugins`, the bundled fraud-score plugin in wasm against the
 //!   same logic built natively, and the per-record overhead of a do-nothing plugin.
 
+/// Why a benchmark did not run: bad arguments (the CLI exits 2) or a failure while running
+/// (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// An argument is out of range or malformed; the message names it.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The benchmark failed while running.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
 pub mod forward;
 pub mod log;
 pub mod mqtt;

@@ -349,8 +349,12 @@ fn check_args(args: &MqttBenchArgs) -> Result<(), MqttBenchError> {
 }
 
 /// Runs the benchmark and writes its report to `out`.
-pub fn run(args: &MqttBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    check_args(args)?;
+pub fn run(args: &MqttBenchArgs, out: &mut dyn Write) -> Result<(), super::BenchError> {
+    check_args(args).map_err(|e| super::BenchError::InvalidArgument(e.to_string()))?;
+    measure(args, out).map_err(super::BenchError::Failed)
+}
+
+fn measure(args: &MqttBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

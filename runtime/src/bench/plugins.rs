@@ -730,7 +730,13 @@ impl Drop for WorkDir {
 }
 
 /// Runs the benchmark and writes the report (a table, or JSON with `--json`) to `out`.
-pub fn run(args: &PluginBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn run(args: &PluginBenchArgs, out: &mut dyn Write) -> Result<(), super::BenchError> {
+    args.validate()
+        .map_err(|e| super::BenchError::InvalidArgument(e.to_string()))?;
+    report(args, out).map_err(super::BenchError::Failed)
+}
+
+fn report(args: &PluginBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let report = measure(args)?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &report)?;

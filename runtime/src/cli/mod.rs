@@ -188,7 +188,7 @@ pub enum CliError {
     Simulate(#[from] crate::simulate::SimulateError),
     /// A benchmark failed.
     #[error("benchmark failed: {0:#}")]
-    Bench(anyhow::Error),
+    Bench(#[from] crate::bench::BenchError),
     /// Writing the output or starting the runtime failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -202,14 +202,7 @@ impl CliError {
             CliError::App(AppError::Config(_)) => 2,
             CliError::Client(ClientError::BadUrl { .. }) => 2,
             CliError::Partial { source, .. } => source.exit_code(),
-            CliError::Bench(e) => match e.downcast_ref::<crate::bench::log::LogBenchError>() {
-                Some(crate::bench::log::LogBenchError::InvalidArgument(_)) => 2,
-                _ => match e.downcast_ref::<crate::bench::plugins::PluginBenchError>() {
-                    Some(crate::bench::plugins::PluginBenchError::InvalidArgument(_)) => 2,
-                    _ if e.is::<crate::bench::mqtt::MqttBenchError>() => 2,
-                    _ => 1,
-                },
-            },
+            CliError::Bench(crate::bench::BenchError::InvalidArgument(_)) => 2,
             _ => 1,
         }
     }
