@@ -11,6 +11,21 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, EventLoop, MqttOptions, QoS, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
 
+/// The default QoS of subscriptions and sink publishes (`qos`): 1.
+pub fn default_qos() -> u8 {
+    1
+}
+
+/// The default broker port (`port`): 1883.
+pub fn default_port() -> u16 {
+    1883
+}
+
+/// The default longest wait between reconnects (`retry_max_ms`): 30 s.
+pub fn default_retry_max_ms() -> u64 {
+    30_000
+}
+
 /// Why a client could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

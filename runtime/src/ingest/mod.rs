@@ -9,6 +9,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod gaps;
+pub(crate) mod link_metrics;
 pub mod modbus;
 pub mod mqtt;
 pub mod opcua;

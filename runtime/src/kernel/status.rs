@@ -258,33 +258,34 @@ impl StatusEntry {
     /// Sets the gauge `details.<key>` (series `outpost_<role>_<key>`, registered with `help`
     /// the first time).
     pub fn set_gauge(&mut self, key: &str, help: &str, value: f64) {
-        if let Some(Detail::Gauge(g)) = self.details.get(key) {
-            g.set(value);
-            return;
-        }
-        let g = self.registry.gauge(
-            &format!("outpost_{}_{key}", self.role.as_str()),
-            help,
-            &self.labels(),
-        );
-        g.set(value);
-        self.details.insert(key.to_string(), Detail::Gauge(g));
+        self.gauge_detail(key, help, false).set(value);
     }
 
     /// Sets the yes/no detail `details.<key>` (series `outpost_<role>_<key>`, 1 or 0).
     pub fn set_flag(&mut self, key: &str, help: &str, value: bool) {
-        let v = f64::from(u8::from(value));
-        if let Some(Detail::Flag(g)) = self.details.get(key) {
-            g.set(v);
-            return;
+        self.gauge_detail(key, help, true)
+            .set(f64::from(u8::from(value)));
+    }
+
+    /// The gauge behind `details.<key>`, registered the first time (`flag`: shown as a bool).
+    fn gauge_detail(&mut self, key: &str, help: &str, flag: bool) -> Gauge {
+        match self.details.get(key) {
+            Some(Detail::Gauge(g)) if !flag => return g.clone(),
+            Some(Detail::Flag(g)) if flag => return g.clone(),
+            _ => {}
         }
         let g = self.registry.gauge(
             &format!("outpost_{}_{key}", self.role.as_str()),
             help,
             &self.labels(),
         );
-        g.set(v);
-        self.details.insert(key.to_string(), Detail::Flag(g));
+        let detail = if flag {
+            Detail::Flag(g.clone())
+        } else {
+            Detail::Gauge(g.clone())
+        };
+        self.details.insert(key.to_string(), detail);
+        g
     }
 
     /// Sets the descriptive detail `details.<key>` (an address, a topic, a list of filters, the

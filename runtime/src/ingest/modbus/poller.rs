@@ -32,6 +32,7 @@ use super::decode::decode_registers;
 use super::plan::{plan_device, ReadGroup};
 use super::serial::{LineSettings, SerialPort};
 use crate::ingest::gaps::{Gaps, OpenGap};
+use crate::ingest::link_metrics::LinkMetrics;
 use crate::kernel::{now_ms, Backoff, Shutdown};
 use crate::kernel::{Link, StatusBoard, StatusEntry};
 use crate::log::{Log, LogError, NewRecord, Topic};
@@ -77,11 +78,8 @@ struct DeviceMetrics {
     requests_exception: Counter,
     requests_busy: Counter,
     requests_failed: Counter,
-    records: Counter,
-    gaps: Counter,
-    connected: Gauge,
-    connects_ok: Counter,
-    connects_failed: Counter,
+    /// Connected, connects, records stored, gaps: shared with OPC-UA.
+    link: LinkMetrics,
 }
 
 impl DeviceMetrics {
@@ -101,13 +99,6 @@ impl DeviceMetrics {
                 &[("device", device), ("result", result)],
             )
         };
-        let connects = |result: &str| {
-            r.counter(
-                "outpost_modbus_connects_total",
-                "Modbus connection attempts by device and result.",
-                &[("device", device), ("result", result)],
-            )
-        };
         DeviceMetrics {
             polls_good: polls("good"),
             polls_uncertain: polls("uncertain"),
@@ -123,23 +114,7 @@ impl DeviceMetrics {
             requests_exception: requests("exception"),
             requests_busy: requests("busy"),
             requests_failed: requests("failed"),
-            records: r.counter(
-                "outpost_modbus_records_stored_total",
-                "Records of Modbus polls appended to the log.",
-                &[("device", device)],
-            ),
-            gaps: r.counter(
-                "outpost_modbus_gaps_total",
-                "Closed gaps: runs of failed or refused polls of a device.",
-                &[("device", device)],
-            ),
-            connected: r.gauge(
-                "outpost_modbus_connected",
-                "1 while Outpost holds a working connection to the Modbus device.",
-                &[("device", device)],
-            ),
-            connects_ok: connects("ok"),
-            connects_failed: connects("failed"),
+            link: LinkMetrics::new("modbus", "device", device, "Modbus device"),
         }
     }
 }
@@ -281,7 +256,7 @@ impl Poller {
             use tokio_modbus::client::Client;
             let _ = context.disconnect().await;
         }
-        self.metrics.connected.set(0.0);
+        self.metrics.link.connected.set(0.0);
         self.board
             .update(&self.status_name, |s| s.set_link(Link::Stopped));
         tracing::info!(device = %self.device.name, "Stopped polling a Modbus device.");
@@ -330,7 +305,7 @@ impl Poller {
         };
         self.context = Some(ContextBox(context));
         self.counts.connects.inc();
-        self.metrics.connects_ok.inc();
+        self.metrics.link.connects_ok.inc();
         if device.delay_after_connect_ms > 0 {
             sleep(Duration::from_millis(device.delay_after_connect_ms)).await;
         }
@@ -429,10 +404,10 @@ impl Poller {
     async fn poll(&mut self) -> Poll {
         if self.context.is_none() {
             if let Err(e) = self.connect().await {
-                self.metrics.connects_failed.inc();
+                self.metrics.link.connects_failed.inc();
                 return Poll::Failed(e);
             }
-            self.metrics.connected.set(1.0);
+            self.metrics.link.connected.set(1.0);
         }
         let mut decoded: Vec<Option<Value>> = vec![None; self.device.points.len()];
         let mut errors = Vec::new();
@@ -466,7 +441,7 @@ impl Poller {
                 Err(ReadError::Link(e)) => {
                     // A late answer could be taken for the next request's: start afresh.
                     self.context = None;
-                    self.metrics.connected.set(0.0);
+                    self.metrics.link.connected.set(0.0);
                     return Poll::Failed(e);
                 }
             }
@@ -602,7 +577,7 @@ impl Poller {
                 timestamp_ms: Some(ts_ms),
             }])
             .await?;
-        self.metrics.records.inc();
+        self.metrics.link.records.inc();
         Ok(())
     }
 
@@ -664,7 +639,7 @@ impl Poller {
             reason = %gap.reason,
             "A Modbus device answers again; the gap is closed."
         );
-        self.metrics.gaps.inc();
+        self.metrics.link.gaps.inc();
         self.gaps.close(gap, to_ms)
     }
 }

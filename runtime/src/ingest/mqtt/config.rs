@@ -91,7 +91,7 @@ pub struct FilterConfig {
     /// MQTT topic filter to subscribe to.
     pub filter: String,
     /// Subscription QoS: 0, 1 or 2.
-    #[serde(default = "default_qos")]
+    #[serde(default = "crate::mqtt_client::default_qos")]
     pub qos: u8,
     /// Log topic template, as in `[[mqtt.broker.routes]]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,7 +110,7 @@ pub struct SourceConfig {
     /// Broker host name or IP (with TLS, the name its certificate carries).
     pub host: String,
     /// Broker port.
-    #[serde(default = "default_port")]
+    #[serde(default = "crate::mqtt_client::default_port")]
     pub port: u16,
     /// Client id (fixed, so the broker keeps the session). Unset: `outpost-<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,7 +132,7 @@ pub struct SourceConfig {
     #[serde(default = "default_retry_initial_ms")]
     pub retry_initial_ms: u64,
     /// Longest wait between reconnects, in ms.
-    #[serde(default = "default_retry_max_ms")]
+    #[serde(default = "crate::mqtt_client::default_retry_max_ms")]
     pub retry_max_ms: u64,
     /// Most messages stored by one append (more throughput, same guarantees).
     #[serde(default = "default_batch_max_records")]
@@ -162,20 +162,11 @@ fn default_max_inflight() -> usize {
 fn default_connect_timeout_ms() -> u64 {
     10_000
 }
-fn default_qos() -> u8 {
-    1
-}
-fn default_port() -> u16 {
-    1883
-}
 fn default_keep_alive_ms() -> u64 {
     30_000
 }
 fn default_retry_initial_ms() -> u64 {
     500
-}
-fn default_retry_max_ms() -> u64 {
-    30_000
 }
 fn default_batch_max_records() -> usize {
     1000

@@ -25,10 +25,11 @@ use super::config::{parse_node_id, SecurityMode, SecurityPolicy, ServerConfig};
 use super::record::data_change_record;
 use crate::ingest::append_groups;
 use crate::ingest::gaps::{Gaps, OpenGap};
+use crate::ingest::link_metrics::LinkMetrics;
 use crate::kernel::{lock, now_ms, Backoff, Shutdown};
 use crate::kernel::{Link, StatusBoard, StatusEntry};
 use crate::log::{Log, LogError, NewRecord};
-use crate::metrics::{self, Counter, Gauge};
+use crate::metrics::{self, Counter};
 
 /// Failed keep-alive reads in a row after which the session is rebuilt.
 const MAX_FAILED_KEEP_ALIVES: u64 = 3;
@@ -128,13 +129,10 @@ impl OnSubscriptionNotificationCore for Notifier {
 
 #[derive(Debug)]
 struct ServerMetrics {
-    records: Counter,
+    /// Connected, connects, records stored, gaps: shared with Modbus.
+    link: LinkMetrics,
     refused: Counter,
     publishes: Counter,
-    gaps: Counter,
-    connected: Gauge,
-    connects_ok: Counter,
-    connects_failed: Counter,
     sessions_created: Counter,
     keep_alives_failed: Counter,
 }
@@ -142,19 +140,8 @@ struct ServerMetrics {
 impl ServerMetrics {
     fn new(server: &str) -> ServerMetrics {
         let r = metrics::global();
-        let connects = |result: &str| {
-            r.counter(
-                "outpost_opcua_connects_total",
-                "OPC-UA session (re)connection attempts by server and result.",
-                &[("server", server), ("result", result)],
-            )
-        };
         ServerMetrics {
-            records: r.counter(
-                "outpost_opcua_records_stored_total",
-                "Records of OPC-UA data changes appended to the log.",
-                &[("server", server)],
-            ),
+            link: LinkMetrics::new("opcua", "server", server, "OPC-UA server"),
             refused: r.counter(
                 "outpost_opcua_records_refused_total",
                 "Records of OPC-UA data changes the log refused (disk budget); each is part of a gap.",
@@ -165,18 +152,6 @@ impl ServerMetrics {
                 "OPC-UA publish responses carrying data changes (one log append each).",
                 &[("server", server)],
             ),
-            gaps: r.counter(
-                "outpost_opcua_gaps_total",
-                "Closed gaps of an OPC-UA server: outages and intervals refused by the log.",
-                &[("server", server)],
-            ),
-            connected: r.gauge(
-                "outpost_opcua_connected",
-                "1 while Outpost holds an active session with its subscription on the OPC-UA server.",
-                &[("server", server)],
-            ),
-            connects_ok: connects("ok"),
-            connects_failed: connects("failed"),
             sessions_created: r.counter(
                 "outpost_opcua_sessions_created_total",
                 "OPC-UA sessions created (a reconnect that reactivates the old session creates none).",
@@ -336,7 +311,7 @@ impl ServerTask {
                 }
             }
         }
-        self.metrics.connected.set(0.0);
+        self.metrics.link.connected.set(0.0);
         self.board
             .update(&self.status_name, |s| s.set_link(Link::Stopped));
         tracing::info!(server = %self.server.name, "Stopped subscribing to an OPC-UA server.");
@@ -589,7 +564,7 @@ impl ServerTask {
             SessionPollResult::Reconnected(mode) => {
                 self.session_connected = true;
                 self.counts.connects.inc();
-                self.metrics.connects_ok.inc();
+                self.metrics.link.connects_ok.inc();
                 let (created, id) = match &mode {
                     SessionConnectMode::NewSession(id) => (true, id.to_string()),
                     SessionConnectMode::ReactivatedSession(id) => (false, id.to_string()),
@@ -618,7 +593,7 @@ impl ServerTask {
                 self.link_failed(format!("connection lost: {code}"), false);
             }
             SessionPollResult::ReconnectFailed(code) => {
-                self.metrics.connects_failed.inc();
+                self.metrics.link.connects_failed.inc();
                 self.link_failed(format!("cannot connect: {code}"), true);
             }
             SessionPollResult::SessionActivity(SessionActivity::KeepAliveFailed(code)) => {
@@ -640,7 +615,7 @@ impl ServerTask {
         }
         let was_connected = self.connected;
         self.connected = false;
-        self.metrics.connected.set(0.0);
+        self.metrics.link.connected.set(0.0);
         match self.link_gap.as_mut() {
             Some(gap) => gap.reason.clone_from(&reason),
             None => {
@@ -676,7 +651,7 @@ impl ServerTask {
     fn link_restored(&mut self) {
         self.connected = true;
         self.consecutive_failures = 0;
-        self.metrics.connected.set(1.0);
+        self.metrics.link.connected.set(1.0);
         let closed = self
             .link_gap
             .take()
@@ -725,7 +700,7 @@ impl ServerTask {
         self.metrics.publishes.inc();
         match outcome {
             Ok(()) => {
-                self.metrics.records.add(count);
+                self.metrics.link.records.add(count);
                 let closed = self
                     .refused_gap
                     .take()
@@ -786,7 +761,7 @@ impl ServerTask {
             reason = %gap.reason,
             "An OPC-UA gap is closed."
         );
-        self.metrics.gaps.inc();
+        self.metrics.link.gaps.inc();
         self.gaps.close(gap, to_ms)
     }
 }

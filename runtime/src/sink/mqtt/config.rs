@@ -32,7 +32,7 @@ pub struct SinkConfig {
     /// `{/a/b}` a JSON pointer. Records without the field are skipped (and counted).
     pub mqtt_topic: String,
     /// Publish QoS: 0, 1 or 2. With 1 or 2 the offset moves only after the broker acknowledged.
-    #[serde(default = "default_qos")]
+    #[serde(default = "crate::mqtt_client::default_qos")]
     pub qos: u8,
     /// Publish with the retain flag.
     #[serde(default)]
@@ -44,7 +44,7 @@ pub struct SinkConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Broker port (with `host`).
-    #[serde(default = "default_port")]
+    #[serde(default = "crate::mqtt_client::default_port")]
     pub port: u16,
     /// Client id. Unset: `outpost-sink-<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,20 +62,8 @@ pub struct SinkConfig {
     #[serde(default = "default_sink_inflight")]
     pub max_inflight: u16,
     /// Longest wait between reconnects, in ms.
-    #[serde(default = "default_retry_max_ms")]
+    #[serde(default = "crate::mqtt_client::default_retry_max_ms")]
     pub retry_max_ms: u64,
-}
-
-fn default_qos() -> u8 {
-    1
-}
-
-fn default_port() -> u16 {
-    1883
-}
-
-fn default_retry_max_ms() -> u64 {
-    30_000
 }
 
 fn default_start_at() -> StartAt {
@@ -91,17 +79,17 @@ pub(crate) fn sink(name: &str, topic: &str, mqtt_topic: &str) -> SinkConfig {
         name: name.to_string(),
         topic: topic.to_string(),
         mqtt_topic: mqtt_topic.to_string(),
-        qos: default_qos(),
+        qos: crate::mqtt_client::default_qos(),
         retain: false,
         start_at: default_start_at(),
         host: None,
-        port: default_port(),
+        port: crate::mqtt_client::default_port(),
         client_id: None,
         username: None,
         password: None,
         tls: None,
         max_inflight: default_sink_inflight(),
-        retry_max_ms: default_retry_max_ms(),
+        retry_max_ms: crate::mqtt_client::default_retry_max_ms(),
     }
 }
 
