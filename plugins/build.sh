@@ -24,15 +24,8 @@ cd "$here"
 log() { printf '==> %s\n' "$*" >&2; }
 
 # --- crate source: Debian's vendored registry when present (offline), else crates.io ----------
-# The committed Cargo.lock is resolved against Debian's registry (test.sh explains why it does
-# not work against crates.io), so that path is `--locked`.
-debian_registry=${DEBIAN_CARGO_REGISTRY:-/usr/share/cargo/registry}
-registry_args=()
-if [ -d "$debian_registry" ] && [ -z "${OUTPOST_USE_CRATES_IO:-}" ]; then
-  registry_args=(--offline --locked
-    --config 'source.crates-io.replace-with="debian"'
-    --config "source.debian.directory=\"$debian_registry\"")
-fi
+# shellcheck source=crate-source.sh
+. "$here/crate-source.sh"
 
 # --- Rust toolchain ---------------------------------------------------------------------------
 choose_toolchain() {

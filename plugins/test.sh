@@ -22,13 +22,8 @@ fi
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
-debian_registry=${DEBIAN_CARGO_REGISTRY:-/usr/share/cargo/registry}
-registry_args=()
-if [ -d "$debian_registry" ] && [ -z "${OUTPOST_USE_CRATES_IO:-}" ]; then
-  registry_args=(--offline --locked
-    --config 'source.crates-io.replace-with="debian"'
-    --config "source.debian.directory=\"$debian_registry\"")
-fi
+# shellcheck source=crate-source.sh
+. "$here/crate-source.sh"
 
 cd "$here/../sdk"
 log "sdk: cargo test (no features)"
