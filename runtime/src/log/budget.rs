@@ -56,7 +56,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    pub fn new(dir: PathBuf, max_bytes: u64, min_free_bytes: u64, full: Counter) -> Budget {
+    pub(super) fn new(dir: PathBuf, max_bytes: u64, min_free_bytes: u64, full: Counter) -> Budget {
         Budget {
             dir,
             max_bytes,
@@ -72,7 +72,7 @@ impl Budget {
     }
 
     /// Sets the eviction water marks (percent of the limits; `low <= high`, both 1..=100).
-    pub fn with_water_marks(mut self, high_percent: u8, low_percent: u8) -> Budget {
+    pub(super) fn with_water_marks(mut self, high_percent: u8, low_percent: u8) -> Budget {
         self.high_water_percent = u64::from(high_percent.clamp(1, 100));
         self.low_water_percent = u64::from(low_percent.clamp(1, 100)).min(self.high_water_percent);
         self
@@ -80,13 +80,13 @@ impl Budget {
 
     /// Counts `bytes` as written without checking the limits: only for the few bytes of gap
     /// markers, which must not be refused by the budget whose pressure causes them.
-    pub fn force_reserve(&self, bytes: u64) {
+    pub(super) fn force_reserve(&self, bytes: u64) {
         self.total.fetch_add(bytes, Ordering::AcqRel);
         self.written_since_check.fetch_add(bytes, Ordering::AcqRel);
     }
 
     /// Asks the file system for its free space now (eviction does before it decides).
-    pub fn refresh_free_now(&self) {
+    pub(super) fn refresh_free_now(&self) {
         if self.min_free_bytes == 0 {
             return;
         }
@@ -106,7 +106,7 @@ impl Budget {
     /// Bytes eviction should free so that `extra` more bytes fit and the log is back at the
     /// low-water mark; 0 when the log is below the high-water mark (unless `force`, used
     /// after an append was refused, when any excess over the low-water mark counts).
-    pub fn eviction_need(&self, extra: u64, force: bool) -> u64 {
+    pub(super) fn eviction_need(&self, extra: u64, force: bool) -> u64 {
         let mut need = 0u64;
         if self.max_bytes > 0 {
             let total = self.total().saturating_add(extra);
@@ -128,17 +128,17 @@ impl Budget {
     }
 
     /// Bytes of all segments.
-    pub fn total(&self) -> u64 {
+    pub(super) fn total(&self) -> u64 {
         self.total.load(Ordering::Acquire)
     }
 
     /// Counts bytes found on disk at open.
-    pub fn add_existing(&self, bytes: u64) {
+    pub(super) fn add_existing(&self, bytes: u64) {
         self.total.fetch_add(bytes, Ordering::AcqRel);
     }
 
     /// Gives back bytes of deleted segments or of a write that failed.
-    pub fn release(&self, bytes: u64) {
+    pub(super) fn release(&self, bytes: u64) {
         let _ = self
             .total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
@@ -147,7 +147,7 @@ impl Budget {
     }
 
     /// Reserves room for `bytes` about to be written, or says why there is none.
-    pub fn reserve(&self, bytes: u64) -> Result<(), LogError> {
+    pub(super) fn reserve(&self, bytes: u64) -> Result<(), LogError> {
         let before = self.total.fetch_add(bytes, Ordering::AcqRel);
         if self.max_bytes > 0 && before.saturating_add(bytes) > self.max_bytes {
             self.release(bytes);

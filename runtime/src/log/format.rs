@@ -60,11 +60,11 @@ pub(crate) struct BatchHeader {
 
 impl BatchHeader {
     /// Bytes of the whole batch.
-    pub fn total_len(&self) -> u64 {
+    pub(super) fn total_len(&self) -> u64 {
         8 + u64::from(self.length)
     }
     /// The offset after the batch's last record.
-    pub fn end_offset(&self) -> u64 {
+    pub(super) fn end_offset(&self) -> u64 {
         self.base_offset
             .saturating_add(u64::from(self.record_count))
     }

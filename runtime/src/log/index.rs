@@ -17,7 +17,7 @@ pub(crate) struct IndexEntry {
 
 impl IndexEntry {
     /// The little-endian on-disk form: `rel` then `pos`.
-    pub fn encode(self) -> [u8; ENTRY_LEN] {
+    pub(super) fn encode(self) -> [u8; ENTRY_LEN] {
         let mut out = [0u8; ENTRY_LEN];
         out[..4].copy_from_slice(&self.rel.to_le_bytes());
         out[4..].copy_from_slice(&self.pos.to_le_bytes());

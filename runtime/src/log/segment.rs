@@ -296,7 +296,7 @@ impl Segment {
     }
 
     /// Creates a new, empty active segment (its files must not exist yet).
-    pub fn create(topic: Arc<str>, dir: &Path, base: u64) -> Result<Segment, LogError> {
+    pub(super) fn create(topic: Arc<str>, dir: &Path, base: u64) -> Result<Segment, LogError> {
         let seg = Segment::new(topic, dir, base, 0);
         let file = OpenOptions::new()
             .read(true)
@@ -323,14 +323,14 @@ impl Segment {
     }
 
     /// A sealed segment found on disk; nothing is read until it is used.
-    pub fn open_sealed(topic: Arc<str>, dir: &Path, base: u64, len: u64) -> Segment {
+    pub(super) fn open_sealed(topic: Arc<str>, dir: &Path, base: u64, len: u64) -> Segment {
         Segment::new(topic, dir, base, len)
     }
 
     /// Opens the last segment of a topic as the active one: scans from its last usable index
     /// entry to the end, truncates a torn or corrupt tail (logging what was cut), and brings
     /// the index file in line with the log.
-    pub fn recover_active(
+    pub(super) fn recover_active(
         topic: Arc<str>,
         dir: &Path,
         base: u64,
@@ -435,25 +435,25 @@ impl Segment {
     }
 
     /// The file name, for messages.
-    pub fn file_name(&self) -> String {
+    pub(super) fn file_name(&self) -> String {
         log_file_name(self.base)
     }
 
-    pub fn is_sealed(&self) -> bool {
+    pub(super) fn is_sealed(&self) -> bool {
         self.sealed.load(Ordering::Acquire)
     }
 
-    pub fn is_synced(&self) -> bool {
+    pub(super) fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
 
-    pub fn mark_synced(&self) {
+    pub(super) fn mark_synced(&self) {
         self.synced.store(true, Ordering::Release);
     }
 
     /// The open file, opening a sealed segment's file on first use. The flag tells whether it
     /// was opened just now.
-    pub fn handle(&self) -> Result<(Arc<File>, bool), LogError> {
+    pub(super) fn handle(&self) -> Result<(Arc<File>, bool), LogError> {
         let mut h = lock(&self.handle);
         if let Some(f) = h.as_ref() {
             return Ok((Arc::clone(f), false));
@@ -466,14 +466,14 @@ impl Segment {
     }
 
     /// Closes a sealed segment's file until it is read again.
-    pub fn release_handle(&self) {
+    pub(super) fn release_handle(&self) {
         if self.is_sealed() {
             *lock(&self.handle) = None;
         }
     }
 
     /// Marks the segment sealed at `len` bytes: no more writes, everything written is visible.
-    pub fn seal(&self, len: u64, synced: bool) {
+    pub(super) fn seal(&self, len: u64, synced: bool) {
         self.len.store(len, Ordering::Release);
         self.visible_len.fetch_max(len, Ordering::AcqRel);
         self.synced.store(synced, Ordering::Release);
@@ -483,7 +483,7 @@ impl Segment {
 
     /// Records that a batch starting at `pos` with base offset `offset` and append time
     /// `append_ms` was written; adds an index entry when one is due.
-    pub fn note_batch(&self, pos: u64, offset: u64, append_ms: u64) {
+    pub(super) fn note_batch(&self, pos: u64, offset: u64, append_ms: u64) {
         self.newest_append_ms.fetch_max(append_ms, Ordering::AcqRel);
         let mut st = lock(&self.index);
         if !index::wants_entry(&st.entries, pos) {
@@ -503,14 +503,14 @@ impl Segment {
     }
 
     /// The newest append time if it is known without reading the file.
-    pub fn known_newest_append_ms(&self) -> Option<u64> {
+    pub(super) fn known_newest_append_ms(&self) -> Option<u64> {
         let known = self.newest_append_ms.load(Ordering::Acquire);
         (known != 0).then_some(known)
     }
 
     /// The newest append time of the segment, reading the tail after its last index entry
     /// when it is not known yet (a segment from an earlier run).
-    pub fn newest_append_ms(&self) -> Result<Option<u64>, LogError> {
+    pub(super) fn newest_append_ms(&self) -> Result<Option<u64>, LogError> {
         let known = self.newest_append_ms.load(Ordering::Acquire);
         if known != 0 {
             return Ok(Some(known));
@@ -636,7 +636,7 @@ impl Segment {
 
     /// Reads records at offsets `take.from..until` of this segment into `out`, within
     /// `take`'s limits. Never returns a record from a batch whose checksum failed.
-    pub fn read_into(
+    pub(super) fn read_into(
         &self,
         file: &File,
         until: u64,
@@ -768,7 +768,7 @@ impl Segment {
     }
 
     /// Makes a sealed segment's data durable if it never was (close of a `never` topic).
-    pub fn sync_if_needed(&self) -> Result<(), LogError> {
+    pub(super) fn sync_if_needed(&self) -> Result<(), LogError> {
         if self.is_synced() {
             return Ok(());
         }
@@ -780,7 +780,7 @@ impl Segment {
     }
 
     /// Removes the segment's files.
-    pub fn remove_files(&self) -> Result<(), LogError> {
+    pub(super) fn remove_files(&self) -> Result<(), LogError> {
         self.deleted.store(true, Ordering::Release);
         fs::remove_file(&self.log_path)
             .map_err(|e| io_error(format!("deleting segment {}", self.log_path.display()), e))?;

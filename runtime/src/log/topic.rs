@@ -183,7 +183,7 @@ impl TopicInner {
 
     /// Opens the topic in `dir` (creating the directory and a first segment if needed) and
     /// recovers the tail of its last segment.
-    pub fn open(
+    pub(super) fn open(
         shared: Arc<Shared>,
         name: &str,
         config: TopicConfig,
@@ -375,13 +375,13 @@ impl TopicInner {
         self.shared.add_fsync_time(started.elapsed());
     }
 
-    pub fn append(&self, records: Vec<NewRecord>) -> Result<AppendAck, LogError> {
+    pub(super) fn append(&self, records: Vec<NewRecord>) -> Result<AppendAck, LogError> {
         self.append_with(records, true)
     }
 
     /// Appends; `budgeted = false` skips the disk budget (gap markers only: they must not be
     /// refused by the pressure that causes them) and never triggers eviction.
-    pub fn append_with(
+    pub(super) fn append_with(
         &self,
         records: Vec<NewRecord>,
         budgeted: bool,
@@ -394,7 +394,7 @@ impl TopicInner {
     /// can retry (after a full disk has room again) without keeping a copy. The records are
     /// kept until the append is acknowledged; after a failure on an `always` topic some of
     /// them may have been written but not made durable.
-    pub fn try_append_with(
+    pub(super) fn try_append_with(
         &self,
         records: Vec<NewRecord>,
         budgeted: bool,
@@ -673,7 +673,7 @@ impl TopicInner {
     }
 
     /// Fsyncs everything written so far.
-    pub fn sync_all(&self) -> Result<(), LogError> {
+    pub(super) fn sync_all(&self) -> Result<(), LogError> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(LogError::Poisoned(self.name.clone()));
         }
@@ -681,7 +681,7 @@ impl TopicInner {
     }
 
     /// For `interval_ms` topics: how long until the next background sync is due (zero = now).
-    pub fn interval_sync_due(&self) -> Option<Duration> {
+    pub(super) fn interval_sync_due(&self) -> Option<Duration> {
         let FsyncPolicy::Interval { interval_ms } = self.config.fsync else {
             return None;
         };
@@ -697,7 +697,7 @@ impl TopicInner {
     }
 
     /// Syncs and refuses further appends (`Log::close`).
-    pub fn close(&self) -> Result<(), LogError> {
+    pub(super) fn close(&self) -> Result<(), LogError> {
         lock(&self.write).closed = true;
         if self.poisoned.load(Ordering::Acquire) {
             return Err(LogError::Poisoned(self.name.clone()));
@@ -714,15 +714,15 @@ impl TopicInner {
         sync_dir(&self.dir)
     }
 
-    pub fn start_offset(&self) -> u64 {
+    pub(super) fn start_offset(&self) -> u64 {
         read_lock(&self.segments).first().map_or(0, |s| s.base)
     }
 
-    pub fn next_offset(&self) -> u64 {
+    pub(super) fn next_offset(&self) -> u64 {
         self.visible.load(Ordering::Acquire)
     }
 
-    pub fn stats(&self) -> TopicStats {
+    pub(super) fn stats(&self) -> TopicStats {
         let (first_offset, segments) = {
             let list = read_lock(&self.segments);
             (list.first().map_or(0, |s| s.base), list.len())
@@ -755,7 +755,7 @@ impl TopicInner {
         Ok(file)
     }
 
-    pub fn read(
+    pub(super) fn read(
         &self,
         offset: u64,
         max_records: usize,
@@ -873,7 +873,7 @@ impl TopicInner {
     }
 
     /// Deletes whatever [`retention::plan`] allows after asking the guards.
-    pub fn enforce_retention(&self) -> Result<RetentionReport, LogError> {
+    pub(super) fn enforce_retention(&self) -> Result<RetentionReport, LogError> {
         let _one_at_a_time = lock(&self.retention);
         let now = self.shared.clock.now_ms();
         self.roll_if_idle_and_old(now)?;
@@ -999,7 +999,7 @@ impl TopicInner {
 
     /// Facts eviction plans with: every sealed segment, oldest first (the active one never
     /// goes).
-    pub fn sealed_infos(&self) -> Vec<SegmentInfo> {
+    pub(super) fn sealed_infos(&self) -> Vec<SegmentInfo> {
         let list: Vec<Arc<Segment>> = read_lock(&self.segments).clone();
         let mut out = Vec::with_capacity(list.len().saturating_sub(1));
         for pair in list.windows(2) {
@@ -1035,7 +1035,7 @@ impl TopicInner {
     /// eviction), calls `mark_gap` with (from offset, last offset, bytes) — which must make
     /// the gap marker durable, or fail and so cancel the eviction — then deletes the files.
     /// Returns the evicted range, or `None` when nothing was evicted.
-    pub fn evict_oldest(
+    pub(super) fn evict_oldest(
         &self,
         base: u64,
         mark_gap: &mut dyn FnMut(u64, u64, u64) -> Result<(), LogError>,

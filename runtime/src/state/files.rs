@@ -17,7 +17,7 @@ fn io_error(context: String, source: std::io::Error) -> StateError {
 /// Returns how many files and directories were synced. Entries that vanish while the walk
 /// runs (sled replaces snapshots by rename) are skipped: whatever replaced them is found in
 /// the directory that is synced afterwards, or by the next `sync()`.
-pub fn fsync_tree(dir: &Path) -> Result<usize, StateError> {
+pub(super) fn fsync_tree(dir: &Path) -> Result<usize, StateError> {
     let mut synced = 0;
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -49,7 +49,7 @@ pub fn fsync_tree(dir: &Path) -> Result<usize, StateError> {
 }
 
 /// Fsyncs one directory (e.g. the parent of a newly created store directory).
-pub fn fsync_dir(dir: &Path) -> Result<(), StateError> {
+pub(super) fn fsync_dir(dir: &Path) -> Result<(), StateError> {
     fsync_path(dir).map(|_| ())
 }
 
@@ -71,7 +71,7 @@ fn fsync_path(path: &Path) -> Result<usize, StateError> {
 }
 
 /// A fresh edge id: `edge-` followed by 12 lowercase hex digits from `/dev/urandom`.
-pub fn random_edge_id() -> Result<String, StateError> {
+pub(super) fn random_edge_id() -> Result<String, StateError> {
     let mut bytes = [0u8; 6];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))

@@ -19,7 +19,7 @@ fn push_name(out: &mut Vec<u8>, name: &str) {
 }
 
 /// Rejects a consumer or namespace name that cannot be encoded.
-pub fn check_name(what: &'static str, name: &str) -> Result<(), StateError> {
+pub(super) fn check_name(what: &'static str, name: &str) -> Result<(), StateError> {
     let reason = if name.is_empty() {
         "it is empty"
     } else if name.len() > MAX_NAME_BYTES {
@@ -37,26 +37,26 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), StateError> {
 }
 
 /// The prefix every offset key of `consumer` starts with.
-pub fn consumer_prefix(consumer: &str) -> Vec<u8> {
+pub(super) fn consumer_prefix(consumer: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + consumer.len());
     push_name(&mut out, consumer);
     out
 }
 
 /// The key of `consumer`'s offset on `topic` in the `offsets` tree.
-pub fn offset_key(consumer: &str, topic: &str) -> Vec<u8> {
+pub(super) fn offset_key(consumer: &str, topic: &str) -> Vec<u8> {
     let mut out = consumer_prefix(consumer);
     out.extend_from_slice(topic.as_bytes());
     out
 }
 
 /// The prefix every state key of `namespace` starts with.
-pub fn namespace_prefix(namespace: &str) -> Vec<u8> {
+pub(super) fn namespace_prefix(namespace: &str) -> Vec<u8> {
     consumer_prefix(namespace)
 }
 
 /// The key of `key` in `namespace` in the `state` tree.
-pub fn state_key(namespace: &str, key: &[u8]) -> Vec<u8> {
+pub(super) fn state_key(namespace: &str, key: &[u8]) -> Vec<u8> {
     let mut out = namespace_prefix(namespace);
     out.extend_from_slice(key);
     out
@@ -64,7 +64,7 @@ pub fn state_key(namespace: &str, key: &[u8]) -> Vec<u8> {
 
 /// Splits a stored key into its length-prefixed name and the rest. `tree` names the tree in
 /// the error.
-pub fn split_key<'a>(tree: &str, raw: &'a [u8]) -> Result<(&'a str, &'a [u8]), StateError> {
+pub(super) fn split_key<'a>(tree: &str, raw: &'a [u8]) -> Result<(&'a str, &'a [u8]), StateError> {
     let corrupt = |detail: &str| StateError::Corrupt {
         key: format!("{tree}/{}", String::from_utf8_lossy(raw)),
         detail: detail.to_string(),
@@ -82,12 +82,12 @@ pub fn split_key<'a>(tree: &str, raw: &'a [u8]) -> Result<(&'a str, &'a [u8]), S
 }
 
 /// Encodes an offset value.
-pub fn encode_offset(offset: u64) -> [u8; 8] {
+pub(super) fn encode_offset(offset: u64) -> [u8; 8] {
     offset.to_be_bytes()
 }
 
 /// Decodes an offset value; `key` names the entry in the error.
-pub fn decode_offset(key: impl FnOnce() -> String, raw: &[u8]) -> Result<u64, StateError> {
+pub(super) fn decode_offset(key: impl FnOnce() -> String, raw: &[u8]) -> Result<u64, StateError> {
     let bytes: [u8; 8] = raw.try_into().map_err(|_| StateError::Corrupt {
         key: key(),
         detail: format!("offset value is {} bytes, expected 8", raw.len()),
@@ -96,7 +96,7 @@ pub fn decode_offset(key: impl FnOnce() -> String, raw: &[u8]) -> Result<u64, St
 }
 
 /// Decodes a big-endian `u32` metadata value; `key` names the entry in the error.
-pub fn decode_u32(key: &str, raw: &[u8]) -> Result<u32, StateError> {
+pub(super) fn decode_u32(key: &str, raw: &[u8]) -> Result<u32, StateError> {
     let bytes: [u8; 4] = raw.try_into().map_err(|_| StateError::Corrupt {
         key: format!("meta/{key}"),
         detail: format!("value is {} bytes, expected 4", raw.len()),

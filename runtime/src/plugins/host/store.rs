@@ -82,7 +82,7 @@ pub(crate) struct CallState {
 
 impl CallState {
     /// Forgets everything of the previous call.
-    pub fn reset(&mut self, provenance_bytes: usize) {
+    pub(crate) fn reset(&mut self, provenance_bytes: usize) {
         self.emits.clear();
         self.budget = outpost_sdk::abi::CallBudget::new();
         if !self.writes.is_empty() {
