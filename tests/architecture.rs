@@ -134,6 +134,37 @@ fn library_code(relative: &Path, text: &str) -> String {
     }
 }
 
+/// One library file: its path under `src/`, its room and its non-test code.
+struct Source {
+    relative: PathBuf,
+    room: String,
+    code: String,
+}
+
+/// Every file of the library, read once.
+fn sources() -> Vec<Source> {
+    let src = src_dir();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(
+        files.len() > 50,
+        "found only {} files in {src:?}",
+        files.len()
+    );
+    files
+        .iter()
+        .map(|file| {
+            let relative = file.strip_prefix(&src).expect("under src").to_path_buf();
+            let text = std::fs::read_to_string(file).expect("a readable source file");
+            Source {
+                room: room_of(&relative),
+                code: library_code(&relative, &text),
+                relative,
+            }
+        })
+        .collect()
+}
+
 /// Every `crate::a::b::c` path named in `code`, with `use` groups expanded one level:
 /// `crate::kernel::{lock, Shutdown}` names `kernel::lock` and `kernel::Shutdown`.
 fn crate_paths(code: &str) -> BTreeSet<String> {
@@ -191,26 +222,20 @@ fn allowed(room: &str, path: &str) -> bool {
 
 #[test]
 fn every_room_uses_only_the_rooms_the_architecture_allows() {
-    let src = src_dir();
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    assert!(
-        files.len() > 50,
-        "found only {} files in {src:?}",
-        files.len()
-    );
     let mut forbidden = Vec::new();
-    for file in &files {
-        let relative = file.strip_prefix(&src).expect("under src");
-        let room = room_of(relative);
+    for Source {
+        relative,
+        room,
+        code,
+    } in sources()
+    {
         assert!(
             ALLOWED.iter().any(|(r, _)| *r == room),
             "{} is in the room `{room}`, which the architecture table does not list: add its row \
              (and to docs/architecture.md)",
             relative.display()
         );
-        let text = std::fs::read_to_string(file).expect("a readable source file");
-        for path in crate_paths(&library_code(relative, &text)) {
+        for path in crate_paths(&code) {
             if !allowed(&room, &path) {
                 forbidden.push(format!(
                     "{}: `{room}` uses `crate::{path}`",
@@ -230,14 +255,13 @@ fn every_room_uses_only_the_rooms_the_architecture_allows() {
 fn no_component_reads_the_whole_config_or_reaches_the_api_or_the_cli() {
     // The rule of the issue, spelled out: only app.rs and cli/ (and the config itself) name
     // `config::Config`; only app.rs, cli/ and api/ name `crate::api`.
-    let src = src_dir();
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let mut found = Vec::new();
-    for file in &files {
-        let relative = file.strip_prefix(&src).expect("under src");
-        let room = room_of(relative);
-        let code = library_code(relative, &std::fs::read_to_string(file).expect("readable"));
+    for Source {
+        relative,
+        room,
+        code,
+    } in sources()
+    {
         let paths = crate_paths(&code);
         let names_config = paths.iter().any(|p| p == "config::Config");
         if names_config && !["app", "cli", "config", "lib", "main"].contains(&room.as_str()) {
@@ -257,17 +281,16 @@ fn no_component_reads_the_whole_config_or_reaches_the_api_or_the_cli() {
 
 #[test]
 fn library_code_outside_the_cli_never_prints_to_stdout() {
-    let src = src_dir();
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let mut printing = Vec::new();
-    for file in &files {
-        let relative = file.strip_prefix(&src).expect("under src");
-        let room = room_of(relative);
+    for Source {
+        relative,
+        room,
+        code,
+    } in sources()
+    {
         if room == "cli" || room == "main" {
             continue;
         }
-        let code = library_code(relative, &std::fs::read_to_string(file).expect("readable"));
         for (n, line) in code.lines().enumerate() {
             let line = line.trim_start();
             if line.starts_with("//") {

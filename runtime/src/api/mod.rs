@@ -79,11 +79,6 @@ impl ApiState {
     pub fn state(&self) -> &StateStore {
         &self.ctx.state
     }
-
-    /// The `[http]` section the server runs on.
-    pub fn http(&self) -> &HttpConfig {
-        &self.http
-    }
 }
 
 /// The API's router.

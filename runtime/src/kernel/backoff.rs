@@ -38,11 +38,6 @@ impl Backoff {
         d
     }
 
-    /// The wait [`Backoff::next_delay`] would return, without advancing.
-    pub fn peek(&self) -> Duration {
-        self.next
-    }
-
     /// The wait after the `failures`-th failure in a row (1 gives `initial`), for callers that
     /// count failures themselves; the same doubling and cap as [`Backoff::next_delay`].
     pub fn after_failures(&self, failures: u32) -> Duration {

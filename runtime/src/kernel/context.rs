@@ -4,7 +4,7 @@
 //!
 //! A component takes `&Context` (or a clone: it is cheap) and finds everything shared there:
 //! the open log and state store, the box's identity, the shutdown signal, the status boards of
-//! sources and sinks, and the metrics registry. It never needs `config::Config`, the HTTP API or
+//! sources and sinks. It never needs `config::Config`, the HTTP API or
 //! another component to run.
 //!
 //! The kernel's primitives (shutdown, backoff, clock, lock, status) depend on nothing but the
@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use crate::kernel::{Shutdown, StatusBoard};
 use crate::log::Log;
-use crate::metrics::{self, Registry};
 use crate::state::StateStore;
 
 /// Who this box is: its edge id (resolved once, kept in more than one durable place by the
@@ -90,23 +89,6 @@ impl Context {
     /// The folder a component keeps its own files in: `<data_dir>/<name>`.
     pub fn component_dir(&self, name: &str) -> PathBuf {
         self.data_dir.join(name)
-    }
-
-    /// The box's data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
-    /// The metrics registry every series of this box is registered in.
-    pub fn metrics(&self) -> &'static Registry {
-        metrics::global()
-    }
-
-    /// The same context with another shutdown signal (a tool or test that stops one
-    /// component on its own).
-    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Context {
-        self.shutdown = shutdown;
-        self
     }
 }
 

@@ -26,11 +26,6 @@ impl ShutdownTrigger {
         self.tx.send_replace(true);
     }
 
-    /// Whether shutdown has been requested.
-    pub fn is_requested(&self) -> bool {
-        *self.tx.borrow()
-    }
-
     /// Another receiver of this trigger.
     pub fn subscribe(&self) -> Shutdown {
         Shutdown {

@@ -193,11 +193,6 @@ impl StatusEntry {
         [(self.role.as_str(), &self.name), ("kind", &self.kind)]
     }
 
-    /// The entry's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The current link state.
     pub fn link(&self) -> &Link {
         &self.link
