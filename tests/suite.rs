@@ -24,6 +24,7 @@ mod modbus_pymodbus;
 mod modbus_simulated;
 mod mqtt_embedded;
 mod mqtt_external;
+mod mqtt_hardening;
 mod opcua_asyncua;
 mod plugins_e2e;
 mod plugins_hostile;

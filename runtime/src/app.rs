@@ -157,6 +157,21 @@ fn open_storage(data_dir: &Path, config: &Config) -> Result<(Log, StateStore), A
 impl App {
     /// Opens storage and starts every component; returns once the API is accepting requests.
     pub async fn start(mut config: Config) -> Result<App, AppError> {
+        // Every device, API client and segment is a file descriptor: take what the system
+        // allows before anything is opened (components budget their connections against it).
+        match crate::kernel::limits::raise_open_files() {
+            Ok((before, after)) if before != after => {
+                tracing::info!(
+                    before,
+                    after,
+                    "Raised the open-file limit to the hard limit."
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, limit = crate::kernel::limits::open_files(), "Could not raise the open-file limit; connection budgets follow the current one.")
+            }
+        }
         let addr = config.http.listen_addr()?;
         if config.simulate.enabled {
             add_simulated_fridge(&mut config).await?;
@@ -236,7 +251,8 @@ impl App {
             spawn_component(&mut components, name, task);
         }
         for sink in config.mqtt.sinks.clone() {
-            let task = crate::sink::mqtt::run_sink(ctx.clone(), sink, mqtt_started.embedded);
+            let embedded = mqtt_started.embedded.zip(mqtt_started.login.clone());
+            let task = crate::sink::mqtt::run_sink(ctx.clone(), sink, embedded);
             spawn_component(&mut components, "mqtt-sink", task);
         }
 

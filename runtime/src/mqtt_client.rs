@@ -212,6 +212,52 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, ClientError> {
     })
 }
 
+/// A user name and password that must not show up in logs or `Debug` output (the embedded
+/// broker's private login).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("password", &"<private>")
+            .finish()
+    }
+}
+
+impl Login {
+    /// A login for `user` with a fresh password: 128 bits from the OS's random source, as 32
+    /// hex digits.
+    pub fn generate(user: &str) -> std::io::Result<Login> {
+        let mut bytes = [0u8; 16];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            // SAFETY: getrandom(2) writes at most `len` bytes into the live buffer it is given.
+            let n = unsafe {
+                libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            filled += n as usize;
+        }
+        Ok(Login {
+            user: user.to_string(),
+            password: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+}
+
 /// The rumqttc options for `settings` (reads TLS files).
 pub fn options(settings: &ClientSettings) -> Result<MqttOptions, ClientError> {
     let mut o = MqttOptions::new(

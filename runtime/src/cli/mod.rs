@@ -230,7 +230,7 @@ pub fn init_logging(cli: &Cli) -> Result<(), CliError> {
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::kernel::log_limit::RepeatLimit::new(std::io::stderr))
         .with_ansi(std::io::stderr().is_terminal())
         .try_init()
         .map_err(|e| CliError::Usage(format!("cannot install the log subscriber: {e}")))

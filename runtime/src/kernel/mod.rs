@@ -6,6 +6,8 @@
 //! - [`clock`] — the one `now_ms` and the [`Clock`] seam for tests.
 //! - [`lock`] — mutexes without poisoning.
 //! - [`status`] — the boards of sources and sinks, every number a metric handle.
+//! - [`limits`] — the open-file limit, raised at start and budgeted against.
+//! - [`log_limit`] — repeated log lines, rate-limited per call site.
 //! - [`Context`] — what `app.rs` builds once per box and hands to every component: the log,
 //!   the state store, the identity, the shutdown signal, the status boards.
 //!
@@ -16,7 +18,9 @@
 pub mod backoff;
 pub mod clock;
 pub mod context;
+pub mod limits;
 pub mod lock;
+pub mod log_limit;
 pub mod shutdown;
 pub mod status;
 

@@ -6,6 +6,14 @@
 //! one its CONNECT asks for. rumqttd runs on its own threads (a router thread and one
 //! single-threaded runtime per server) and cannot be stopped: it ends with the process.
 //!
+//! # Only Outpost gets in
+//! The broker's ports are ordinary loopback TCP ports, so any local process could connect to
+//! them and have a publish acknowledged that the log never saw. The broker therefore accepts
+//! one login only: a user name and a random 128-bit password made at every start
+//! (`Login::generate`) that never leaves the process. The listener puts it into every
+//! device's CONNECT (`packet::with_login`), Outpost's own sinks present it, and every other
+//! client is refused at CONNECT.
+//!
 //! Two settings matter beyond sizes. rumqttd disconnects a client that publishes to a topic no
 //! filter matches (unless filters are created dynamically, one in-memory log per topic name), so
 //! the broker starts with one filter `#` that every ordinary topic matches: publishes without
@@ -21,6 +29,7 @@ use tokio::sync::oneshot;
 
 use super::config::BrokerConfig;
 use super::MqttError;
+pub use crate::mqtt_client::Login;
 
 /// Size of one in-memory segment of the broker's per-filter logs, at least.
 const SEGMENT_BYTES: usize = 4 * 1024 * 1024;
@@ -36,6 +45,8 @@ pub struct EmbeddedBroker {
     pub v4: SocketAddr,
     /// Loopback address of the MQTT 5 server.
     pub v5: SocketAddr,
+    /// The only login the broker accepts.
+    pub login: Login,
     stopped: oneshot::Receiver<String>,
 }
 
@@ -60,6 +71,7 @@ fn server(
     addr: SocketAddr,
     cfg: &BrokerConfig,
     max_packet: usize,
+    login: &Login,
 ) -> rumqttd::ServerSettings {
     rumqttd::ServerSettings {
         name: name.to_string(),
@@ -70,7 +82,10 @@ fn server(
             connection_timeout_ms: cfg.connect_timeout_ms.min(u64::from(u16::MAX)) as u16,
             max_payload_size: max_packet,
             max_inflight_count: cfg.max_inflight,
-            auth: None,
+            auth: Some(HashMap::from([(
+                login.user.clone(),
+                login.password.clone(),
+            )])),
             external_auth: None,
             dynamic_filters: false,
         },
@@ -82,6 +97,7 @@ fn rumqttd_config(
     v4: SocketAddr,
     v5: SocketAddr,
     max_packet: usize,
+    login: &Login,
 ) -> rumqttd::Config {
     rumqttd::Config {
         id: 0,
@@ -97,11 +113,11 @@ fn rumqttd_config(
         },
         v4: Some(HashMap::from([(
             "v4".to_string(),
-            server("outpost-mqtt-v4", v4, cfg, max_packet),
+            server("outpost-mqtt-v4", v4, cfg, max_packet, login),
         )])),
         v5: Some(HashMap::from([(
             "v5".to_string(),
-            server("outpost-mqtt-v5", v5, cfg, max_packet),
+            server("outpost-mqtt-v5", v5, cfg, max_packet, login),
         )])),
         ws: None,
         cluster: None,
@@ -112,8 +128,8 @@ fn rumqttd_config(
     }
 }
 
-/// A CONNECT (clean session, keep-alive 10 s) for the readiness probe.
-fn probe_connect(level: u8) -> Vec<u8> {
+/// A CONNECT (clean session, keep-alive 10 s, `login` when given) for the readiness probe.
+fn probe_connect(level: u8, login: Option<&Login>) -> Vec<u8> {
     let client_id = b"outpost-probe";
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 10];
     if level == 5 {
@@ -121,6 +137,13 @@ fn probe_connect(level: u8) -> Vec<u8> {
     }
     body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
     body.extend_from_slice(client_id);
+    if let Some(login) = login {
+        body[7] |= 0xC0;
+        for field in [login.user.as_bytes(), login.password.as_bytes()] {
+            body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            body.extend_from_slice(field);
+        }
+    }
     let mut packet = vec![0x10, body.len() as u8];
     packet.extend(body);
     packet
@@ -128,12 +151,12 @@ fn probe_connect(level: u8) -> Vec<u8> {
 
 /// Connects to `addr` and completes an MQTT handshake: proves rumqttd (and not some other
 /// program) serves the port.
-async fn probe(addr: SocketAddr, level: u8) -> Result<(), String> {
+async fn probe(addr: SocketAddr, level: u8, login: Option<&Login>) -> Result<(), String> {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
     stream
-        .write_all(&probe_connect(level))
+        .write_all(&probe_connect(level, login))
         .await
         .map_err(|e| e.to_string())?;
     let mut head = [0u8; 4];
@@ -166,7 +189,8 @@ pub async fn start(cfg: &BrokerConfig, max_packet: usize) -> Result<EmbeddedBrok
         };
         let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, p4));
         let v5 = SocketAddr::from((Ipv4Addr::LOCALHOST, p5));
-        let config = rumqttd_config(cfg, v4, v5, max_packet);
+        let login = Login::generate("outpost-listener")?;
+        let config = rumqttd_config(cfg, v4, v5, max_packet, &login);
         let (tx, mut stopped) = oneshot::channel();
         std::thread::Builder::new()
             .name("outpost-mqtt-broker".into())
@@ -183,7 +207,10 @@ pub async fn start(cfg: &BrokerConfig, max_packet: usize) -> Result<EmbeddedBrok
             if let Ok(message) = stopped.try_recv() {
                 break Err(message);
             }
-            match (probe(v4, 4).await, probe(v5, 5).await) {
+            match (
+                probe(v4, 4, Some(&login)).await,
+                probe(v5, 5, Some(&login)).await,
+            ) {
                 (Ok(()), Ok(())) => break Ok(()),
                 (Err(e), _) | (_, Err(e)) => {
                     if Instant::now() > deadline {
@@ -196,7 +223,12 @@ pub async fn start(cfg: &BrokerConfig, max_packet: usize) -> Result<EmbeddedBrok
         match ready {
             Ok(()) => {
                 tracing::info!(v4 = %v4, v5 = %v5, "The embedded MQTT broker is ready on loopback.");
-                return Ok(EmbeddedBroker { v4, v5, stopped });
+                return Ok(EmbeddedBroker {
+                    v4,
+                    v5,
+                    login,
+                    stopped,
+                });
             }
             Err(e) => {
                 tracing::warn!(attempt, error = %e, "The embedded MQTT broker did not start.");
@@ -208,4 +240,34 @@ pub async fn start(cfg: &BrokerConfig, max_packet: usize) -> Result<EmbeddedBrok
         "{last_error} (`mqtt.broker.internal_port` = {})",
         cfg.internal_port
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_broker_refuses_every_client_without_outposts_private_login() {
+        let broker = start(&BrokerConfig::default(), 1 << 20).await.unwrap();
+        let stranger = Login {
+            user: broker.login.user.clone(),
+            password: "0".repeat(32),
+        };
+        for (addr, level) in [(broker.v4, 4), (broker.v5, 5)] {
+            assert_eq!(probe(addr, level, Some(&broker.login)).await, Ok(()));
+            assert!(
+                probe(addr, level, None).await.is_err(),
+                "MQTT {level}: a client without a login was let in"
+            );
+            assert!(
+                probe(addr, level, Some(&stranger)).await.is_err(),
+                "MQTT {level}: a wrong password was let in"
+            );
+        }
+        assert_ne!(
+            Login::generate("outpost-listener").unwrap(),
+            broker.login,
+            "a new login per start"
+        );
+    }
 }

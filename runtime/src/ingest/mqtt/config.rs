@@ -36,10 +36,14 @@ pub struct BrokerConfig {
     /// next port. 0 picks free ports at start.
     #[serde(default)]
     pub internal_port: u16,
-    /// Most device connections at once.
+    /// Most device connections at once (Outpost's own sinks on the embedded broker count too).
+    /// Lowered at start to what the open-file limit allows: each device costs three file
+    /// descriptors and a quarter of the limit (at least 256) stays for everything else. A
+    /// device beyond it gets a refusing CONNACK.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Largest MQTT payload a device may publish, in bytes.
+    /// Largest MQTT payload a device may publish, in bytes: a publish one byte above it is
+    /// refused (MQTT 5: DISCONNECT 0x95; MQTT 3.1.1: the connection closes) and not stored.
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
     /// QoS 1/2 messages the broker sends a subscriber before it waits for its acknowledgements.

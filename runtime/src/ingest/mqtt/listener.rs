@@ -31,10 +31,29 @@
 //! # Failures
 //! When the log refuses appends for lack of space the connection holds: nothing is forwarded
 //! (so nothing is acknowledged), the status shows `backpressured`, and the append is retried
-//! with backoff. Any other log error, a malformed packet or a packet above the size limit
-//! closes the device's connection (the device publishes again after reconnecting); a publish
-//! whose route cannot name a log topic is passed on unstored and counted as an error. A
-//! redelivered PUBLISH (DUP) is stored again: delivery is at least once.
+//! with backoff. A routed publish the box cannot store is *refused*, never acknowledged:
+//! its topic maps to no valid log topic (e.g. a level of 200 characters), its payload is above
+//! `mqtt.broker.max_payload_bytes`, or the log refuses it for good (record too large, topic
+//! creation refused). Everything before it on the connection is stored and forwarded, the
+//! refused publish is not forwarded (so the broker never acknowledges it), and the connection
+//! ends: an MQTT 5 device first gets a DISCONNECT whose reason code says why (0x90 "Topic Name
+//! invalid", 0x95 "Packet too large", 0x80 otherwise) with a reason string; an MQTT 3.1.1
+//! device, which has no way to be told, sees the connection close without a PUBACK — what the
+//! 3.1.1 spec allows a server that cannot process a packet. Refusals are counted
+//! (`outpost_source_refused_total{source="mqtt:listener"}`) and logged with the client id.
+//! Any other log error, a malformed packet or a packet above the size limit closes the
+//! device's connection (the device publishes again after reconnecting). A redelivered PUBLISH
+//! (DUP) is stored again: delivery is at least once.
+//!
+//! # Connection budget
+//! Each device costs three file descriptors while the embedded broker sits behind the
+//! listener (the device's socket, the listener's socket to the broker, the broker's side), so
+//! the listener accepts at most `mqtt.broker.max_connections`, lowered at start to what the
+//! process's open-file limit allows ([`connection_budget`]). A device beyond the budget gets a
+//! CONNACK refusal (MQTT 5 "Quota exceeded", 3.1.1 "Server unavailable") and the connection is
+//! closed; it is counted (`outpost_source_refused_connections_total`). When even `accept`
+//! fails (out of descriptors), the accept loop pauses instead of spinning; repeated log lines
+//! are rate-limited process-wide (see `kernel::log_limit`).
 //!
 //! # Last wills
 //! A device's last will (from its CONNECT) is published by the broker when the connection ends
@@ -62,6 +81,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use super::broker::Login;
 use super::packet::{self, Aliases, Connect, PacketError};
 use super::route::{Mapped, Routes, HEADER_WILL};
 use super::source::{KEY_MISSING, KEY_MISSING_HELP};
@@ -74,6 +94,39 @@ use crate::log::{Log, LogError, NewRecord};
 pub const STATUS_NAME: &str = "mqtt:listener";
 /// Bytes read from a device socket at once, at most.
 const READ_CHUNK: usize = 256 * 1024;
+/// File descriptors one device connection costs (see the module doc).
+pub const FDS_PER_CONNECTION: u64 = 3;
+/// Devices refused at once with a CONNACK, at most; beyond, a refused socket is just closed.
+const MAX_REFUSING: u64 = 64;
+/// How long a device beyond the budget gets to send its CONNECT before it is closed.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(2);
+const REFUSED: &str = "refused";
+const REFUSED_HELP: &str =
+    "Device publishes the listener refused (not stored, not acknowledged; the connection ended).";
+const REFUSED_CONNECTIONS: &str = "refused_connections";
+const REFUSED_CONNECTIONS_HELP: &str =
+    "Device connections refused because the listener was at its connection budget.";
+
+/// How many device connections fit under an open-file limit of `nofile`: a quarter of the
+/// descriptors (at least 256) stays for the log, the state store, the API and plugins, and each
+/// device costs [`FDS_PER_CONNECTION`]. At least one.
+pub fn connection_budget(nofile: u64) -> usize {
+    let reserve = (nofile / 4).max(256);
+    (nofile.saturating_sub(reserve) / FDS_PER_CONNECTION).max(1) as usize
+}
+
+/// The sizes and limits of a listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest packet accepted from a device, in bytes.
+    pub max_packet: usize,
+    /// Largest PUBLISH payload accepted, in bytes (`mqtt.broker.max_payload_bytes`).
+    pub max_payload: usize,
+    /// Device connections open at once, at most.
+    pub max_connections: usize,
+    /// How long a device has to send its CONNECT.
+    pub connect_timeout: Duration,
+}
 
 /// What every connection of the listener shares.
 #[derive(Debug)]
@@ -83,10 +136,13 @@ pub struct Listener {
     board: StatusBoard,
     v4: SocketAddr,
     v5: SocketAddr,
+    login: Login,
     max_packet: usize,
+    max_payload: usize,
     max_connections: usize,
     connect_timeout: Duration,
     open: AtomicU64,
+    refusing: Arc<AtomicU64>,
     /// MQTT 5 wills waiting for their delay, by client id.
     waiting_wills: std::sync::Mutex<HashMap<String, WaitingWill>>,
     next_will: AtomicU64,
@@ -117,20 +173,42 @@ enum ConnError {
     Log(#[from] LogError),
     #[error("the listener is shutting down")]
     Shutdown,
+    #[error("a publish to {topic:?} was refused: {why}")]
+    Refused {
+        topic: String,
+        /// The MQTT 5 reason code sent in the DISCONNECT.
+        reason: u8,
+        why: String,
+    },
+}
+
+impl ConnError {
+    /// The refusal of a publish whose storing failed for good, if `e` is such a failure.
+    fn refusal(topic: &str, e: &LogError) -> Option<ConnError> {
+        let reason = match e {
+            LogError::RecordTooLarge { .. } => packet::REASON_PACKET_TOO_LARGE,
+            LogError::InvalidTopicName { .. }
+            | LogError::CreationRefused(_)
+            | LogError::UnknownTopic(_) => packet::REASON_TOPIC_NAME_INVALID,
+            _ => return None,
+        };
+        Some(ConnError::Refused {
+            topic: topic.to_string(),
+            reason,
+            why: e.to_string(),
+        })
+    }
 }
 
 impl Listener {
-    /// The shared part of a listener that proxies to the broker at `v4`/`v5`.
-    #[allow(clippy::too_many_arguments)]
+    /// The shared part of a listener that proxies to the broker at `v4`/`v5`, logging in
+    /// there with `login`.
     pub fn new(
         routes: Routes,
         log: Log,
         board: StatusBoard,
-        v4: SocketAddr,
-        v5: SocketAddr,
-        max_packet: usize,
-        max_connections: usize,
-        connect_timeout: Duration,
+        (v4, v5, login): (SocketAddr, SocketAddr, Login),
+        limits: Limits,
     ) -> Listener {
         Listener {
             routes,
@@ -138,10 +216,13 @@ impl Listener {
             board,
             v4,
             v5,
-            max_packet,
-            max_connections,
-            connect_timeout,
+            login,
+            max_packet: limits.max_packet,
+            max_payload: limits.max_payload,
+            max_connections: limits.max_connections,
+            connect_timeout: limits.connect_timeout,
             open: AtomicU64::new(0),
+            refusing: Arc::new(AtomicU64::new(0)),
             waiting_wills: std::sync::Mutex::new(HashMap::new()),
             next_will: AtomicU64::new(0),
         }
@@ -178,6 +259,13 @@ impl Listener {
             s.set_info("broker_v4", self.v4.to_string());
             s.set_info("broker_v5", self.v5.to_string());
             s.counter(KEY_MISSING, KEY_MISSING_HELP);
+            s.counter(REFUSED, REFUSED_HELP);
+            s.counter(REFUSED_CONNECTIONS, REFUSED_CONNECTIONS_HELP);
+            s.set_gauge(
+                "max_connections",
+                "Device connections the MQTT listener accepts at once (its budget).",
+                self.max_connections as f64,
+            );
         });
         self.publish_counts(false);
         let listener = match bound {
@@ -226,8 +314,7 @@ impl Listener {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         if connections.len() >= self.max_connections {
-                            tracing::warn!(peer = %peer, limit = self.max_connections, "A device connection was refused: too many connections (`mqtt.broker.max_connections`).");
-                            drop(stream);
+                            self.refuse_connection(stream, peer);
                             continue;
                         }
                         self.open.fetch_add(1, Ordering::Relaxed);
@@ -249,8 +336,9 @@ impl Listener {
                         });
                     }
                     Err(e) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        tracing::warn!(error = %e, "Accepting a device connection failed.");
+                        // Out of file descriptors and the like: wait instead of spinning (the
+                        // line is rate-limited with every other repeated line).
+                        tracing::warn!(error = %e, "Accepting a device connection failed; pausing the accept loop for 100 ms.");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -296,19 +384,34 @@ impl Listener {
         if let Some(w) = waiting {
             let _ = w.decide.send(connect.clean_start);
         }
+        let connect_packet =
+            packet::with_login(&buf, &frame, &self.login.user, &self.login.password)?;
         let addr = if connect.level == 5 { self.v5 } else { self.v4 };
         let upstream = TcpStream::connect(addr)
             .await
             .map_err(|source| ConnError::Broker { addr, source })?;
         upstream.set_nodelay(true)?;
         let (up_r, mut up_w) = upstream.into_split();
-        up_w.write_all(&buf[..frame.total_len]).await?;
+        up_w.write_all(&connect_packet).await?;
         buf.drain(..frame.total_len);
 
         let mut will_discarded = false;
+        let (last_tx, last_rx) = tokio::sync::oneshot::channel();
+        let down = copy_down(up_r, dev_w, last_rx, self.max_packet);
+        tokio::pin!(down);
         let ended = tokio::select! {
-            r = copy_down(up_r, dev_w) => r,
-            r = self.pump_up(dev_r, up_w, buf, &connect, shutdown.clone(), &mut will_discarded) => r,
+            r = &mut down => r,
+            r = self.pump_up(dev_r, up_w, buf, &connect, shutdown.clone(), &mut will_discarded) => {
+                if let Err(ConnError::Refused { topic, reason, why }) = &r {
+                    self.board.update(STATUS_NAME, |s| s.count(REFUSED, REFUSED_HELP, 1));
+                    tracing::warn!(client_id = %connect.client_id, topic = %topic, reason = %format!("{reason:#04x}"), why = %why, "A device publish was refused and not acknowledged; the connection is closed.");
+                    let last = (connect.level == 5).then(|| packet::disconnect(*reason, why));
+                    if last_tx.send(last).is_ok() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), &mut down).await;
+                    }
+                }
+                r
+            }
         };
         if let Some(will) = connect.will.clone() {
             if !will_discarded && !shutdown.is_requested() {
@@ -408,16 +511,33 @@ impl Listener {
         loop {
             let mut end = 0;
             let mut batch: Vec<Mapped> = Vec::new();
+            let mut refused = None;
             while let Some(frame) = packet::frame(&buf[end..], self.max_packet)? {
                 if frame.kind() == packet::PUBLISH {
                     let publish =
                         packet::parse_publish(&buf[end..], &frame, connect.level, &mut aliases)?;
+                    if publish.payload.len() > self.max_payload {
+                        refused = Some(ConnError::Refused {
+                            topic: publish.topic.to_string(),
+                            reason: packet::REASON_PACKET_TOO_LARGE,
+                            why: format!(
+                                "a payload of {} bytes is above the limit of {} bytes (`mqtt.broker.max_payload_bytes`)",
+                                publish.payload.len(),
+                                self.max_payload
+                            ),
+                        });
+                        break;
+                    }
                     if let Some(route) = self.routes.find(&publish.topic) {
                         match route.map(&publish.topic, publish.payload, Some(&connect.client_id)) {
                             Ok(mapped) => batch.push(mapped),
                             Err(e) => {
-                                self.board.update(STATUS_NAME, |s| s.error(1));
-                                tracing::warn!(topic = %publish.topic, client_id = %connect.client_id, error = %e, "A device message was passed on without being stored.");
+                                refused = Some(ConnError::Refused {
+                                    topic: publish.topic.to_string(),
+                                    reason: packet::REASON_TOPIC_NAME_INVALID,
+                                    why: e.to_string(),
+                                });
+                                break;
                             }
                         }
                     }
@@ -433,6 +553,11 @@ impl Listener {
             if end > 0 {
                 up_w.write_all(&buf[..end]).await?;
                 buf.drain(..end);
+            }
+            if let Some(refusal) = refused {
+                // Let the broker answer what was forwarded before the refused publish.
+                up_w.flush().await?;
+                return Err(refusal);
             }
             buf.reserve(READ_CHUNK.min(self.max_packet).max(4096));
             if dev_r.read_buf(&mut buf).await? == 0 {
@@ -483,11 +608,14 @@ impl Listener {
                         retry.push((topic, records));
                     }
                     Err(e) => {
-                        failure.get_or_insert(e);
+                        failure.get_or_insert((topic, e));
                     }
                 }
             }
-            if let Some(e) = failure {
+            if let Some((topic, e)) = failure {
+                if let Some(refusal) = ConnError::refusal(&topic, &e) {
+                    return Err(refusal);
+                }
                 self.board.update(STATUS_NAME, |s| s.error(1));
                 return Err(ConnError::Log(e));
             }
@@ -512,22 +640,90 @@ impl Listener {
     }
 }
 
-/// Broker → device: bytes unchanged.
+/// Broker → device: packets unchanged, whole packets only, so that the listener can end the
+/// connection with a last packet of its own (`last`: an MQTT 5 DISCONNECT, or `None` to just
+/// close) without cutting one of the broker's packets in half.
 ///
 /// The broker does not set `TCP_NODELAY` on its sockets, so after sending one small packet
 /// (a PUBACK) it holds the next until this side's TCP acknowledges the first — and Linux
 /// delays that acknowledgement up to 40 ms when it has nothing to send back. Re-arming
 /// `TCP_QUICKACK` after every read makes this side acknowledge at once, so acknowledgements
 /// and deliveries flow without those stalls.
-async fn copy_down(mut up_r: OwnedReadHalf, mut dev_w: OwnedWriteHalf) -> Result<(), ConnError> {
-    let mut buf = vec![0u8; 64 * 1024];
+async fn copy_down(
+    mut up_r: OwnedReadHalf,
+    mut dev_w: OwnedWriteHalf,
+    mut last: tokio::sync::oneshot::Receiver<Option<Vec<u8>>>,
+    max_packet: usize,
+) -> Result<(), ConnError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut waiting_for_last = true;
     loop {
-        let n = up_r.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
+        let mut whole = 0;
+        while let Some(frame) = packet::frame(&buf[whole..], max_packet)? {
+            whole += frame.total_len;
         }
-        quick_ack(up_r.as_ref());
-        dev_w.write_all(&buf[..n]).await?;
+        if whole > 0 {
+            dev_w.write_all(&buf[..whole]).await?;
+            buf.drain(..whole);
+        }
+        buf.reserve(64 * 1024);
+        tokio::select! {
+            n = up_r.read_buf(&mut buf) => {
+                if n? == 0 {
+                    return Ok(());
+                }
+                quick_ack(up_r.as_ref());
+            }
+            packet = &mut last, if waiting_for_last => match packet {
+                Ok(packet) => {
+                    if let Some(packet) = packet {
+                        dev_w.write_all(&packet).await?;
+                    }
+                    dev_w.shutdown().await?;
+                    return Ok(());
+                }
+                // The connection goes on: nothing will be sent.
+                Err(_) => waiting_for_last = false,
+            },
+        }
+    }
+}
+
+impl Listener {
+    /// Turns away a device beyond the connection budget: reads its CONNECT (briefly) and
+    /// answers with a refusing CONNACK of its protocol version.
+    fn refuse_connection(&self, stream: TcpStream, peer: SocketAddr) {
+        self.board.update(STATUS_NAME, |s| {
+            s.count(REFUSED_CONNECTIONS, REFUSED_CONNECTIONS_HELP, 1)
+        });
+        tracing::warn!(peer = %peer, limit = self.max_connections, "A device connection was refused: the listener is at its connection budget (`mqtt.broker.max_connections`, lowered to fit the open-file limit).");
+        if self.refusing.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+            self.refusing.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let refusing = Arc::clone(&self.refusing);
+        let max_packet = self.max_packet;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(REFUSE_TIMEOUT, async move {
+                let mut stream = stream;
+                let mut buf = Vec::with_capacity(512);
+                loop {
+                    if let Ok(Some(frame)) = packet::frame(&buf, max_packet) {
+                        let level = packet::parse_connect(&buf, &frame).map_or(4, |c| c.level);
+                        let _ = stream.write_all(&packet::connack_refused(level)).await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                    buf.reserve(512);
+                    match stream.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            refusing.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Started {
     pub embedded: Option<SocketAddr>,
     /// The address devices connect to.
     pub listen: Option<SocketAddr>,
+    /// The embedded broker's private login, for Outpost's own clients (see `broker`).
+    pub login: Option<broker::Login>,
 }
 
 /// Starts the embedded broker and binds the device listener (when enabled), and returns the
@@ -79,6 +81,7 @@ pub async fn start(
     let mut started = Started {
         embedded: None,
         listen: None,
+        login: None,
     };
     let b = broker;
     if b.enabled {
@@ -114,15 +117,30 @@ pub async fn start(
             }
             None => embedded.v4,
         });
+        started.login = Some(embedded.login.clone());
+        let nofile = crate::kernel::limits::open_files();
+        let budget = listener::connection_budget(nofile);
+        let max_connections = b.max_connections.min(budget);
+        if max_connections < b.max_connections {
+            tracing::warn!(
+                configured = b.max_connections,
+                budget = max_connections,
+                open_files_limit = nofile,
+                "`mqtt.broker.max_connections` is above what the open-file limit allows ({} descriptors per device); the listener accepts at most {max_connections} devices.",
+                listener::FDS_PER_CONNECTION
+            );
+        }
         let shared = Arc::new(listener::Listener::new(
             routes,
             log.clone(),
             board.clone(),
-            embedded.v4,
-            embedded.v5,
-            max_packet,
-            b.max_connections,
-            Duration::from_millis(b.connect_timeout_ms),
+            (embedded.v4, embedded.v5, embedded.login.clone()),
+            listener::Limits {
+                max_packet,
+                max_payload: b.max_payload_bytes,
+                max_connections,
+                connect_timeout: Duration::from_millis(b.connect_timeout_ms),
+            },
         ));
         tasks.push((
             "mqtt-listener",

@@ -7,7 +7,10 @@
 //! Every control packet starts with a fixed header: one byte (packet type in the high nibble,
 //! flags in the low one) and the *remaining length*, a variable byte integer of one to four
 //! bytes (7 bits each, least significant first, high bit = more bytes follow). The listener
-//! forwards packets byte for byte, so nothing here ever re-encodes a packet.
+//! forwards packets byte for byte, with three exceptions written here: a device's CONNECT gets
+//! the embedded broker's private login in place of its own ([`with_login`]), and the listener's
+//! own refusals — an MQTT 5 DISCONNECT with a reason code ([`disconnect`]) and the CONNACK that
+//! turns a device away when the listener is at its connection budget ([`connack_refused`]).
 
 /// Packet type of CONNECT (high nibble of the first byte).
 pub const CONNECT: u8 = 1;
@@ -15,6 +18,17 @@ pub const CONNECT: u8 = 1;
 pub const PUBLISH: u8 = 3;
 /// Packet type of DISCONNECT.
 pub const DISCONNECT: u8 = 14;
+
+/// MQTT 5 reason code "Unspecified error".
+pub const REASON_UNSPECIFIED: u8 = 0x80;
+/// MQTT 5 reason code "Topic Name invalid": well formed, but not accepted by this server.
+pub const REASON_TOPIC_NAME_INVALID: u8 = 0x90;
+/// MQTT 5 reason code "Packet too large".
+pub const REASON_PACKET_TOO_LARGE: u8 = 0x95;
+/// MQTT 5 reason code "Quota exceeded".
+pub const REASON_QUOTA_EXCEEDED: u8 = 0x97;
+/// MQTT 5 property id of a Reason String.
+const PROP_REASON_STRING: u8 = 0x1F;
 
 /// MQTT 5 DISCONNECT reason code "Disconnect with Will Message".
 const REASON_DISCONNECT_WITH_WILL: u8 = 0x04;
@@ -196,6 +210,19 @@ impl<'a> Reader<'a> {
 
 /// Reads a CONNECT packet (the whole packet, fixed header included).
 pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketError> {
+    parse_connect_at(packet, frame).map(|(connect, _)| connect)
+}
+
+/// Where a CONNECT's fields sit, for [`with_login`].
+#[derive(Debug, Clone, Copy)]
+struct ConnectLayout {
+    /// Position of the connect flags byte.
+    flags_at: usize,
+    /// Position right after the last field before the user name (client id or will payload).
+    login_at: usize,
+}
+
+fn parse_connect_at(packet: &[u8], frame: &Frame) -> Result<(Connect, ConnectLayout), PacketError> {
     if frame.kind() != CONNECT {
         return Err(PacketError::NotConnect(frame.kind()));
     }
@@ -208,7 +235,9 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
         return Err(PacketError::UnknownProtocol(name.to_string()));
     }
     let level = r.u8("protocol level")?;
+    let flags_at = r.pos;
     let flags = r.u8("connect flags")?;
+
     let _keep_alive = r.u16("keep alive")?;
     let mut session_expiry_s = 0;
     if level == 5 {
@@ -240,13 +269,95 @@ pub fn parse_connect(packet: &[u8], frame: &Frame) -> Result<Connect, PacketErro
     } else {
         None
     };
-    Ok(Connect {
+    let layout = ConnectLayout {
+        flags_at,
+        login_at: r.pos,
+    };
+    if flags & 0x80 != 0 {
+        r.string("user name")?;
+    }
+    if flags & 0x40 != 0 {
+        r.binary("password")?;
+    }
+    let connect = Connect {
         level,
         client_id,
         clean_start: flags & 0x02 != 0,
         session_expiry_s,
         will,
-    })
+    };
+    Ok((connect, layout))
+}
+
+/// Appends `n` as a variable byte integer (the remaining length's encoding).
+fn put_remaining_length(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, s: &[u8]) {
+    let len = s.len().min(usize::from(u16::MAX));
+    out.extend_from_slice(&(len as u16).to_be_bytes());
+    out.extend_from_slice(&s[..len]);
+}
+
+/// The CONNECT in `packet` with its user name and password replaced by `user`/`password`
+/// (added when it had none); every other byte is kept. The device's own credentials never
+/// reach the embedded broker, which accepts only Outpost's private login.
+pub fn with_login(
+    packet: &[u8],
+    frame: &Frame,
+    user: &str,
+    password: &str,
+) -> Result<Vec<u8>, PacketError> {
+    let (_, layout) = parse_connect_at(packet, frame)?;
+    let mut body = Vec::with_capacity(frame.total_len + user.len() + password.len() + 4);
+    body.extend_from_slice(&packet[frame.header_len..layout.login_at]);
+    body[layout.flags_at - frame.header_len] |= 0xC0;
+    put_string(&mut body, user.as_bytes());
+    put_string(&mut body, password.as_bytes());
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(packet[0]);
+    put_remaining_length(&mut out, body.len());
+    out.extend(body);
+    Ok(out)
+}
+
+/// An MQTT 5 DISCONNECT with `reason` and a Reason String `why` (cut to 200 bytes).
+pub fn disconnect(reason: u8, why: &str) -> Vec<u8> {
+    let mut cut = why.len().min(200);
+    while !why.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let why = &why.as_bytes()[..cut];
+    let mut props = vec![PROP_REASON_STRING];
+    put_string(&mut props, why);
+    let mut body = vec![reason];
+    put_remaining_length(&mut body, props.len());
+    body.extend(props);
+    let mut out = vec![DISCONNECT << 4];
+    put_remaining_length(&mut out, body.len());
+    out.extend(body);
+    out
+}
+
+/// The CONNACK that refuses a connection because the server is at its limit: MQTT 5 reason
+/// "Quota exceeded", MQTT 3.1/3.1.1 return code 3 "Server unavailable".
+pub fn connack_refused(level: u8) -> Vec<u8> {
+    if level == 5 {
+        vec![0x20, 0x03, 0x00, REASON_QUOTA_EXCEEDED, 0x00]
+    } else {
+        vec![0x20, 0x02, 0x00, 0x03]
+    }
 }
 
 /// Whether a DISCONNECT packet (the whole packet) still asks the broker to publish the will:
@@ -399,19 +510,10 @@ fn topic_alias(props: &[u8]) -> Result<Option<u16>, PacketError> {
 mod tests {
     use super::*;
 
-    fn remaining_length(mut n: usize) -> Vec<u8> {
+    fn remaining_length(n: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        loop {
-            let mut byte = (n % 128) as u8;
-            n /= 128;
-            if n > 0 {
-                byte |= 0x80;
-            }
-            out.push(byte);
-            if n == 0 {
-                return out;
-            }
-        }
+        put_remaining_length(&mut out, n);
+        out
     }
 
     fn packet(first: u8, body: &[u8]) -> Vec<u8> {
@@ -518,6 +620,60 @@ mod tests {
             // No session outlives the connection: the will is due at once.
             assert_eq!(c.will_delay_s(), 0);
         }
+    }
+
+    #[test]
+    fn a_connect_gets_the_private_login_and_keeps_every_other_field() {
+        for (level, device_login) in [(4u8, false), (4, true), (5, false), (5, true)] {
+            let mut body = string("MQTT");
+            let login_flags = if device_login { 0xC0 } else { 0 };
+            body.extend([level, 0x04 | 0x08 | 0x02 | login_flags, 0, 60]);
+            if level == 5 {
+                body.extend([5, 0x11, 0, 0, 0, 30]); // session expiry 30 s
+            }
+            body.extend(string("till-7"));
+            if level == 5 {
+                body.push(0); // no will properties
+            }
+            body.extend(string("devices/till-7/status"));
+            body.extend(string("offline"));
+            if device_login {
+                body.extend(string("device-user"));
+                body.extend(string("device-password"));
+            }
+            let p = packet(0x10, &body);
+            let f = frame(&p, 1 << 20).unwrap().unwrap();
+            let rewritten = with_login(&p, &f, "outpost-internal", "s3cret").unwrap();
+            let g = frame(&rewritten, 1 << 20).unwrap().unwrap();
+            assert_eq!(g.total_len, rewritten.len());
+            assert_eq!(
+                parse_connect(&rewritten, &g).unwrap(),
+                parse_connect(&p, &f).unwrap(),
+                "level {level}: everything but the login is kept"
+            );
+            let text = String::from_utf8_lossy(&rewritten).to_string();
+            assert!(text.ends_with("outpost-internal\0\x06s3cret"), "{text:?}");
+            assert!(
+                !text.contains("device-"),
+                "the device's own login is dropped"
+            );
+        }
+    }
+
+    #[test]
+    fn an_mqtt5_disconnect_carries_its_reason_code_and_string() {
+        let d = disconnect(REASON_TOPIC_NAME_INVALID, "no log topic for this name");
+        let f = frame(&d, 1 << 20).unwrap().unwrap();
+        assert_eq!((f.kind(), f.total_len), (DISCONNECT, d.len()));
+        assert_eq!(d[f.header_len], 0x90);
+        assert_eq!(d[f.header_len + 1] as usize, d.len() - f.header_len - 2);
+        assert_eq!(d[f.header_len + 2], 0x1F);
+        assert!(d.ends_with(b"no log topic for this name"));
+        let long = disconnect(REASON_UNSPECIFIED, &"\u{e9}".repeat(300));
+        assert!(
+            frame(&long, 1 << 20).unwrap().is_some(),
+            "a long reason is cut"
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use self::config::{parse_sink_template, SinkConfig, StartAt, TemplatePart};
 use crate::kernel::{Backoff, Context, Shutdown};
 use crate::kernel::{Link, StatusBoard};
 use crate::log::{LogError, Topic};
-use crate::mqtt_client::{self as client, AbortOnDrop, ClientError, ClientSettings};
+use crate::mqtt_client::{self as client, AbortOnDrop, ClientError, ClientSettings, Login};
 use crate::state::{Commit, StateError, StateStore};
 
 /// How long to wait for the broker's CONNACK.
@@ -118,11 +118,11 @@ struct Sink {
 }
 
 /// Runs one `[[mqtt.sinks]]` entry until shutdown. `embedded` is the embedded broker's
-/// loopback address, used when the sink has no `host`.
+/// loopback address and its private login, used when the sink has no `host`.
 pub async fn run_sink(
     ctx: Context,
     cfg: SinkConfig,
-    embedded: Option<SocketAddr>,
+    embedded: Option<(SocketAddr, Login)>,
 ) -> Result<(), SinkError> {
     let Context {
         log,
@@ -134,9 +134,19 @@ pub async fn run_sink(
     let name = format!("mqtt:{}", cfg.name);
     let consumer = format!("sink:mqtt:{}", cfg.name);
     let parts = parse_sink_template(&cfg.mqtt_topic).map_err(SinkError::Template)?;
-    let (host, port) = match (&cfg.host, embedded) {
-        (Some(host), _) => (host.clone(), cfg.port),
-        (None, Some(addr)) => (addr.ip().to_string(), addr.port()),
+    let (host, port, username, password) = match (&cfg.host, embedded) {
+        (Some(host), _) => (
+            host.clone(),
+            cfg.port,
+            cfg.username.clone(),
+            cfg.password.clone(),
+        ),
+        (None, Some((addr, login))) => (
+            addr.ip().to_string(),
+            addr.port(),
+            Some(login.user),
+            Some(login.password),
+        ),
         (None, None) => {
             return Err(SinkError::Setup(ClientError::Setup(format!(
                 "sink {:?} has no host and the embedded broker is not running",
@@ -151,8 +161,8 @@ pub async fn run_sink(
             .client_id
             .clone()
             .unwrap_or_else(|| format!("outpost-sink-{}", cfg.name)),
-        username: cfg.username.clone(),
-        password: cfg.password.clone(),
+        username,
+        password,
         clean_session: true,
         keep_alive: Duration::from_secs(30),
         tls: cfg.tls.clone(),
