@@ -458,6 +458,55 @@ fn state_calls_without_the_state_grant_are_denied() {
 }
 
 #[test]
+fn a_write_of_a_million_iovecs_is_refused_at_once_and_one_of_7_gib_is_cut_short() {
+    let env = Env::new();
+    let echo = env.start(wat!("echo").as_bytes(), ECHO);
+    let _bomb = env.start(wat!("iovec_bomb").as_bytes(), &manifest("iovec", ""));
+    let started = Instant::now();
+    env.produce("iovec.in", &[b"go"]);
+    let out = env.wait_records("iovec.out", 1);
+    let [too_many, errno, written] = i32s(&out[0].value)[..] else {
+        panic!("12 bytes expected: {:?}", out[0].value);
+    };
+    assert_eq!(too_many, 28, "1,000,000 iovecs: EINVAL");
+    assert_eq!(errno, 0, "1,024 iovecs: accepted");
+    assert_eq!(written, 64 * 1024, "7 GiB: a short write of 64 KiB");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the calls took {:?}",
+        started.elapsed()
+    );
+    assert_echo_unharmed(&env, &echo);
+}
+
+#[test]
+fn a_plugin_can_neither_forge_log_lines_nor_send_escape_sequences_to_a_terminal() {
+    let env = Env::new();
+    let forger = env.start(wat!("log_injection").as_bytes(), &manifest("forger", ""));
+    env.produce("forger.in", &[b"x"]);
+    env.wait_records("forger.dlq", 1);
+    eventually("the failure shows in status", || {
+        forger.status().failed == 1
+    });
+    let error = forger.status().last_error.unwrap();
+    let lines: Vec<String> = forger.logs(100).into_iter().map(|l| l.message).collect();
+    let unsafe_char = |c: char| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c);
+    for text in lines.iter().chain([&error]) {
+        assert!(!text.chars().any(unsafe_char), "raw control text: {text:?}");
+    }
+    assert!(
+        error.contains(r"forged\u{1b}]0;pwned\u{7} \u{202e}evil\n"),
+        "{error}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(r"ok\r\n2026-12-03T00:00:00Z  INFO outpost: forged\u{1b}")),
+        "the log message stays one escaped line: {lines:?}"
+    );
+}
+
+#[test]
 fn out_of_bounds_pointers_get_invalid_and_never_harm_the_host() {
     let env = Env::new();
     let echo = env.start(wat!("echo").as_bytes(), ECHO);

@@ -340,7 +340,10 @@ impl Shared {
         lock(&self.positions)
     }
 
+    /// Keeps `message` as the last error, with control characters escaped (a trap's text can
+    /// carry names from the guest's module).
     fn set_error(&self, message: String) {
+        let message = crate::plugins::host::guest_log::escape_control(&message).into_owned();
         self.counters().last_error = Some(message);
     }
 

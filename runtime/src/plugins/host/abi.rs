@@ -487,7 +487,8 @@ fn state_delete(mut caller: Caller<'_, StoreData>, key_ptr: i32, key_len: i32) -
 fn message(mem: &[u8], ptr: i32, len: i32) -> Option<String> {
     let len = (len as u32 as usize).min(limits::MAX_MESSAGE_LEN + 4);
     let bytes = guest_slice(mem, ptr, len as i32)?;
-    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    let lossy = String::from_utf8_lossy(bytes);
+    let mut text = super::guest_log::escape_control(&lossy).into_owned();
     truncate_utf8(&mut text, limits::MAX_MESSAGE_LEN);
     Some(text)
 }

@@ -6,6 +6,10 @@
 //! A plugin cannot flood either: at most [`LINES_PER_SECOND`] lines per second are kept; the
 //! rest are counted and, when the next second starts, replaced by one line saying how many were
 //! suppressed. Lines are cut at [`MAX_LINE_BYTES`].
+//!
+//! Nor can a plugin forge a line or take over an operator's terminal: control characters
+//! (newline, CR, ESC, BEL, …) and Unicode bidirectional overrides in anything a plugin says are
+//! escaped ([`escape_control`]) before the text is logged, kept or shown.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -85,6 +89,30 @@ struct Inner {
     suppressed: u64,
 }
 
+/// Whether `c` must not reach a log or a terminal raw: C0/C1 controls, DEL, line and paragraph
+/// separators and the bidirectional embeddings, overrides and isolates.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every unsafe character (see [`is_unsafe`]) escaped as Rust does (`\n`, `\r`,
+/// `\t`, `\u{1b}`); other text unchanged.
+pub(crate) fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Cuts `s` to at most `max` bytes at a character boundary.
 pub(crate) fn truncate_utf8(s: &mut String, max: usize) {
     if s.len() > max {
@@ -115,7 +143,11 @@ impl GuestLog {
     }
 
     /// Records one line (rate-limited): into the ring buffer and the host log.
-    pub fn push(&self, level: LogLevel, source: LogSource, mut message: String) {
+    pub fn push(&self, level: LogLevel, source: LogSource, message: String) {
+        let mut message = match escape_control(&message) {
+            std::borrow::Cow::Borrowed(_) => message,
+            std::borrow::Cow::Owned(escaped) => escaped,
+        };
         truncate_utf8(&mut message, MAX_LINE_BYTES);
         let now = Instant::now();
         let mut inner = self.lock();

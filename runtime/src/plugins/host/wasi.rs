@@ -4,7 +4,7 @@
 //!
 //! | function | behaviour |
 //! |---|---|
-//! | `fd_write` on fd 1 / 2 | lines go to the plugin's log (stdout info, stderr warn; rate-limited, see `guest_log`) |
+//! | `fd_write` on fd 1 / 2 | lines go to the plugin's log (stdout info, stderr warn; rate-limited, see `guest_log`); at most [`MAX_IOVS`] iovecs per call (`EINVAL` beyond, like Linux's `IOV_MAX`) and at most [`MAX_WRITE_BYTES`] bytes taken per call (a short write: `nwritten` says how many) |
 //! | `fd_read` on fd 0 | end of file (0 bytes read) |
 //! | `fd_fdstat_get` on fd 0 / 1 / 2 | a character device with the `fd_read` / `fd_write` right |
 //! | `fd_prestat_get` | `EBADF`: there are no preopened directories, so every path operation fails |
@@ -19,7 +19,11 @@
 //! | `sock_*` | `ENOTSUP` |
 //! | `proc_raise` | `ENOSYS` |
 //!
-//! A pointer outside the guest's memory gets `EFAULT`. Errno values and struct layouts are those
+//! Every function does a bounded amount of work per call — no argument can make one run for
+//! long — and the time spent in it counts against the call's CPU deadline: the deadline is an
+//! epoch that advances with the wall clock, so a guest that returns from a host call past its
+//! deadline is stopped at its next instruction. A pointer outside the guest's memory gets
+//! `EFAULT`. Errno values and struct layouts are those
 //! of the preview 1 specification (`typenames.witx`, as in wasi-libc's `wasi/api.h`).
 
 use std::sync::atomic::Ordering;
@@ -55,6 +59,11 @@ const FILETYPE_CHARACTER_DEVICE: u8 = 2;
 const RIGHTS_FD_READ: u64 = 1 << 1;
 /// `rights::fd_write` (bit 6).
 const RIGHTS_FD_WRITE: u64 = 1 << 6;
+
+/// Iovecs one `fd_write` call may pass (Linux's `IOV_MAX`).
+pub(crate) const MAX_IOVS: u32 = 1024;
+/// Bytes one `fd_write` call takes at most; the rest is a short write the guest repeats.
+pub(crate) const MAX_WRITE_BYTES: u32 = 64 * 1024;
 
 /// `clockid::realtime` … `clockid::thread_cputime_id`.
 const CLOCK_REALTIME: i32 = 0;
@@ -144,6 +153,9 @@ fn fd_write(
     if fd != 1 && fd != 2 {
         return EBADF;
     }
+    if iovs_len as u32 > MAX_IOVS {
+        return EINVAL;
+    }
     with_memory(&mut caller, |mem, data| {
         let mut total: u32 = 0;
         for i in 0..iovs_len as u32 {
@@ -156,13 +168,17 @@ fn fd_write(
             let Some(bytes) = guest_slice(mem, ptr as i32, len as i32) else {
                 return EFAULT;
             };
+            let take = bytes.len().min((MAX_WRITE_BYTES - total) as usize);
             let out = if fd == 1 {
                 &mut data.stdout
             } else {
                 &mut data.stderr
             };
-            out.write(bytes, &data.log);
-            total = total.wrapping_add(len);
+            out.write(&bytes[..take], &data.log);
+            total += take as u32;
+            if total == MAX_WRITE_BYTES {
+                break;
+            }
         }
         put(mem, nwritten, &total.to_le_bytes())
     })
