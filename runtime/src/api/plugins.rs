@@ -90,6 +90,7 @@ impl PluginApiError {
                 }
                 RegistryError::NotInstalled(_) => (StatusCode::NOT_FOUND, 40410),
                 RegistryError::AlreadyInstalled(_) => (StatusCode::CONFLICT, 40910),
+                RegistryError::OverBudget { .. } => (StatusCode::CONFLICT, 40911),
                 RegistryError::Compile { .. }
                 | RegistryError::Init { .. }
                 | RegistryError::NameMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42210),

@@ -46,6 +46,15 @@ pub struct PluginsConfig {
     /// Largest wasm module, in bytes.
     #[serde(default = "default_max_module_bytes")]
     pub max_module_bytes: usize,
+    /// Linear memory all plugins together may get, in MiB: the sum of what each plugin gets
+    /// (its manifest's `memory_mib` or `default_memory_mib`, capped by `max_memory_mib`). An
+    /// install or upgrade that would go above it is refused (HTTP 409); at start-up, installed
+    /// plugins start in name order while they fit and the rest show the error.
+    #[serde(default = "default_max_total_memory_mib")]
+    pub max_total_memory_mib: u64,
+    /// Plugins installed at once, at most (each runs one instance).
+    #[serde(default = "default_max_plugins")]
+    pub max_plugins: usize,
 }
 
 fn default_true() -> bool {
@@ -66,6 +75,12 @@ fn default_max_bundle_bytes() -> usize {
 fn default_max_module_bytes() -> usize {
     12 * 1024 * 1024
 }
+fn default_max_total_memory_mib() -> u64 {
+    512
+}
+fn default_max_plugins() -> usize {
+    32
+}
 
 impl Default for PluginsConfig {
     fn default() -> Self {
@@ -81,6 +96,8 @@ impl Default for PluginsConfig {
             max_consecutive_failures: default_max_consecutive_failures(),
             max_bundle_bytes: default_max_bundle_bytes(),
             max_module_bytes: default_max_module_bytes(),
+            max_total_memory_mib: default_max_total_memory_mib(),
+            max_plugins: default_max_plugins(),
         }
     }
 }
@@ -138,11 +155,33 @@ impl PluginsConfig {
                 ),
             )
         })?;
+        range(
+            "max_total_memory_mib",
+            self.max_total_memory_mib,
+            self.default_memory_mib,
+            1 << 20,
+        )
+        .map_err(|(key, problem)| {
+            (
+                key,
+                format!("{problem} (at least `plugins.default_memory_mib`, or no plugin fits)"),
+            )
+        })?;
+        range("max_plugins", self.max_plugins as u64, 1, 10_000)?;
         self.trust_policy().map_err(|e| match e {
             BundleError::BadKey { origin, problem } => (origin, problem),
             other => ("plugins.trusted_keys".to_string(), other.to_string()),
         })?;
         Ok(())
+    }
+
+    /// The linear memory (MiB) a plugin with `manifest` gets on this box.
+    pub fn memory_of(&self, manifest: &crate::plugins::manifest::Manifest) -> u64 {
+        manifest
+            .limits
+            .memory_mib
+            .unwrap_or(self.default_memory_mib)
+            .min(self.max_memory_mib)
     }
 
     /// The trust policy of `trusted_keys` and `allow_unsigned`.
@@ -159,7 +198,12 @@ mod tests {
     fn config_validation_names_the_key() {
         PluginsConfig::default().validate().unwrap();
         type Case = (fn(&mut PluginsConfig), &'static str);
-        let cases: [Case; 5] = [
+        let cases: [Case; 7] = [
+            (
+                |c| c.max_total_memory_mib = 10,
+                "plugins.max_total_memory_mib",
+            ),
+            (|c| c.max_plugins = 0, "plugins.max_plugins"),
             (|c| c.max_memory_mib = 0, "plugins.max_memory_mib"),
             (|c| c.default_memory_mib = 65, "plugins.default_memory_mib"),
             (

@@ -151,6 +151,9 @@ pub enum RegistryError {
     /// A blocking task panicked.
     #[error("a plugin task did not finish: {0}")]
     Task(String),
+    /// The plugin would take the box past its plugin budget.
+    #[error("plugin {name:?} does not fit the box's plugin budget: {problem}")]
+    OverBudget { name: String, problem: String },
 }
 
 /// One plugin as `list` and the API show it.
@@ -483,6 +486,7 @@ impl<E: PluginEngine> Registry<E> {
             self.inner.policy.check(&bundle)?
         };
         let manifest = bundle.manifest().clone();
+        self.check_budget(&manifest, None)?;
         let module = self.compile(&bundle).await?;
         let runner = self.start_runner(&manifest, module.clone()).await?;
         tracing::info!(plugin = name, version = %manifest.version, signer = %signer, "Started a plugin.");
@@ -511,6 +515,41 @@ impl<E: PluginEngine> Registry<E> {
                 slot.idle_state = PluginState::Stopped;
             }
         }
+    }
+
+    /// Refuses `manifest` when, next to every other loaded plugin (all but `replacing`), it
+    /// would go above `plugins.max_total_memory_mib` or `plugins.max_plugins`.
+    fn check_budget(
+        &self,
+        manifest: &Manifest,
+        replacing: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        let config = &self.inner.config;
+        let (count, used) = read_lock(&self.inner.slots)
+            .iter()
+            .filter(|(name, _)| Some(name.as_str()) != replacing && **name != manifest.name)
+            .filter_map(|(_, slot)| slot.manifest.as_ref())
+            .fold((0usize, 0u64), |(n, mib), m| {
+                (n + 1, mib + config.memory_of(m))
+            });
+        let wants = config.memory_of(manifest);
+        let over = |problem: String| RegistryError::OverBudget {
+            name: manifest.name.clone(),
+            problem,
+        };
+        if count + 1 > config.max_plugins {
+            return Err(over(format!(
+                "{count} plugins are loaded and `plugins.max_plugins` is {}",
+                config.max_plugins
+            )));
+        }
+        if used + wants > config.max_total_memory_mib {
+            return Err(over(format!(
+                "it gets {wants} MiB of memory, the {count} loaded plugins already get {used} MiB, and `plugins.max_total_memory_mib` is {} MiB",
+                config.max_total_memory_mib
+            )));
+        }
+        Ok(())
     }
 
     /// Verifies, compiles and initialises on a throwaway instance.
@@ -604,6 +643,7 @@ impl<E: PluginEngine> Registry<E> {
                 bundle.manifest().name.clone(),
             ));
         }
+        self.check_budget(bundle.manifest(), None)?;
         let (bundle, signer, module) = self.prepare(bundle).await?;
         let name = bundle.manifest().name.clone();
         let meta = self.new_meta(&bundle, Source::Operator, &signer, None);
@@ -651,6 +691,7 @@ impl<E: PluginEngine> Registry<E> {
                 found: bundle.manifest().name.clone(),
             });
         }
+        self.check_budget(bundle.manifest(), Some(name))?;
         let (bundle, signer, module) = self.prepare(bundle).await?;
         let manifest = bundle.manifest().clone();
         let meta = self.new_meta(&bundle, Source::Operator, &signer, Some(&old_meta));

@@ -224,6 +224,82 @@ async fn installing_a_name_twice_is_refused_with_a_pointer_to_upgrade() {
 }
 
 #[tokio::test]
+async fn an_install_past_the_boxs_plugin_memory_budget_is_refused_before_anything_is_written() {
+    let b = Box_::new();
+    // Three plugins of 64 MiB fit in 200 MiB; a fourth does not.
+    let config = PluginsConfig {
+        max_total_memory_mib: 200,
+        ..b.config()
+    };
+    let (reg, events) = b.open_with(config.clone(), &[]);
+    for name in ["a", "b", "c"] {
+        reg.install(&b.signed(name, "1.0.0", "ok")).await.unwrap();
+    }
+    take(&events);
+    let err = reg
+        .install(&b.signed("d", "1.0.0", "ok"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::OverBudget { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("192 MiB") && text.contains("max_total_memory_mib"),
+        "{text}"
+    );
+    assert!(take(&events).is_empty(), "nothing compiled or started");
+    assert_eq!(b.installed(), ["a", "b", "c"]);
+    // An upgrade replaces its own share: it fits.
+    reg.upgrade("c", &b.signed("c", "1.1.0", "ok"), false)
+        .await
+        .unwrap();
+    // At start-up with a smaller budget, plugins start in name order while they fit.
+    drop(reg);
+    let smaller = PluginsConfig {
+        max_total_memory_mib: 130,
+        ..config
+    };
+    let (reg, _) = b.open_with(smaller, &[]);
+    reg.start_all().await.unwrap();
+    let states: Vec<PluginState> = ["a", "b", "c"]
+        .iter()
+        .map(|n| reg.info(n).unwrap().state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            PluginState::Running,
+            PluginState::Running,
+            PluginState::Failed
+        ]
+    );
+    let c = reg.info("c").unwrap();
+    assert!(
+        c.error.as_deref().unwrap_or("").contains("plugin budget"),
+        "{c:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_past_max_plugins_is_refused() {
+    let b = Box_::new();
+    let config = PluginsConfig {
+        max_plugins: 2,
+        ..b.config()
+    };
+    let (reg, _) = b.open_with(config, &[]);
+    reg.install(&b.signed("a", "1.0.0", "ok")).await.unwrap();
+    reg.install(&b.signed("b", "1.0.0", "ok")).await.unwrap();
+    let err = reg
+        .install(&b.signed("c", "1.0.0", "ok"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("`plugins.max_plugins` is 2"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn an_install_that_fails_to_init_writes_nothing_and_starts_nothing() {
     let b = Box_::new();
     let (reg, events) = b.open();
