@@ -579,6 +579,94 @@ fn module_without_required_exports_is_refused_at_load() {
     assert!(mistyped.to_string().contains("has type"), "{mistyped}");
 }
 
+/// A module of `bodies.len()` functions of type `() -> ()` with the given instruction bytes,
+/// encoded by hand (a compile bomb needs no toolchain).
+fn module_of(bodies: &[Vec<u8>]) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    fn section(id: u8, body: Vec<u8>, out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len(), out);
+        out.extend(body);
+    }
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    section(1, vec![1, 0x60, 0, 0], &mut m);
+    let mut funcs = Vec::new();
+    leb(bodies.len(), &mut funcs);
+    funcs.resize(funcs.len() + bodies.len(), 0);
+    section(3, funcs, &mut m);
+    let mut code = Vec::new();
+    leb(bodies.len(), &mut code);
+    for b in bodies {
+        leb(b.len() + 2, &mut code);
+        code.push(0); // no locals
+        code.extend_from_slice(b);
+        code.push(0x0b);
+    }
+    section(10, code, &mut m);
+    m
+}
+
+#[test]
+fn compile_bombs_are_refused_before_compiling_and_say_which_limit() {
+    // One function of two million calls (6 MB: a minute and 4.4 GiB to compile unchecked).
+    let one_huge = module_of(&[[0x10u8, 0x00].repeat(2_000_000)]);
+    // 900,000 empty functions (5.4 GiB to compile unchecked).
+    let many = module_of(&vec![Vec::new(); 900_000]);
+    // 1,000 nested blocks.
+    let deep = module_of(&[[[0x02u8, 0x40].repeat(1_000), vec![0x0b; 1_000]].concat()]);
+    for (name, wasm, says) in [
+        (
+            "one huge function",
+            one_huge,
+            "bytes; a function may have at most",
+        ),
+        ("900k functions", many, "a module may have at most 10000"),
+        ("deep nesting", deep, "nests blocks more than 256 deep"),
+    ] {
+        match compile_error(&wasm) {
+            PluginError::TooComplex { detail, .. } => {
+                assert!(detail.contains(says), "{name}: {detail}")
+            }
+            other => panic!("{name}: expected TooComplex, got {other}"),
+        }
+    }
+}
+
+#[test]
+#[ignore = "a measurement; run in release: cargo test --release -p outpost --test suite -- --ignored the_largest_module"]
+fn the_largest_module_the_host_accepts_compiles_in_bounded_time_and_memory() {
+    fn peak_rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+    // 32 functions of 65,535 calls each: 4 MiB of code, each body just under the 128 KiB cap.
+    let wasm = module_of(&vec![[0x10u8, 0x00].repeat(65_535); 32]);
+    let env = Env::new();
+    let before = peak_rss_kib();
+    let started = Instant::now();
+    let _ = env.host.compile_named("largest", &wasm);
+    println!(
+        "largest accepted module ({} bytes): compiled in {:?}, peak RSS {} -> {} MiB",
+        wasm.len(),
+        started.elapsed(),
+        before / 1024,
+        peak_rss_kib() / 1024
+    );
+}
+
 #[test]
 fn module_with_a_wrong_abi_version_is_refused() {
     let env = Env::new();

@@ -15,6 +15,8 @@
 //! - **Stack:** [`MAX_WASM_STACK_BYTES`] of wasm stack; deeper recursion traps.
 //! - **Store:** one instance, one memory, one table of at most 200 000 elements.
 //! - **Module size:** `max_module_bytes`, checked before anything is parsed.
+//! - **Module shape:** function count, function size and block nesting, checked before
+//!   compiling (see `shape.rs`): compile time and memory stay bounded.
 //!
 //! # Load-time checks
 //! [`Host::compile`] refuses, with an error naming the plugin: a module over the size limit,
@@ -35,6 +37,7 @@ pub mod abi;
 mod cache;
 pub mod guest_log;
 mod instance;
+mod shape;
 mod store;
 mod wasi;
 
@@ -90,6 +93,9 @@ pub enum PluginError {
         size: usize,
         limit: usize,
     },
+    /// The module is outside the shape the host compiles (see `shape.rs`).
+    #[error("plugin {plugin}: the module is refused before compiling: {detail} (sdk/ABI.md, section 10)")]
+    TooComplex { plugin: String, detail: String },
     /// Not WebAssembly, or invalid WebAssembly.
     #[error("plugin {plugin}: the module is not valid WebAssembly: {detail}")]
     Malformed { plugin: String, detail: String },
@@ -548,14 +554,28 @@ impl Host {
             plugin: plugin.to_string(),
             detail,
         };
+        let too_complex = |detail: String| PluginError::TooComplex {
+            plugin: plugin.to_string(),
+            detail,
+        };
         if wasm.starts_with(b"\0asm") {
+            shape::check(wasm).map_err(too_complex)?;
             return Module::from_binary(engine, wasm).map_err(|e| malformed(error_chain(&e)));
         }
         let looks_like_text = std::str::from_utf8(wasm)
             .map(|t| t.trim_start().starts_with('(') || t.trim_start().starts_with(";;"))
             .unwrap_or(false);
         if looks_like_text {
-            return Module::new(engine, wasm).map_err(|e| malformed(error_chain(&e)));
+            if wasm.len() > shape::MAX_WAT_BYTES {
+                return Err(too_complex(format!(
+                    "{} bytes of WAT text; at most {} (use the binary format)",
+                    wasm.len(),
+                    shape::MAX_WAT_BYTES
+                )));
+            }
+            let binary = wat::parse_bytes(wasm).map_err(|e| malformed(e.to_string()))?;
+            shape::check(&binary).map_err(too_complex)?;
+            return Module::from_binary(engine, &binary).map_err(|e| malformed(error_chain(&e)));
         }
         Err(malformed(format!(
             "it does not start with the wasm magic bytes \\0asm (it starts with {:02x?}) and is not WAT text",
