@@ -15,13 +15,13 @@ use std::process::Command;
 use outpost::log::{FsyncPolicy, Log, LogConfig, LogError, NamedFsync, NewRecord, TopicConfig};
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct SmallFs {
+pub(crate) struct SmallFs {
     _dir: tempfile::TempDir,
-    mnt: PathBuf,
+    pub(crate) mnt: PathBuf,
 }
 
 impl SmallFs {
-    fn mount(size: &str) -> Option<SmallFs> {
+    pub(crate) fn mount(size: &str) -> Option<SmallFs> {
         let dir = tempfile::tempdir().unwrap();
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).unwrap();
@@ -77,7 +77,7 @@ fn record(i: u64) -> NewRecord {
 }
 
 /// Fills `path` with a ballast file until the file system refuses; returns its size.
-fn fill_with_ballast(path: &Path) -> u64 {
+pub(crate) fn fill_with_ballast(path: &Path) -> u64 {
     let mut f = fs::File::create(path).unwrap();
     let chunk = vec![0xa5u8; 4096];
     let mut written = 0u64;
