@@ -153,9 +153,15 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[])
+    }
+
+    /// [`Server::start`] with more arguments for `outpost run` (`--config FILE`).
+    fn start_with(data_dir: &Path, args: &[&std::ffi::OsStr]) -> Server {
         let mut child = outpost()
             .args(["run", "--log-level", "info", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("OUTPOST_LISTEN", "127.0.0.1:0")
             // Not the default 1883, which another box on the machine may hold.
             .env(
@@ -342,4 +348,103 @@ fn a_second_run_on_a_busy_port_exits_1() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn on_a_full_disk_produce_is_507_tail_still_reads_and_sigterm_exits_0() {
+    let Some(small) = crate::log_disk_full::SmallFs::mount("16m") else {
+        return;
+    };
+    // No disk budget: the file system itself fills up.
+    let config = small.mnt.join("outpost.toml");
+    std::fs::write(&config, "[log]\nmin_free_bytes = 0\n").unwrap();
+    let server = Server::start_with(
+        &small.mnt.join("data"),
+        &["--config".as_ref(), config.as_os_str()],
+    );
+    let produced = run_with_input(
+        &mut server.client(&["produce", "store.events"]),
+        "{\"before\":1}\n{\"before\":2}\n",
+    );
+    assert!(produced.status.success(), "{}", text(&produced.stderr));
+
+    crate::log_disk_full::fill_with_ballast(&small.mnt.join("ballast"));
+    let refused = run_with_input(
+        &mut server.client(&["produce", "store.events"]),
+        &format!("{{\"pad\":\"{}\"}}\n", "x".repeat(20_000)),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("507"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    let tail = server.client(&["tail", "store.events"]).output().unwrap();
+    assert!(tail.status.success(), "{}", text(&tail.stderr));
+    let records = json_lines(&tail);
+    assert_eq!(records.len(), 2, "{}", text(&tail.stdout));
+
+    let (code, stderr) = server.terminate();
+    assert_eq!(code, Some(0), "a clean stop on a full disk: {stderr}");
+    assert!(stderr.contains("stopped cleanly"), "{stderr}");
+}
+
+#[test]
+fn tail_names_a_lost_range_on_stderr_and_goes_on_after_it() {
+    use outpost::log::{FsyncPolicy, Log, LogConfig, NamedFsync, NewRecord, TopicConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = LogConfig {
+        min_free_bytes: 0,
+        default_topic: TopicConfig {
+            fsync: FsyncPolicy::Named(NamedFsync::Never),
+            segment_bytes: 4096,
+            ..TopicConfig::default()
+        },
+        ..LogConfig::default()
+    };
+    {
+        let log = Log::open(&data.join("log"), config).unwrap();
+        let t = log.topic_or_create("store.events").unwrap();
+        for i in 0..40 {
+            let value = json!({ "i": i, "pad": "x".repeat(300) }).to_string();
+            t.append(vec![NewRecord {
+                value: value.into_bytes(),
+                ..NewRecord::default()
+            }])
+            .unwrap();
+        }
+        log.close().unwrap();
+    }
+    let topic_dir = data.join("log").join("store.events");
+    let mut bases: Vec<u64> = std::fs::read_dir(&topic_dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log").map(|b| b.parse().unwrap())
+        })
+        .collect();
+    bases.sort_unstable();
+    assert!(bases.len() >= 3, "{bases:?}");
+    std::fs::remove_file(topic_dir.join(format!("{:020}.log", bases[1]))).unwrap();
+
+    let server = Server::start(&data);
+    let tail = server.client(&["tail", "store.events"]).output().unwrap();
+    assert!(tail.status.success(), "{}", text(&tail.stderr));
+    let offsets: Vec<u64> = json_lines(&tail)
+        .iter()
+        .map(|r| r["offset"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (0..40)
+        .filter(|o| !(bases[1]..bases[2]).contains(o))
+        .collect();
+    assert_eq!(offsets, expected);
+    let stderr = text(&tail.stderr);
+    assert!(
+        stderr.contains(&format!("{}..{}", bases[1], bases[2])),
+        "the range is named: {stderr}"
+    );
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
 }

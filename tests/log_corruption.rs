@@ -1,14 +1,17 @@
 //! Corruption tests of the log store: torn tails at every byte of the last batch, bit flips in
-//! sealed and active segments, zero-filled and garbage tails, lost tails of sealed segments,
-//! and missing or wrong index files. Reopening never panics, never serves a wrong record and
-//! never loses an earlier good one.
+//! sealed and active segments (the length field included), zero-filled and garbage tails, lost
+//! tails of sealed segments, missing segment and index files. Reopening never panics, never
+//! serves a wrong record and never loses an earlier good one; a read never skips a lost or
+//! damaged range silently: it stops at it, and a read that starts in it is a
+//! [`LogError::Gap`] naming the next readable offset, counted and marked in `outpost.gaps`.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use outpost::log::{
-    FsyncPolicy, Log, LogConfig, LogError, NamedFsync, NewRecord, Record, Topic, TopicConfig,
+    FsyncPolicy, GapMarker, Log, LogConfig, LogError, NamedFsync, NewRecord, Record, Topic,
+    TopicConfig, GAPS_TOPIC, REASON_DAMAGED, REASON_LOST,
 };
 
 const TOPIC: &str = "store.events";
@@ -78,7 +81,11 @@ fn read_all(t: &Topic) -> Vec<Record> {
 }
 
 fn segment_paths(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir.join(TOPIC))
+    segment_paths_of(dir, TOPIC, ext)
+}
+
+fn segment_paths_of(dir: &Path, topic: &str, ext: &str) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir.join(topic))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == ext))
@@ -213,8 +220,13 @@ fn zero_filled_or_garbage_tails_are_cut_on_reopen() {
 
 /// Builds a topic of several small segments; returns the number of records.
 fn build_sealed(dir: &Path, segment_bytes: u64, batches: u64) -> u64 {
+    build_sealed_named(dir, TOPIC, segment_bytes, batches)
+}
+
+/// [`build_sealed`] for a topic of its own (its counters are the test's alone).
+fn build_sealed_named(dir: &Path, topic: &str, segment_bytes: u64, batches: u64) -> u64 {
     let log = Log::open(dir, config(segment_bytes)).unwrap();
-    let t = log.topic_or_create(TOPIC).unwrap();
+    let t = log.topic_or_create(topic).unwrap();
     for b in 0..batches {
         append_batch(&t, 1 + b % 3);
     }
@@ -227,7 +239,7 @@ fn base_of(path: &Path) -> u64 {
     path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
 }
 
-/// Reads every offset of `t` one by one: each read must be a `Corrupt` error or correct
+/// Reads every offset of `t` one by one: each read must be a gap covering it or correct
 /// records. Returns how many offsets were readable.
 fn read_each_offset_safely(t: &Topic, end: u64) -> u64 {
     read_range_safely(t, 0..end)
@@ -256,8 +268,18 @@ fn read_range_safely(t: &Topic, range: std::ops::Range<u64>) -> u64 {
                 }
                 offset += 1;
             }
-            Err(LogError::Corrupt { .. }) => offset += 1,
-            Err(e) => panic!("read at {offset} failed with something other than Corrupt: {e}"),
+            Err(LogError::Gap {
+                from_offset,
+                next_offset,
+                ..
+            }) => {
+                assert!(
+                    from_offset <= offset && next_offset > offset,
+                    "the gap {from_offset}..{next_offset} covers {offset}"
+                );
+                offset += 1;
+            }
+            Err(e) => panic!("read at {offset} failed with something other than a gap: {e}"),
         }
     }
     readable
@@ -323,54 +345,258 @@ fn bit_flips_in_a_sealed_segment_never_yield_wrong_records() {
     }
 }
 
+/// Reads `t` from `offset` until it ends or meets a gap: (records, the gap if one).
+fn read_until_gap(t: &Topic, mut offset: u64) -> (Vec<Record>, Option<LogError>) {
+    let mut out = Vec::new();
+    loop {
+        match t.read(offset, 1000, 1 << 20) {
+            Ok(f) if f.records.is_empty() => return (out, None),
+            Ok(f) => {
+                assert_eq!(f.records[0].offset, offset, "a read never jumps");
+                for pair in f.records.windows(2) {
+                    assert_eq!(pair[1].offset, pair[0].offset + 1, "a read never jumps");
+                }
+                offset = f.next_offset;
+                out.extend(f.records);
+            }
+            Err(e) => return (out, Some(e)),
+        }
+    }
+}
+
+/// Asserts that reading `t` from the start gives exactly `0..from`, then the gap
+/// `from..next` with `reason`, and that reading on at `next` gives everything up to `end`.
+fn assert_gap(t: &Topic, from: u64, next: u64, reason: &str, end: u64) {
+    let (before, gap) = read_until_gap(t, 0);
+    before.iter().for_each(check);
+    assert_eq!(
+        before.len() as u64,
+        from,
+        "every record before the damage is served"
+    );
+    match gap {
+        Some(LogError::Gap {
+            from_offset,
+            next_offset,
+            reason: why,
+            topic,
+            ..
+        }) => {
+            assert_eq!(topic, t.name());
+            assert_eq!((from_offset, next_offset), (from, next), "the range");
+            assert_eq!(why, reason);
+        }
+        other => panic!("expected a gap at {from}, got {other:?}"),
+    }
+    // Every offset inside the range is answered with the same gap, never with later records.
+    for offset in from..next {
+        match t.read(offset, 10, 1 << 20) {
+            Err(LogError::Gap {
+                from_offset,
+                next_offset,
+                ..
+            }) => assert_eq!((from_offset, next_offset), (from, next)),
+            other => panic!("a read at {offset} inside the gap answered {other:?}"),
+        }
+    }
+    let (after, gap) = read_until_gap(t, next);
+    assert!(gap.is_none(), "{gap:?}");
+    after.iter().for_each(check);
+    assert_eq!(after.len() as u64, end - next);
+}
+
+fn read_gaps_counted(topic: &str) -> u64 {
+    outpost::metrics::global()
+        .counter(
+            "outpost_log_read_gaps_total",
+            "Reads answered with a gap: they started at a lost or damaged range.",
+            &[("topic", topic)],
+        )
+        .get()
+}
+
+/// The gap markers the log wrote for `topic`.
+fn gap_markers(log: &Log, topic: &str) -> Vec<GapMarker> {
+    let Ok(gaps) = log.topic(GAPS_TOPIC) else {
+        return Vec::new();
+    };
+    gaps.read(0, 1000, 1 << 20)
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| serde_json::from_slice::<GapMarker>(&r.value).unwrap())
+        .filter(|m| m.topic == topic)
+        .collect()
+}
+
+/// (byte position, base offset) of every batch of a segment file, by walking the length
+/// fields of an undamaged file.
+fn batch_starts(path: &Path) -> Vec<(u64, u64)> {
+    let bytes = fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while pos + 44 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+        let base = u64::from_le_bytes(bytes[pos + 16..pos + 24].try_into().unwrap());
+        out.push((pos as u64, base));
+        pos += 8 + len;
+    }
+    assert_eq!(
+        pos,
+        bytes.len(),
+        "the walk ends exactly at the end of the file"
+    );
+    out
+}
+
 #[test]
-fn a_sealed_segment_that_lost_its_tail_is_read_up_to_the_loss_then_skipped() {
+fn a_sealed_segment_that_lost_its_tail_is_read_up_to_the_loss_then_answers_a_gap_to_the_next_segment(
+) {
+    let topic = "corruption.lost-tail";
     let dir = tempfile::tempdir().unwrap();
-    let n = build_sealed(dir.path(), 4096, 40);
-    let segments = segment_paths(dir.path(), "log");
+    let n = build_sealed_named(dir.path(), topic, 4096, 40);
+    let segments = segment_paths_of(dir.path(), topic, "log");
     let victim = &segments[0];
     let next_base = base_of(&segments[1]);
-    let len = fs::metadata(victim).unwrap().len();
     let original = fs::read(victim).unwrap();
-    for cut in [len / 2, len - 1, 0] {
+    let starts = batch_starts(victim);
+    let (mid_pos, mid_base) = starts[starts.len() / 2];
+    // Cut inside a batch, at a batch boundary, one byte short, and to nothing.
+    let cuts = [
+        (mid_pos + 10, mid_base),
+        (mid_pos, mid_base),
+        (original.len() as u64 - 1, starts.last().unwrap().1),
+        (0, 0),
+    ];
+    for (cut, lost_from) in cuts {
         fs::write(victim, &original[..cut as usize]).unwrap();
+        let counted = read_gaps_counted(topic);
         let log = Log::open(dir.path(), config(4096)).unwrap();
-        let t = log.topic(TOPIC).unwrap();
-        let all = read_all(&t);
-        all.iter().for_each(check);
-        let lost: Vec<u64> = (0..next_base)
-            .filter(|o| !all.iter().any(|r| r.offset == *o))
-            .collect();
-        assert!(!lost.is_empty(), "records of the lost tail cannot be read");
-        assert!(
-            lost.iter()
-                .all(|o| all.iter().all(|r| r.offset < *o || r.offset >= next_base)),
-            "only a tail is lost"
-        );
+        let t = log.topic(topic).unwrap();
+        assert_gap(&t, lost_from, next_base, REASON_LOST, n);
+        assert!(read_gaps_counted(topic) > counted, "the gap is counted");
+        let markers = gap_markers(&log, topic);
+        assert_eq!(markers.len(), 1, "one marker per range: {markers:?}");
         assert_eq!(
-            all.iter().filter(|r| r.offset >= next_base).count() as u64,
-            n - next_base
+            (markers[0].from_offset, markers[0].to_offset),
+            (lost_from, next_base - 1)
         );
         drop(t);
         drop(log);
+        let _ = fs::remove_dir_all(dir.path().join(GAPS_TOPIC));
     }
-    // Zeros where the tail was (the size survived, the data did not): the damaged batch reads
-    // as corrupt or is skipped, never as data; the other segments are whole.
-    for cut in [len / 3, len / 2 + 1] {
-        let mut damaged = original[..cut as usize].to_vec();
+    // Zeros where the tail was (the size survived, the data did not).
+    for (pos, base) in [starts[starts.len() / 3], starts[starts.len() / 2]] {
+        let mut damaged = original[..pos as usize].to_vec();
         damaged.resize(original.len(), 0);
         fs::write(victim, &damaged).unwrap();
         let log = Log::open(dir.path(), config(4096)).unwrap();
-        let t = log.topic(TOPIC).unwrap();
-        assert!(read_each_offset_safely(&t, n) < n);
-        for offset in next_base..n {
-            let f = t.read(offset, 1, 1 << 20).unwrap();
-            assert_eq!(f.records[0].offset, offset);
-        }
+        let t = log.topic(topic).unwrap();
+        assert_gap(&t, base, next_base, REASON_LOST, n);
         drop(t);
         drop(log);
+        let _ = fs::remove_dir_all(dir.path().join(GAPS_TOPIC));
     }
     fs::write(victim, &original).unwrap();
+}
+
+#[test]
+fn a_flipped_length_field_in_a_sealed_segment_is_a_gap_never_a_jump() {
+    let topic = "corruption.length-field";
+    let dir = tempfile::tempdir().unwrap();
+    let n = build_sealed_named(dir.path(), topic, 4096, 60);
+    let segments = segment_paths_of(dir.path(), topic, "log");
+    assert!(segments.len() >= 4, "{segments:?}");
+    let victim = &segments[1];
+    let next_base = base_of(&segments[2]);
+    let starts = batch_starts(victim);
+    let (pos, base) = starts[1];
+    // The length grows past the file (read as a batch that runs past the end), grows by one
+    // byte or shrinks by one: the checksum covers the length, so each is damage.
+    for (byte, bit) in [(6u64, 7u8), (4, 0), (4, 1)] {
+        flip(victim, pos + byte, bit);
+        let counted = read_gaps_counted(topic);
+        let log = Log::open(dir.path(), config(4096)).unwrap();
+        let t = log.topic(topic).unwrap();
+        let (before, gap) = read_until_gap(&t, 0);
+        assert_eq!(before.len() as u64, base, "records up to the damaged batch");
+        before.iter().for_each(check);
+        match gap {
+            Some(LogError::Gap {
+                from_offset,
+                next_offset,
+                ..
+            }) => assert_eq!((from_offset, next_offset), (base, next_base)),
+            other => panic!("expected a gap at {base}, got {other:?}"),
+        }
+        assert!(read_gaps_counted(topic) > counted, "the gap is counted");
+        let (after, gap) = read_until_gap(&t, next_base);
+        assert!(gap.is_none());
+        assert_eq!(after.len() as u64, n - next_base);
+        drop(t);
+        drop(log);
+        flip(victim, pos + byte, bit);
+    }
+}
+
+#[test]
+fn a_corrupt_batch_in_the_middle_of_a_sealed_segment_is_a_gap_up_to_the_next_batch_that_verifies() {
+    let topic = "corruption.middle-batch";
+    let dir = tempfile::tempdir().unwrap();
+    let n = build_sealed_named(dir.path(), topic, 64 * 1024, 400);
+    let segments = segment_paths_of(dir.path(), topic, "log");
+    assert!(segments.len() >= 3, "{segments:?}");
+    let victim = &segments[0];
+    let index = fs::read(segment_paths_of(dir.path(), topic, "index").remove(0)).unwrap();
+    let entries: Vec<(u64, u64)> = index
+        .chunks_exact(8)
+        .map(|e| {
+            (
+                u64::from(u32::from_le_bytes(e[0..4].try_into().unwrap())),
+                u64::from(u32::from_le_bytes(e[4..8].try_into().unwrap())),
+            )
+        })
+        .collect();
+    assert!(entries.len() >= 6, "several index entries: {entries:?}");
+    let starts = batch_starts(victim);
+    // A batch between the third and fourth index entries: its body gets a flipped bit.
+    let (bad_pos, bad_base) = *starts
+        .iter()
+        .find(|(p, _)| *p > entries[2].1 && *p < entries[3].1)
+        .expect("a batch between two index entries");
+    let resumes_at = entries[3].0; // base of the segment is 0
+    flip(victim, bad_pos + 50, 2);
+    let counted = read_gaps_counted(topic);
+    let log = Log::open(dir.path(), config(64 * 1024)).unwrap();
+    let t = log.topic(topic).unwrap();
+    assert_gap(&t, bad_base, resumes_at, REASON_DAMAGED, n);
+    assert!(read_gaps_counted(topic) > counted, "the gap is counted");
+    let markers = gap_markers(&log, topic);
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    assert_eq!(markers[0].reason, REASON_DAMAGED);
+    assert_eq!(
+        (markers[0].from_offset, markers[0].to_offset),
+        (bad_base, resumes_at - 1)
+    );
+}
+
+#[test]
+fn a_deleted_middle_segment_file_is_a_gap_after_a_restart() {
+    let topic = "corruption.deleted-segment";
+    let dir = tempfile::tempdir().unwrap();
+    let n = build_sealed_named(dir.path(), topic, 4096, 60);
+    let segments = segment_paths_of(dir.path(), topic, "log");
+    assert!(segments.len() >= 4, "{segments:?}");
+    let (gone, next) = (base_of(&segments[1]), base_of(&segments[2]));
+    fs::remove_file(&segments[1]).unwrap();
+    let _ = fs::remove_file(segments[1].with_extension("index"));
+    let counted = read_gaps_counted(topic);
+    let log = Log::open(dir.path(), config(4096)).unwrap();
+    let t = log.topic(topic).unwrap();
+    assert_eq!(t.next_offset(), n);
+    assert_gap(&t, gone, next, REASON_LOST, n);
+    assert!(read_gaps_counted(topic) > counted, "the gap is counted");
+    assert_eq!(gap_markers(&log, topic).len(), 1);
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod cli;
 mod forward_kafka;
 mod log_corruption;
 mod log_crash;
+mod log_disk_full;
 mod log_eviction;
 mod log_model;
 mod mirror_plugin;

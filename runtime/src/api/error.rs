@@ -12,6 +12,7 @@
 //! | 404 | 40402 | a `partition` other than 0 |
 //! | 404 | 40403 | no such endpoint |
 //! | 405 | 40501 | wrong method for the endpoint |
+//! | 410 | 41001 | a fetch starts at offsets that are lost or damaged; the body also has `topic`, `from_offset`, `next_offset` (the next readable offset: fetch again from there) and `reason` (`lost` \| `damaged`) |
 //! | 413 | 41301 | body larger than `http.max_body_bytes` |
 //! | 413 | 41302 | a record larger than `log.max_record_bytes` |
 //! | 415 | 41501 | unsupported `Content-Type` |
@@ -112,6 +113,7 @@ impl ApiError {
                 LogError::RecordTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 41302),
                 LogError::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, 50701),
                 LogError::Closed => (StatusCode::SERVICE_UNAVAILABLE, 50301),
+                LogError::Gap { .. } => (StatusCode::GONE, 41001),
                 // Corrupt data, a poisoned topic, I/O errors and anything added later.
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
             },
@@ -125,7 +127,20 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %self, "A request failed on the server side.");
         }
-        let body = serde_json::json!({ "error_code": code, "message": self.to_string() });
+        let mut body = serde_json::json!({ "error_code": code, "message": self.to_string() });
+        if let ApiError::Log(LogError::Gap {
+            topic,
+            from_offset,
+            next_offset,
+            reason,
+            ..
+        }) = &self
+        {
+            body["topic"] = serde_json::json!(topic);
+            body["from_offset"] = serde_json::json!(from_offset);
+            body["next_offset"] = serde_json::json!(next_offset);
+            body["reason"] = serde_json::json!(reason);
+        }
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response

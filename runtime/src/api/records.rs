@@ -7,6 +7,11 @@
 //!   `http.max_fetch_bytes` of records are returned at most (always at least one if any).
 //! - `wait_ms`: when nothing is readable at `offset`, wait up to this long (capped at
 //!   `http.max_wait_ms`) for a record to arrive instead of answering empty at once.
+//! - A fetch never jumps over a lost or damaged range. Records before such a range are
+//!   answered as usual and `next_offset` stops at the range; a fetch that starts in it is a
+//!   `410 Gone` with `{"error_code": 41001, "message", "topic", "from_offset", "next_offset",
+//!   "reason"}`: offsets `from_offset..next_offset` cannot be read (`reason` `lost` or
+//!   `damaged`) and the next readable offset is `next_offset` (see `api/error.rs`).
 //!
 //! Encoding of each record, so that what the JSON produce format stored comes back as sent:
 //! - `value`: the stored bytes as JSON when they parse as JSON; otherwise a base64 string and

@@ -769,3 +769,90 @@ async fn a_wrong_token_is_refused_and_the_right_one_accepted() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(f.topic_next_offset("t"), Some(1));
 }
+
+#[tokio::test]
+async fn a_fetch_that_starts_at_a_lost_range_is_a_410_naming_the_next_readable_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_config = crate::log::LogConfig {
+        min_free_bytes: 0,
+        default_topic: crate::log::TopicConfig {
+            fsync: crate::log::FsyncPolicy::Named(crate::log::NamedFsync::Never),
+            segment_bytes: 4096,
+            ..crate::log::TopicConfig::default()
+        },
+        ..crate::log::LogConfig::default()
+    };
+    {
+        let log = Log::open(&dir.path().join("log"), log_config.clone()).unwrap();
+        let t = log.topic_or_create("lossy").unwrap();
+        for i in 0..60u64 {
+            t.append(vec![NewRecord {
+                value: format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(200)).into_bytes(),
+                ..NewRecord::default()
+            }])
+            .unwrap();
+        }
+        log.close().unwrap();
+    }
+    let topic_dir = dir.path().join("log").join("lossy");
+    let mut bases: Vec<u64> = std::fs::read_dir(&topic_dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log").map(|b| b.parse().unwrap())
+        })
+        .collect();
+    bases.sort_unstable();
+    assert!(bases.len() >= 4, "{bases:?}");
+    // The second segment's file is gone (deleted by hand, a failing disk…).
+    std::fs::remove_file(topic_dir.join(format!("{:020}.log", bases[1]))).unwrap();
+    let ctx = context(dir.path(), log_config, Shutdown::never());
+    let f = Fixture {
+        log: ctx.log.clone(),
+        app: router(ApiState::new(ctx, crate::config::HttpConfig::default())),
+        _dir: dir,
+    };
+
+    // From the start: the records before the hole, and `next_offset` stops at it.
+    let (status, page) = f.fetch("/topics/lossy/records?offset=0&limit=1000").await;
+    assert_eq!(status, StatusCode::OK);
+    let offsets: Vec<u64> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (0..bases[1]).collect::<Vec<_>>());
+    assert_eq!(page["next_offset"], bases[1]);
+
+    // At the hole: 410 with the range and the next readable offset, never a jump.
+    let (status, body) = f
+        .fetch(&format!("/topics/lossy/records?offset={}", bases[1] + 1))
+        .await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert_eq!(body["error_code"], 41001);
+    assert_eq!(body["from_offset"], bases[1]);
+    assert_eq!(body["next_offset"], bases[2]);
+    assert_eq!(body["reason"], "lost");
+    assert_eq!(body["topic"], "lossy");
+
+    // From there on everything reads again.
+    let (status, page) = f
+        .fetch(&format!(
+            "/topics/lossy/records?offset={}&limit=1",
+            bases[2]
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["records"][0]["offset"], bases[2]);
+
+    // The log recorded the range once in outpost.gaps.
+    let gaps = f.log.topic(crate::log::GAPS_TOPIC).unwrap();
+    let marker: crate::log::GapMarker =
+        serde_json::from_slice(&gaps.read(0, 10, 1 << 20).unwrap().records[0].value).unwrap();
+    assert_eq!(
+        (marker.topic.as_str(), marker.from_offset, marker.to_offset),
+        ("lossy", bases[1], bases[2] - 1)
+    );
+    assert_eq!(marker.reason, crate::log::REASON_LOST);
+}

@@ -43,6 +43,8 @@ pub enum ClientError {
         server: String,
         status: u16,
         message: String,
+        /// The answer's `next_offset`, when it has one (a fetch at a lost or damaged range).
+        next_offset: Option<u64>,
     },
     /// The answer is not what Outpost sends.
     #[error("{server} sent an unexpected answer: {detail}")]
@@ -229,14 +231,19 @@ impl Client {
             .await?;
         let parsed: Result<Value, _> = serde_json::from_slice(&body);
         if !status.is_success() {
+            let parsed = parsed.ok();
             let message = parsed
-                .ok()
+                .as_ref()
                 .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+            let next_offset = parsed
+                .as_ref()
+                .and_then(|v| v.get("next_offset").and_then(Value::as_u64));
             return Err(ClientError::Server {
                 server: self.server.clone(),
                 status: status.as_u16(),
                 message,
+                next_offset,
             });
         }
         parsed.map_err(|e| ClientError::BadAnswer {

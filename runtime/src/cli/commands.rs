@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper::Method;
 use serde_json::{json, Value};
 
-use super::client::Client;
+use super::client::{Client, ClientError};
 use super::CliError;
 use crate::log::validate_topic_name;
 
@@ -225,7 +225,9 @@ pub struct TailOptions {
 }
 
 /// `outpost tail`: prints one JSON record per line (the fetch answer's record objects). Without
-/// `--follow` it stops at the end of the topic; with it, it long-polls for new records.
+/// `--follow` it stops at the end of the topic; with it, it long-polls for new records. A range
+/// the box's log lost or found damaged (HTTP 410 with the next readable offset) is named in a
+/// warning on stderr and skipped; the box records it in `outpost.gaps`.
 pub async fn tail(
     client: &mut Client,
     options: &TailOptions,
@@ -251,7 +253,20 @@ pub async fn tail(
             query.push_str(&format!("&wait_ms={FOLLOW_WAIT_MS}"));
             timeout += Duration::from_millis(FOLLOW_WAIT_MS);
         }
-        let page = client.get_json(&query, timeout).await?;
+        let page = match client.get_json(&query, timeout).await {
+            Ok(page) => page,
+            Err(ClientError::Server {
+                status: 410,
+                message,
+                next_offset: Some(next),
+                ..
+            }) if offset.is_none_or(|o| next > o) => {
+                tracing::warn!(topic = %options.topic, next_offset = next, "{message}; tail goes on at the next readable offset.");
+                offset = Some(next);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let records = page
             .get("records")
             .and_then(Value::as_array)

@@ -63,7 +63,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 
 use crate::kernel::{now_ms, Backoff, Context, Shutdown};
-use crate::log::{Fetch, Log, LogError, Record, RetentionGuard, Topic};
+use crate::log::{Fetch, Log, LogError, ReadGapPolicy, Record, RetentionGuard, Topic};
 use crate::metrics::{self, Counter, Gauge};
 use crate::state::{Commit, StateError, StateStore};
 use budget::TokenBucket;
@@ -127,6 +127,9 @@ struct Inner {
     store_id: String,
     /// Committed cursors of the topics seen so far.
     cursors: Mutex<BTreeMap<String, u64>>,
+    /// Topics whose forwarding stopped at a range the log cannot read
+    /// (`log.on_read_gap = "stop"`), with why; they stay stopped until a restart.
+    halted: Mutex<BTreeMap<String, String>>,
     /// The operator's switch for `manual` bulk topics.
     bulk_enabled: AtomicBool,
     online: AtomicBool,
@@ -181,6 +184,9 @@ pub struct ForwardStatus {
     pub online: bool,
     pub last_error: Option<String>,
     pub bulk_enabled: bool,
+    /// Topics whose forwarding stopped at a range the log cannot read
+    /// (`log.on_read_gap = "stop"`), with the gap; until a restart.
+    pub stopped_at_gaps: BTreeMap<String, String>,
     pub topics: Vec<TopicDebt>,
     /// Sum per class: (records, bytes).
     pub classes: BTreeMap<Class, ClassDebt>,
@@ -213,6 +219,9 @@ struct InFlight {
     refused: Option<String>,
     /// When the first record was handed over.
     handed_at: Instant,
+    /// A flight without records that moves the cursor past a range the log cannot read
+    /// (`log.on_read_gap = "skip"`), once every earlier flight of the topic is acknowledged.
+    skip_to: Option<u64>,
 }
 
 /// One producer (one idempotence session) with its acknowledging task.
@@ -311,6 +320,7 @@ impl Forwarder {
                 edge_id: edge_id.to_string(),
                 store_id: store_id.to_string(),
                 cursors: Mutex::new(BTreeMap::new()),
+                halted: Mutex::new(BTreeMap::new()),
                 bulk_enabled: AtomicBool::new(false),
                 online: AtomicBool::new(false),
                 last_error: Mutex::new(None),
@@ -529,6 +539,11 @@ impl Forwarder {
                 let this = self.clone();
                 let _ = tokio::task::spawn_blocking(move || this.status()).await;
             }
+            // Topics stopped at a range the log cannot read are not sent from again.
+            {
+                let halted = crate::log::lock(&self.inner.halted);
+                all.retain(|w| !halted.contains_key(w.topic.name()));
+            }
             // Records handed over but not yet acknowledged are not picked again.
             for w in &mut all {
                 if let Some(&sent) = s.sent.get(w.topic.name()) {
@@ -622,6 +637,20 @@ impl Forwarder {
             let count = flight.pending.len() as u64;
             let _settled = Settled(&shared, count);
             if failed_topics.contains(&flight.topic) {
+                continue;
+            }
+            if let Some(to) = flight.skip_to.filter(|_| flight.pending.is_empty()) {
+                let this = self.clone();
+                let topic = flight.topic.clone();
+                let committed = tokio::task::spawn_blocking(move || this.commit_cursor(&topic, to))
+                    .await
+                    .map_err(|e| ForwardError::Task(e.to_string()))
+                    .and_then(|r| r);
+                if let Err(e) = committed {
+                    failed_topics.insert(flight.topic.clone());
+                    shared.fail(e);
+                    self.inner.wake.notify_one();
+                }
                 continue;
             }
             let mut next = flight.cursor;
@@ -783,13 +812,56 @@ impl Forwarder {
                     tokio::task::spawn_blocking(move || topic.read(from, max_records, max_bytes))
                 }
             };
-            let fetch = read
-                .await
-                .map_err(|e| ForwardError::Task(e.to_string()))?
-                .map_err(|source| ForwardError::Log {
-                    topic: w.topic.name().to_string(),
-                    source,
-                })?;
+            let fetch = match read.await.map_err(|e| ForwardError::Task(e.to_string()))? {
+                Ok(fetch) => fetch,
+                Err(LogError::Gap {
+                    from_offset,
+                    next_offset,
+                    ..
+                }) if self.inner.log.on_read_gap() == ReadGapPolicy::Skip => {
+                    tracing::warn!(topic = w.topic.name(), from_offset, next_offset, "Records the log cannot read are skipped by the forwarder (`log.on_read_gap = \"skip\"`); outpost.gaps records the range.");
+                    let flight = InFlight {
+                        topic: w.topic.name().to_string(),
+                        destination: w.route.destination.clone(),
+                        class,
+                        cursor: from,
+                        pending: Vec::new(),
+                        refused: None,
+                        handed_at: Instant::now(),
+                        skip_to: Some(next_offset),
+                    };
+                    session.handed_flights += 1;
+                    session.sent.insert(w.topic.name().to_string(), next_offset);
+                    let queued = tokio::select! {
+                        r = session.flights.send(flight) => r.is_ok(),
+                        _ = shutdown.requested() => return Ok(()),
+                    };
+                    if !queued {
+                        session
+                            .shared
+                            .fail(ForwardError::Task("the acknowledging task ended".into()));
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(source @ LogError::Gap { .. }) => {
+                    let message = format!(
+                        "forwarding of {} stopped (`log.on_read_gap = \"stop\"`): {source}",
+                        w.topic.name()
+                    );
+                    tracing::error!(topic = w.topic.name(), error = %source, "Forwarding of a topic stops at a range the log cannot read.");
+                    crate::log::lock(&self.inner.halted)
+                        .insert(w.topic.name().to_string(), message.clone());
+                    *crate::log::lock(&self.inner.last_error) = Some(message);
+                    continue;
+                }
+                Err(source) => {
+                    return Err(ForwardError::Log {
+                        topic: w.topic.name().to_string(),
+                        source,
+                    })
+                }
+            };
             let mut cursor = w.cursor;
             if fetch.start_offset > cursor {
                 // Retention removed records before they were forwarded.
@@ -926,6 +998,7 @@ impl Forwarder {
             pending: Vec::with_capacity(records.len()),
             refused: None,
             handed_at: Instant::now(),
+            skip_to: None,
         };
         let mut offset_buf = [0u8; 20];
         for r in records {
@@ -1042,6 +1115,7 @@ impl Forwarder {
             online: self.online(),
             last_error: crate::log::lock(&self.inner.last_error).clone(),
             bulk_enabled: self.inner.bulk_enabled.load(Ordering::SeqCst),
+            stopped_at_gaps: crate::log::lock(&self.inner.halted).clone(),
             topics,
             classes,
         })

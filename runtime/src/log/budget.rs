@@ -146,6 +146,11 @@ impl Budget {
             });
     }
 
+    /// Counts an append the file system itself refused (it was full).
+    pub(super) fn count_full(&self) {
+        self.full.inc();
+    }
+
     /// Reserves room for `bytes` about to be written, or says why there is none.
     pub(super) fn reserve(&self, bytes: u64) -> Result<(), LogError> {
         let before = self.total.fetch_add(bytes, Ordering::AcqRel);

@@ -32,6 +32,9 @@
 //! (markers are at-least-once, the loss they announce at most what they say).
 //! Markers bypass the budget (a few hundred bytes each), so the pressure that causes them can
 //! never refuse them, and the gap topic is created even when `auto_create_topics` is off.
+//! Reads write markers of the same shape for ranges they find lost (`lost`) or damaged
+//! (`damaged`), once per range and run (see the `log` module's doc); `bytes` is then what the
+//! range spans in its segment file, as far as known.
 //! Counters: `outpost_log_evicted_segments_total{topic,class}` and
 //! `outpost_log_evicted_bytes_total{topic,class}`.
 
@@ -50,6 +53,12 @@ use crate::metrics;
 pub const GAPS_TOPIC: &str = "outpost.gaps";
 /// The `reason` of a gap marker written because of the disk budget.
 pub const REASON_DISK_BUDGET: &str = "disk_budget";
+/// The `reason` of a gap marker for a range a read found missing: a sealed segment that ends
+/// early or a segment file that is gone.
+pub const REASON_LOST: &str = "lost";
+/// The `reason` of a gap marker for a range a read found damaged: batches failing their
+/// checksum or format checks.
+pub const REASON_DAMAGED: &str = "damaged";
 /// After a pass that could free nothing, appends do not wake eviction again for this long.
 const FUTILE_PAUSE: Duration = Duration::from_secs(1);
 
@@ -79,7 +88,7 @@ pub struct GapMarker {
     pub to_offset: u64,
     /// Bytes of the evicted segment file.
     pub bytes: u64,
-    /// Why (`disk_budget`).
+    /// Why (`disk_budget`, `lost`, `damaged`).
     pub reason: String,
     /// When, ms since the epoch.
     pub ts_ms: u64,
@@ -97,7 +106,7 @@ pub struct EvictionReport {
 }
 
 /// Appends `marker` to the gap topic outside the budget and makes it durable.
-fn write_gap(gaps: &TopicInner, marker: &GapMarker) -> Result<(), LogError> {
+pub(super) fn write_gap(gaps: &TopicInner, marker: &GapMarker) -> Result<(), LogError> {
     let value = serde_json::to_vec(marker).map_err(|e| {
         io_error(
             "encoding a gap marker".to_string(),

@@ -6,12 +6,17 @@ use super::{NewRecord, Record};
 
 /// The four bytes every batch starts with.
 pub(crate) const MAGIC: [u8; 4] = *b"OPLB";
-/// The batch format version written by this build; readers reject any other.
-pub(crate) const VERSION: u8 = 1;
+/// The batch format version written by this build: its checksum also covers the length field.
+pub(crate) const VERSION: u8 = 2;
+/// The first version, still read: its checksum covers bytes 12.. only.
+pub(crate) const VERSION_1: u8 = 1;
 /// Bytes of the fixed batch header (records follow it).
 pub(crate) const HEADER_LEN: usize = 44;
-/// The CRC covers everything from this byte of the batch to its end.
+/// The CRC covers everything from this byte of the batch to its end (and, from version 2,
+/// the length field too: [`LENGTH_FIELD`]).
 const CRC_START: usize = 12;
+/// Bytes of the length field, covered by the checksum from version 2 on.
+const LENGTH_FIELD: std::ops::Range<usize> = 4..8;
 /// Largest batch (header included) this build writes or accepts.
 pub(crate) const MAX_BATCH_BYTES: usize = 1 << 30;
 /// Fewest bytes one encoded record can take (five one-byte varints).
@@ -47,6 +52,8 @@ impl std::fmt::Display for Malformed {
 /// The fixed header of one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BatchHeader {
+    /// The format version (1 or 2): says which bytes the checksum covers.
+    pub version: u8,
     /// Bytes after the length field (the whole batch is `8 + length` bytes).
     pub length: u32,
     pub crc: u32,
@@ -218,11 +225,22 @@ pub(crate) fn encode_batch(records: &[NewRecord], now_ms: u64) -> Result<Vec<u8>
     Ok(buf)
 }
 
-/// Sets the base offset of an encoded batch and computes its checksum.
+/// Sets the base offset of an encoded batch and computes its checksum (by the rule of the
+/// version in its header).
 pub(crate) fn finalize_batch(batch: &mut [u8], base_offset: u64) {
     batch[16..24].copy_from_slice(&base_offset.to_le_bytes());
-    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    let crc = checksum(batch[12], batch);
     batch[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The checksum of a whole batch by the rule of `version`: version 1 covers bytes 12..end,
+/// version 2 the length field (bytes 4..8) and then bytes 12..end.
+fn checksum(version: u8, batch: &[u8]) -> u32 {
+    if version == VERSION_1 {
+        crc32c::crc32c(&batch[CRC_START..])
+    } else {
+        crc32c::crc32c_append(crc32c::crc32c(&batch[LENGTH_FIELD]), &batch[CRC_START..])
+    }
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -252,9 +270,9 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<BatchHeader, Malformed> {
     if h[0..4] != MAGIC {
         return Err(Malformed::Header(format!("bad magic {:02x?}", &h[0..4])));
     }
-    if h[12] != VERSION {
+    if h[12] != VERSION && h[12] != VERSION_1 {
         return Err(Malformed::Header(format!(
-            "unknown format version {} (this build reads version {VERSION})",
+            "unknown format version {} (this build reads versions {VERSION_1} and {VERSION})",
             h[12]
         )));
     }
@@ -262,6 +280,7 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<BatchHeader, Malformed> {
         return Err(Malformed::Header("reserved attribute bits are set".into()));
     }
     let header = BatchHeader {
+        version: h[12],
         length: le_u32(h, 4),
         crc: le_u32(h, 8),
         base_offset: le_u64(h, 16),
@@ -292,7 +311,7 @@ pub(crate) fn parse_header(bytes: &[u8]) -> Result<BatchHeader, Malformed> {
 /// Checks a whole batch (`batch.len() == header.total_len()`): its checksum, then that its
 /// records parse and fill the batch exactly.
 pub(crate) fn verify_batch(header: &BatchHeader, batch: &[u8]) -> Result<(), Malformed> {
-    let computed = crc32c::crc32c(&batch[CRC_START..]);
+    let computed = checksum(header.version, batch);
     if computed != header.crc {
         return Err(Malformed::Checksum {
             stored: header.crc,
@@ -470,27 +489,95 @@ mod tests {
         assert_eq!(out.len(), 4);
     }
 
+    /// What a reader does with `bad`: parse the header, take the bytes the header claims (cut
+    /// short, or followed by zeros as in a preallocated file, up to 1 MiB; a longer claim runs
+    /// past the data and is reported as a torn batch) and verify them.
+    fn read_as_reader_would(bad: &[u8]) -> Result<Vec<Record>, Malformed> {
+        let h = parse_header(bad)?;
+        let claimed = usize::try_from(h.total_len()).unwrap();
+        if claimed > (1 << 20) {
+            return Err(Malformed::Header("the batch runs past the data".into()));
+        }
+        let mut extent = bad.to_vec();
+        extent.resize(claimed, 0);
+        verify_batch(&h, &extent)?;
+        let mut take = Take {
+            from: 0,
+            until: u64::MAX,
+            max_records: usize::MAX,
+            max_bytes: usize::MAX,
+            bytes: 0,
+            full: false,
+        };
+        let mut out = Vec::new();
+        decode_records(&h, &extent, &mut take, &mut out)?;
+        Ok(out)
+    }
+
     #[test]
-    fn every_single_bit_flip_in_a_batch_is_detected() {
+    fn every_single_bit_flip_in_a_version_2_batch_is_detected_length_field_included() {
         let records = vec![rec(Some(b"key"), b"value value", &[("h", b"v")], Some(9))];
         let mut batch = encode_batch(&records, 10).unwrap();
         finalize_batch(&mut batch, 3);
+        assert_eq!(batch[12], VERSION);
+        assert_eq!(VERSION, 2);
+        let stored = le_u32(&batch, 8);
         for byte in 0..batch.len() {
             for bit in 0..8 {
                 let mut bad = batch.clone();
                 bad[byte] ^= 1 << bit;
-                let ok = parse_header(&bad).and_then(|h| {
-                    if h.total_len() != bad.len() as u64 {
-                        return Err(Malformed::Header("length changed".into()));
-                    }
-                    verify_batch(&h, &bad)
-                });
                 assert!(
-                    ok.is_err(),
+                    read_as_reader_would(&bad).is_err(),
                     "flip of bit {bit} in byte {byte} went unnoticed"
                 );
+                if LENGTH_FIELD.contains(&byte) {
+                    // Whatever the reader then takes as the batch: the checksum over the
+                    // original bytes already fails, because it covers the length field.
+                    assert_ne!(checksum(VERSION, &bad), stored, "byte {byte} bit {bit}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn a_version_1_batch_still_decodes_and_its_covered_bytes_are_checked() {
+        let records = vec![
+            rec(Some(b"k"), b"old format", &[("h", b"1")], Some(5)),
+            rec(None, b"second", &[], Some(6)),
+        ];
+        let mut batch = encode_batch(&records, 10).unwrap();
+        batch[12] = VERSION_1;
+        finalize_batch(&mut batch, 70);
+        assert_eq!(
+            le_u32(&batch, 8),
+            crc32c::crc32c(&batch[CRC_START..]),
+            "a version 1 checksum covers bytes 12.. only"
+        );
+        let out = decode_all(&batch);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].offset, out[1].offset), (70, 71));
+        assert_eq!(out[0].value, b"old format");
+        assert_eq!(out[1].timestamp_ms, 6);
+        for byte in (0..batch.len()).filter(|b| !LENGTH_FIELD.contains(b)) {
+            let mut bad = batch.clone();
+            bad[byte] ^= 1 << (byte % 8);
+            assert!(
+                read_as_reader_would(&bad).is_err(),
+                "flip in byte {byte} of a version 1 batch went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_version_is_refused_with_a_message_naming_it() {
+        let mut batch = encode_batch(&[rec(None, b"v", &[], Some(1))], 1).unwrap();
+        batch[12] = 3;
+        finalize_batch(&mut batch, 0);
+        let err = parse_header(&batch).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown format version 3"),
+            "{err}"
+        );
     }
 
     #[test]

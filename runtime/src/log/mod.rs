@@ -10,14 +10,15 @@
 //! The segment with the highest base offset is the *active* one; all others are *sealed* and
 //! never written again. A segment's last offset is the next segment's base minus one.
 //!
-//! # Batch format (version 1)
+//! # Batch format (version 2)
 //! One `append` call makes one batch. All integers are little-endian.
 //! ```text
 //! byte  size  field
 //!  0     4    magic "OPLB"
 //!  4     4    length: bytes after this field (the batch is 8 + length bytes)
-//!  8     4    crc32c (Castagnoli) of bytes 12 .. 8+length, i.e. everything below
-//! 12     1    format version = 1
+//!  8     4    crc32c (Castagnoli) of bytes 4..8 (the length) followed by bytes 12 .. 8+length,
+//!             i.e. crc32c_append(crc32c(length field), everything below)
+//! 12     1    format version = 2
 //! 13     1    attributes = 0 (reserved; any set bit is rejected)
 //! 14     2    reserved = 0
 //! 16     8    base offset (offset of the first record)
@@ -35,7 +36,9 @@
 //! header count, then per header: name length, name (UTF-8), value length, value bytes
 //! ```
 //! Header order is kept. A batch is served only after its checksum matched and its records
-//! parsed to exactly fill it; a batch failing either is never turned into records.
+//! parsed to exactly fill it; a batch failing either is never turned into records. Every byte
+//! that decides what a batch is lies under the checksum: the magic and the version are
+//! checked for their exact values, everything else is covered by the CRC.
 //!
 //! # Index format
 //! `<base>.index` holds 8-byte entries `(u32 offset - base, u32 byte position)`, one for the
@@ -53,10 +56,21 @@
 //! well-formed records. The first batch that fails — a torn write, zeros from preallocation,
 //! garbage — and everything after it is cut off (`ftruncate`), with a warning naming the
 //! position, bytes and offset; the rest is fsynced before it becomes visible. Sealed segments
-//! are not scanned on open (only their file names and sizes are read). A corrupt batch in a
-//! sealed segment is found when read and reported as [`LogError::Corrupt`]; a sealed segment
-//! that ends early (its tail lost to power loss on a `never` topic: end of file, a partial
-//! batch, or only zeros) is logged once and readers continue at the next segment.
+//! are not scanned on open (only their file names and sizes are read).
+//!
+//! # Lost and damaged ranges
+//! A read never skips silently. Damage found in a segment while reading — a batch failing its
+//! checks (`damaged`), or a sealed segment that ends early: end of file, a partial batch or
+//! only zeros, as after power loss on a `never` topic, and a segment file missing between two
+//! others (`lost`) — makes the range from the first offset that cannot be read up to the
+//! *next readable offset* unreadable: the next batch after it that verifies and that a later
+//! index entry points at, else the next segment's base (or the visible end). A read that
+//! meets such a range after some records returns those and stops at it; a read that starts in
+//! it (or at it) fails with [`LogError::Gap`] naming the range and the next readable offset,
+//! and the caller decides to go on there (`log.on_read_gap`). Each range is logged once as an
+//! ERROR and recorded once per run in [`GAPS_TOPIC`] (reason `lost` or `damaged`) by the log
+//! itself, whoever read it; `outpost_log_read_gaps_total{topic}` counts the reads answered
+//! with a gap.
 //!
 //! # Durability and visibility
 //! Per topic (`fsync`): `always` acknowledges an append only after an `fdatasync` covering its
@@ -72,13 +86,26 @@
 //! to the OS; only [`Log::close`] fsyncs it. Readers see records up to the *visible end*: the
 //! durable end for `always`, the written end otherwise. Before a segment is sealed it is
 //! fsynced (unless `never`), and the topic directory is fsynced when a segment file is
-//! created. A failed write or fsync poisons the topic: further appends fail with
-//! [`LogError::Poisoned`] until restart; reads go on.
+//! created. A failed fsync (or a write failing for any reason but a full disk) poisons the
+//! topic: further appends fail with [`LogError::Poisoned`] until restart; reads go on.
+//!
+//! # A full file system
+//! A write refused with `ENOSPC` or `EDQUOT` is no fsync failure and poisons nothing: the
+//! active segment is cut back (`ftruncate`) to the end of the last batch written whole, the
+//! batches queued for that write are taken back (their appenders get
+//! [`LogError::StorageFull`] and their records back) and the topic's end is where it was, so
+//! nothing acknowledged is touched. Appends work again as soon as there is room, without a
+//! restart. A log opened on a full file system serves what it holds: a topic that cannot be
+//! created then is created on its first append that finds room, and [`Log::close`] succeeds
+//! when everything acknowledged is durable.
 //!
 //! # Versions
-//! Readers accept only the format versions they know and report any other as corrupt data with
-//! a message naming the version. A new layout gets a new version number; a build that writes
-//! version N+1 keeps reading version N batches, and old segments age out by retention.
+//! Readers accept only the format versions they know and report any other as damaged data
+//! with a message naming the version. A new layout gets a new version number; a build that
+//! writes version N+1 keeps reading version N batches, and old segments age out by retention.
+//! - Version 1: the same layout, but its checksum covers bytes 12.. only, so a flipped length
+//!   field went unnoticed by the checksum. Still read, verified by that rule.
+//! - Version 2 (written by this build): the checksum also covers the length field.
 //!
 //! # Retention and budget
 //! Retention (see `retention.rs`) deletes whole sealed segments, oldest first, by age
@@ -120,7 +147,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{self, Counter, Gauge};
 pub use evict::{
-    EvictionPolicy, EvictionRank, EvictionReport, GapMarker, GAPS_TOPIC, REASON_DISK_BUDGET,
+    EvictionPolicy, EvictionRank, EvictionReport, GapMarker, GAPS_TOPIC, REASON_DAMAGED,
+    REASON_DISK_BUDGET, REASON_LOST,
 };
 use topic::TopicInner;
 
@@ -142,12 +170,30 @@ pub enum LogError {
     /// A record or batch is larger than the configured maximum.
     #[error("record too large: {size} bytes, the limit is {limit} bytes (`log.max_record_bytes`)")]
     RecordTooLarge { size: usize, limit: usize },
-    /// Data on disk failed its checksum or is malformed; never served as data.
+    /// Data on disk failed its checksum or is malformed; never served as data. Reads answer
+    /// [`LogError::Gap`] instead, which also names the next readable offset.
     #[error("corrupt data in topic {topic:?}, segment {segment}, at byte {position}: {detail}")]
     Corrupt {
         topic: String,
         segment: String,
         position: u64,
+        detail: String,
+    },
+    /// A read met a range of the topic that cannot be read: `lost` (a sealed segment that ends
+    /// early, a segment file that is missing) or `damaged` (a batch failing its checksum or
+    /// format checks). Offsets `from_offset..next_offset` are not served; the next readable
+    /// offset is `next_offset`. Returned only when the read has no records before the range
+    /// (a read that has some returns them and stops at the range).
+    #[error("topic {topic:?}: offsets {from_offset}..{next_offset} are {reason} and cannot be read ({detail}); the next readable offset is {next_offset}")]
+    Gap {
+        topic: String,
+        /// First offset of the range that cannot be read.
+        from_offset: u64,
+        /// The next readable offset (the end of the range, exclusive).
+        next_offset: u64,
+        /// [`REASON_LOST`] or [`REASON_DAMAGED`].
+        reason: &'static str,
+        /// What was found, with the segment file and byte position.
         detail: String,
     },
     /// An fsync or write failed earlier: the topic refuses further writes rather than pretend.
@@ -284,6 +330,23 @@ pub struct LogConfig {
     /// plugin runner fsyncs its `interval` outputs before it commits its input offsets.
     #[serde(default = "default_answer_fsync")]
     pub answer_fsync: FsyncPolicy,
+    /// What the box's own consumers (plugin runners, the forwarder, MQTT sinks) do when a read
+    /// meets a lost or damaged range ([`LogError::Gap`]): `"skip"` goes on at the next readable
+    /// offset, `"stop"` halts that consumer with the gap in its status. Either way the range
+    /// is recorded once in `outpost.gaps`.
+    #[serde(default)]
+    pub on_read_gap: ReadGapPolicy,
+}
+
+/// What a consumer does on a [`LogError::Gap`] (`log.on_read_gap`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadGapPolicy {
+    /// Go on at the gap's `next_offset` (the range is in `outpost.gaps` and the status).
+    #[default]
+    Skip,
+    /// Halt the consumer, its status showing the gap, until it is restarted.
+    Stop,
 }
 
 fn default_answer_topics() -> Vec<String> {
@@ -326,6 +389,7 @@ impl Default for LogConfig {
             topics: Default::default(),
             answer_topics: default_answer_topics(),
             answer_fsync: default_answer_fsync(),
+            on_read_gap: ReadGapPolicy::default(),
         }
     }
 }
@@ -720,7 +784,15 @@ impl Log {
             let name = entry.file_name().to_string_lossy().into_owned();
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
             if is_dir && config::topic_name_problem(&name).is_none() {
-                inner.open_topic(&name)?;
+                match inner.open_topic(&name) {
+                    // A topic directory without a segment yet, on a full file system.
+                    Err(LogError::Io { context, source }) if topic::is_disk_full(&source) => {
+                        tracing::warn!(topic = %name, error = %source, context = %context, "A topic without segments cannot get its first one: the file system is full. It is created on its first append with room.");
+                    }
+                    other => {
+                        other?;
+                    }
+                }
             }
         }
         let configured: Vec<String> = shared
@@ -731,7 +803,15 @@ impl Log {
             .cloned()
             .collect();
         for name in configured {
-            inner.open_topic(&name)?;
+            match inner.open_topic(&name) {
+                // A full file system: the topic is created on its first append with room.
+                Err(LogError::Io { context, source }) if topic::is_disk_full(&source) => {
+                    tracing::warn!(topic = %name, error = %source, context = %context, "A configured topic cannot be created: the file system is full. The log serves what it holds; appends are refused until space is freed.");
+                }
+                other => {
+                    other?;
+                }
+            }
         }
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -777,15 +857,27 @@ impl Log {
         if self.inner.shared.is_closed() {
             return Err(LogError::Closed);
         }
-        Ok(Topic {
-            inner: self.inner.open_topic(name)?,
-        })
+        match self.inner.open_topic(name) {
+            Ok(inner) => Ok(Topic { inner }),
+            Err(LogError::Io { context, source }) if topic::is_disk_full(&source) => {
+                self.inner.shared.budget.count_full();
+                Err(LogError::StorageFull(format!(
+                    "topic {name:?} cannot be created: {context}: {source}; it is created once space is freed"
+                )))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The largest record (by [`NewRecord::payload_size`]) an append accepts
     /// (`log.max_record_bytes`).
     pub fn max_record_bytes(&self) -> usize {
         self.inner.shared.config.max_record_bytes
+    }
+
+    /// What consumers do when a read meets a lost or damaged range (`log.on_read_gap`).
+    pub fn on_read_gap(&self) -> ReadGapPolicy {
+        self.inner.shared.config.on_read_gap
     }
 
     /// All topics, sorted by name.

@@ -52,18 +52,29 @@ struct IndexState {
     file: Option<File>,
 }
 
-/// How a read of one segment ended without an error.
+/// How a read of one segment ended without an I/O error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ReadEnd {
     /// The limits were reached or every wanted record was read.
     Done,
-    /// A sealed segment ends (or has only zeros or a partial batch) before its last offset:
-    /// its tail was lost, e.g. by power loss on a topic that does not fsync.
-    LostTail {
-        offset: u64,
-        position: u64,
-        detail: String,
-    },
+    /// The read met a range it cannot read and stopped there (records before it were kept).
+    Gap(GapFound),
+}
+
+/// A range of a segment that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GapFound {
+    /// The first offset that cannot be read.
+    pub from_offset: u64,
+    /// The next readable offset: a later batch of this segment that verifies, or the
+    /// segment's end (the next segment's base).
+    pub next_offset: u64,
+    /// `lost` (the segment ends early) or `damaged` (a batch fails its checks).
+    pub reason: &'static str,
+    /// Bytes of the segment file the range spans (as far as known).
+    pub bytes: u64,
+    /// What was found where, for messages.
+    pub detail: String,
 }
 
 /// What a scan over a range of a segment found.
@@ -273,7 +284,6 @@ pub(crate) struct Segment {
     /// Newest append time of any batch; 0 = not known yet.
     newest_append_ms: AtomicU64,
     index: Mutex<IndexState>,
-    lost_tail_warned: AtomicBool,
 }
 
 impl Segment {
@@ -291,7 +301,6 @@ impl Segment {
             deleted: AtomicBool::new(false),
             newest_append_ms: AtomicU64::new(0),
             index: Mutex::new(IndexState::default()),
-            lost_tail_warned: AtomicBool::new(false),
         }
     }
 
@@ -310,7 +319,11 @@ impl Segment {
             .create(true)
             .truncate(true)
             .open(&seg.index_path)
-            .map_err(|e| io_error(format!("creating index {}", seg.index_path.display()), e))?;
+            .map_err(|e| {
+                // No half-made segment stays behind to block the next try (a full disk).
+                let _ = fs::remove_file(&seg.log_path);
+                io_error(format!("creating index {}", seg.index_path.display()), e)
+            })?;
         *lock(&seg.handle) = Some(Arc::new(file));
         {
             let mut st = lock(&seg.index);
@@ -625,17 +638,46 @@ impl Segment {
         self.rebuild_locked(&mut st, file, limit)
     }
 
-    fn corrupt(&self, position: u64, detail: String) -> LogError {
-        LogError::Corrupt {
-            topic: self.topic.to_string(),
-            segment: self.file_name(),
-            position,
-            detail,
+    /// The first batch after byte `pos` that a (later) index entry points at, that has the
+    /// entry's offset, continues past `after_offset` and verifies: (its position, its offset).
+    /// Entries are the only trusted way back into a segment after damage: a search for the
+    /// magic could land on a batch-shaped record value.
+    fn resync(
+        &self,
+        file: &File,
+        limit: u64,
+        pos: u64,
+        after_offset: u64,
+    ) -> Result<Option<(u64, u64)>, LogError> {
+        let entries: Vec<IndexEntry> = {
+            let mut st = lock(&self.index);
+            self.ensure_loaded(&mut st, file, limit)?;
+            st.entries
+                .iter()
+                .copied()
+                .filter(|e| u64::from(e.pos) > pos && self.base + u64::from(e.rel) > after_offset)
+                .collect()
+        };
+        let mut reader = BatchReader::new(file, limit, READ_CHUNK);
+        for e in entries {
+            let (at, offset) = (u64::from(e.pos), self.base + u64::from(e.rel));
+            let step = reader.step(at).map_err(|err| {
+                io_error(format!("reading segment {}", self.log_path.display()), err)
+            })?;
+            if let Step::Batch(h) = step {
+                if h.base_offset == offset
+                    && format::verify_batch(&h, reader.slice(at, h.total_len())).is_ok()
+                {
+                    return Ok(Some((at, offset)));
+                }
+            }
         }
+        Ok(None)
     }
 
     /// Reads records at offsets `take.from..until` of this segment into `out`, within
-    /// `take`'s limits. Never returns a record from a batch whose checksum failed.
+    /// `take`'s limits. Never returns a record from a batch that failed its checks, and never
+    /// a record past a range it cannot read: it stops there with [`ReadEnd::Gap`].
     pub(super) fn read_into(
         &self,
         file: &File,
@@ -659,16 +701,60 @@ impl Segment {
                 out,
             )? {
                 Scanned::End(end) => return Ok(end),
-                Scanned::IndexMismatch(detail) => {
-                    if rebuilt {
-                        return Err(self.corrupt(start_pos, detail));
-                    }
+                Scanned::IndexMismatch(detail) if !rebuilt => {
                     tracing::warn!(topic = %self.topic, segment = %self.log_path.display(), position = start_pos, detail = %detail, "An index entry does not match the log; rebuilding the index.");
                     self.rebuild_index(file, limit)?;
                     rebuilt = true;
                 }
+                Scanned::IndexMismatch(detail) => {
+                    let damage = Damage {
+                        pos: start_pos,
+                        expected: start_offset,
+                        lost: false,
+                        detail,
+                    };
+                    return self.gap(file, limit, until, damage).map(ReadEnd::Gap);
+                }
             }
         }
+    }
+
+    /// The range a read cannot get past, from the damage found at `damage.pos` (where offset
+    /// `damage.expected` should start) to the next batch that verifies or the segment's end.
+    fn gap(
+        &self,
+        file: &File,
+        limit: u64,
+        until: u64,
+        damage: Damage,
+    ) -> Result<GapFound, LogError> {
+        let resumed = if damage.expected < until {
+            self.resync(file, limit, damage.pos, damage.expected)?
+                .filter(|(_, offset)| *offset < until)
+        } else {
+            None
+        };
+        let (next_offset, bytes, reason) = match resumed {
+            Some((at, offset)) => (offset, at - damage.pos, super::REASON_DAMAGED),
+            None if damage.lost => (until, limit.saturating_sub(damage.pos), super::REASON_LOST),
+            None => (
+                until,
+                limit.saturating_sub(damage.pos),
+                super::REASON_DAMAGED,
+            ),
+        };
+        Ok(GapFound {
+            from_offset: damage.expected,
+            next_offset: next_offset.max(damage.expected),
+            reason,
+            bytes,
+            detail: format!(
+                "segment {}, byte {}: {}",
+                self.file_name(),
+                damage.pos,
+                damage.detail
+            ),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -689,10 +775,23 @@ impl Segment {
         let mut expected = start_offset;
         let mut first = true;
         let io_ctx = || format!("reading segment {}", self.log_path.display());
+        let sealed = self.is_sealed();
         while expected < until && !take.full {
             let step = reader.step(pos).map_err(|e| io_error(io_ctx(), e))?;
-            let header = match step {
-                Step::Batch(h) if h.base_offset == expected => h,
+            let damage = |lost: bool, detail: String| Damage {
+                pos,
+                expected,
+                lost,
+                detail,
+            };
+            let found = match step {
+                Step::Batch(h) if h.base_offset == expected => {
+                    let bytes = reader.slice(pos, h.total_len());
+                    match format::verify_batch(&h, bytes) {
+                        Ok(()) => Ok(h),
+                        Err(m) => Err(damage(false, m.to_string())),
+                    }
+                }
                 Step::Batch(h) => {
                     let detail = format!(
                         "batch has base offset {}, expected {expected}",
@@ -701,52 +800,66 @@ impl Segment {
                     if first && from_index {
                         return Ok(Scanned::IndexMismatch(detail));
                     }
-                    return Err(self.corrupt(pos, detail));
+                    Err(damage(false, detail))
                 }
                 Step::Bad(m) if first && from_index => {
                     return Ok(Scanned::IndexMismatch(m.to_string()))
                 }
                 Step::Bad(Malformed::Zeroed)
-                    if self.is_sealed()
+                    if sealed
                         && reader
                             .rest_is_zero(pos)
                             .map_err(|e| io_error(io_ctx(), e))? =>
                 {
-                    return Ok(Scanned::End(self.lost_tail(
-                        expected,
-                        pos,
-                        "only zeros follow".into(),
-                    )));
+                    Err(damage(true, "only zeros follow".into()))
                 }
-                Step::Bad(m) => return Err(self.corrupt(pos, m.to_string())),
-                Step::End if self.is_sealed() => {
-                    return Ok(Scanned::End(self.lost_tail(
-                        expected,
-                        pos,
-                        "the file ends here".into(),
-                    )));
+                Step::Bad(m) => Err(damage(false, m.to_string())),
+                Step::End => Err(damage(
+                    sealed,
+                    format!("the segment ends before offset {expected}"),
+                )),
+                Step::Incomplete(detail) => Err(damage(sealed, detail)),
+            };
+            let header = match found {
+                Ok(h) => h,
+                Err(damage) => {
+                    let gap = self.gap(file, limit, until, damage)?;
+                    if out.is_empty() && gap.next_offset <= take.from && gap.next_offset < until {
+                        // The damage lies wholly before the wanted offset: read on from the
+                        // batch after it.
+                        if let Some((at, offset)) = self.resync(file, limit, pos, expected)? {
+                            if offset == gap.next_offset {
+                                pos = at;
+                                expected = offset;
+                                first = false;
+                                continue;
+                            }
+                        }
+                    }
+                    return Ok(Scanned::End(ReadEnd::Gap(gap)));
                 }
-                Step::Incomplete(detail) if self.is_sealed() => {
-                    return Ok(Scanned::End(self.lost_tail(expected, pos, detail)));
-                }
-                Step::End => {
-                    return Err(
-                        self.corrupt(pos, format!("the segment ends before offset {expected}"))
-                    );
-                }
-                Step::Incomplete(detail) => return Err(self.corrupt(pos, detail)),
             };
             first = false;
             if header.end_offset() > take.from {
                 let bytes = reader.slice(pos, header.total_len());
-                format::verify_batch(&header, bytes)
-                    .map_err(|m| self.corrupt(pos, m.to_string()))?;
                 let mut batch_take = Take {
                     until: take.until.min(until),
                     ..*take
                 };
-                format::decode_records(&header, bytes, &mut batch_take, out)
-                    .map_err(|m| self.corrupt(pos, m.to_string()))?;
+                let before = out.len();
+                if let Err(m) = format::decode_records(&header, bytes, &mut batch_take, out) {
+                    // Verified batches always decode; should one not, none of it is served.
+                    out.truncate(before);
+                    let damage = Damage {
+                        pos,
+                        expected,
+                        lost: false,
+                        detail: m.to_string(),
+                    };
+                    return self
+                        .gap(file, limit, until, damage)
+                        .map(|g| Scanned::End(ReadEnd::Gap(g)));
+                }
                 take.bytes = batch_take.bytes;
                 take.full = batch_take.full;
             }
@@ -754,17 +867,6 @@ impl Segment {
             pos += header.total_len();
         }
         Ok(Scanned::End(ReadEnd::Done))
-    }
-
-    fn lost_tail(&self, offset: u64, position: u64, detail: String) -> ReadEnd {
-        if !self.lost_tail_warned.swap(true, Ordering::AcqRel) {
-            tracing::warn!(topic = %self.topic, segment = %self.log_path.display(), offset, position, detail = %detail, "A sealed segment ends early: its tail was lost (e.g. power loss without fsync); readers skip to the next segment.");
-        }
-        ReadEnd::LostTail {
-            offset,
-            position,
-            detail,
-        }
     }
 
     /// Makes a sealed segment's data durable if it never was (close of a `never` topic).
@@ -798,6 +900,18 @@ impl Segment {
 enum Scanned {
     End(ReadEnd),
     IndexMismatch(String),
+}
+
+/// Where a read met data it cannot read.
+struct Damage {
+    /// Byte position of the bad batch (or of the end of the data).
+    pos: u64,
+    /// The offset the batch there should have started with.
+    expected: u64,
+    /// The segment ends early (end of file, a partial batch, only zeros) rather than holding
+    /// a bad batch.
+    lost: bool,
+    detail: String,
 }
 
 #[cfg(test)]

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::evict::GapMarker;
 use super::format::{self, Take};
 use super::retention::{self, Limits, SegmentInfo};
-use super::segment::{self, ReadEnd, Segment};
+use super::segment::{self, GapFound, ReadEnd, Segment};
 use super::{
     io_error, lock, read_lock, write_lock, AppendAck, AppendFailed, Fetch, FsyncPolicy, LogError,
     NamedFsync, NewRecord, Record, RetentionReport, Shared, TopicConfig, TopicStats,
@@ -26,6 +27,8 @@ use crate::metrics::{self, Counter, Gauge};
 
 /// Sealed segments whose files stay open for reading at once, per topic.
 const OPEN_SEALED_FILES: usize = 16;
+/// Ranges a topic remembers as logged and marked in the gap topic.
+const MAX_REPORTED_GAPS: usize = 4096;
 /// Width of the records/s window.
 const RATE_WINDOW_SECS: u64 = 5;
 
@@ -35,6 +38,7 @@ struct TopicMetrics {
     bytes: Counter,
     fsyncs: Counter,
     corrupt: Counter,
+    read_gaps: Counter,
     size: Gauge,
 }
 
@@ -118,6 +122,22 @@ const WAITING: u8 = 0;
 const DURABLE: u8 = 1;
 const LEAD: u8 = 2;
 const FAILED: u8 = 3;
+/// The batch was taken back because the file system is full (nothing of it is stored).
+const FULL: u8 = 4;
+
+/// True for a write refused because the file system (or the quota) is full: nothing stored
+/// is wrong, and appends work again once space is freed.
+pub(super) fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+/// Why an fsync round failed.
+enum SyncFailure {
+    /// The write or fsync failed: the topic is poisoned.
+    Io(std::io::Error, String),
+    /// The write found the file system full: the queued batches were taken back.
+    Full(LogError),
+}
 
 /// An appender waiting for its batch to become durable. Each waiter is woken on its own
 /// (`unpark`), so a finished fsync does not send every waiter through one mutex in turn.
@@ -151,10 +171,14 @@ pub(crate) struct TopicInner {
     /// The written end, readable without the write lock.
     written: AtomicU64,
     poisoned: AtomicBool,
+    /// The last write found the file system full (for logging the episode once).
+    disk_full: AtomicBool,
     /// Bytes of all segment files of the topic.
     bytes: AtomicU64,
     retention: Mutex<()>,
     open_sealed: Mutex<VecDeque<Arc<Segment>>>,
+    /// Ranges (from, next) a read could not get past, logged and marked in the gap topic.
+    reported_gaps: Mutex<std::collections::BTreeSet<(u64, u64)>>,
     metrics: TopicMetrics,
 }
 
@@ -276,6 +300,11 @@ impl TopicInner {
                 "Reads that met a batch failing its checksum or format checks.",
                 &labels,
             ),
+            read_gaps: reg.counter(
+                "outpost_log_read_gaps_total",
+                "Reads answered with a gap: they started at a lost or damaged range.",
+                &labels,
+            ),
             size: reg.gauge(
                 "outpost_log_bytes",
                 "Bytes of all segment files of a topic.",
@@ -316,9 +345,11 @@ impl TopicInner {
             visible_tx,
             written: AtomicU64::new(next_offset),
             poisoned: AtomicBool::new(false),
+            disk_full: AtomicBool::new(false),
             bytes: AtomicU64::new(bytes),
             retention: Mutex::new(()),
             open_sealed: Mutex::new(VecDeque::new()),
+            reported_gaps: Mutex::new(std::collections::BTreeSet::new()),
             metrics,
             shared,
         })
@@ -335,6 +366,74 @@ impl TopicInner {
             w.wake(FAILED);
         }
         tracing::error!(topic = %self.name, error = %error, during = what, "A write or fsync failed; the topic refuses further appends until restart.");
+    }
+
+    /// A write found the file system full (called with the write lock held): cuts the active
+    /// segment back to the end of the last batch written whole, takes back the batches an
+    /// `always` topic had queued (their appenders are told the disk is full and get their
+    /// records back) and answers [`LogError::StorageFull`]. Nothing acknowledged is touched:
+    /// it lies below the cut. Unlike a failed fsync this does not poison the topic: appends
+    /// work again as soon as there is room.
+    fn refuse_full(&self, w: &mut WriteState, e: &std::io::Error) -> LogError {
+        if let Err(cut) = w.file.set_len(w.file_len) {
+            self.poison("cutting a partial write off after the disk filled up", &cut);
+            return io_error(
+                format!(
+                    "cutting {} back to {} bytes",
+                    w.active.log_path.display(),
+                    w.file_len
+                ),
+                cut,
+            );
+        }
+        let taken_back = w.pending.len() as u64;
+        if let Some(&(_, base, _)) = w.pending_notes.first() {
+            w.next_offset = base;
+        }
+        w.pending.clear();
+        w.pending_notes.clear();
+        w.len = w.file_len;
+        if w.len == 0 {
+            w.first_append_ms = None;
+        }
+        self.written.store(w.next_offset, Ordering::Release);
+        if taken_back > 0 {
+            self.shared.budget.release(taken_back);
+            let before = self
+                .bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    Some(b.saturating_sub(taken_back))
+                })
+                .unwrap_or(0);
+            self.metrics
+                .size
+                .set(before.saturating_sub(taken_back) as f64);
+            let refused = {
+                let mut sync = lock(&self.sync);
+                let durable = sync.durable;
+                let (refused, rest): (Vec<Waiter>, Vec<Waiter>) = std::mem::take(&mut sync.waiters)
+                    .into_iter()
+                    .partition(|waiter| waiter.target > durable);
+                sync.waiters = rest;
+                refused
+            };
+            for waiter in refused {
+                waiter.wake(FULL);
+            }
+        }
+        self.full_error(e)
+    }
+
+    /// The answer to an append the full file system refused (logged once per episode).
+    fn full_error(&self, e: &std::io::Error) -> LogError {
+        self.shared.budget.count_full();
+        if !self.disk_full.swap(true, Ordering::AcqRel) {
+            tracing::warn!(topic = %self.name, dir = %self.dir.display(), error = %e, "The file system is full: appends are refused with storage full until space is freed; nothing acknowledged was lost.");
+        }
+        LogError::StorageFull(format!(
+            "the file system holding {} is full ({e}); nothing of this batch was stored, and appends work again once space is freed",
+            self.dir.display()
+        ))
     }
 
     /// Makes `end` the visible end if it is beyond the current one and wakes waiters.
@@ -447,6 +546,9 @@ impl TopicInner {
                 return fail(e, records);
             }
         }
+        if self.disk_full.load(Ordering::Acquire) && self.disk_full.swap(false, Ordering::AcqRel) {
+            tracing::info!(topic = %self.name, "The file system has room again: appends are stored again.");
+        }
         Ok(AppendAck {
             first_offset: first,
             last_offset: end - 1,
@@ -492,6 +594,9 @@ impl TopicInner {
         } else {
             if let Err(e) = w.file.write_all_at(batch, pos) {
                 self.shared.budget.release(batch_len);
+                if is_disk_full(&e) {
+                    return Err(self.refuse_full(&mut w, &e));
+                }
                 self.poison("append", &e);
                 return Err(io_error(
                     format!("appending to {}", w.active.log_path.display()),
@@ -524,6 +629,9 @@ impl TopicInner {
     fn roll(&self, w: &mut WriteState) -> Result<(), LogError> {
         let old = Arc::clone(&w.active);
         if let Err((e, context)) = flush_pending(w) {
+            if is_disk_full(&e) {
+                return Err(self.refuse_full(w, &e));
+            }
             self.poison("write before a segment roll", &e);
             return Err(io_error(context, e));
         }
@@ -542,11 +650,14 @@ impl TopicInner {
             }
             tracing::debug!(topic = %self.name, segment = %old.log_path.display(), bytes = w.len, "Sealed a segment.");
         }
-        let seg = Arc::new(Segment::create(
-            Arc::from(self.name.as_str()),
-            &self.dir,
-            w.next_offset,
-        )?);
+        let seg = match Segment::create(Arc::from(self.name.as_str()), &self.dir, w.next_offset) {
+            Ok(seg) => Arc::new(seg),
+            // Nothing was written: the sealed segment stays, and the next append tries again.
+            Err(LogError::Io { source, .. }) if is_disk_full(&source) => {
+                return Err(self.full_error(&source));
+            }
+            Err(e) => return Err(e),
+        };
         if self.fsyncs() {
             if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
                 self.poison("fsync of the topic directory", &e);
@@ -600,6 +711,11 @@ impl TopicInner {
                     WAITING => std::thread::park(),
                     DURABLE => return Ok(()),
                     LEAD => break,
+                    FULL => {
+                        return Err(
+                            self.full_error(&std::io::Error::from_raw_os_error(libc::ENOSPC))
+                        )
+                    }
                     _ => return Err(LogError::Poisoned(self.name.clone())),
                 }
             }
@@ -621,11 +737,22 @@ impl TopicInner {
             s.last_sync = Instant::now();
             let end = match result {
                 Ok(end) => end,
-                Err((e, context)) => {
+                Err(SyncFailure::Io(e, context)) => {
                     s.syncing = false;
                     drop(s);
                     self.poison("fsync", &e);
                     return Err(io_error(context, e));
+                }
+                Err(SyncFailure::Full(error)) => {
+                    // The waiters of the batches taken back were told; whoever queued since
+                    // gets the leader role.
+                    let next = s.waiters.pop();
+                    s.syncing = next.is_some();
+                    drop(s);
+                    if let Some(next) = next {
+                        next.wake(LEAD);
+                    }
+                    return Err(error);
                 }
             };
             if end > s.durable {
@@ -652,10 +779,15 @@ impl TopicInner {
     }
 
     /// One fsync of the active segment; returns the offset it covers.
-    fn sync_once(&self) -> Result<u64, (std::io::Error, String)> {
+    fn sync_once(&self) -> Result<u64, SyncFailure> {
         let (seg, file, end, len) = {
             let mut w = lock(&self.write);
-            flush_pending(&mut w)?;
+            if let Err((e, context)) = flush_pending(&mut w) {
+                if is_disk_full(&e) {
+                    return Err(SyncFailure::Full(self.refuse_full(&mut w, &e)));
+                }
+                return Err(SyncFailure::Io(e, context));
+            }
             (
                 Arc::clone(&w.active),
                 Arc::clone(&w.file),
@@ -665,7 +797,7 @@ impl TopicInner {
         };
         let started = Instant::now();
         file.sync_data()
-            .map_err(|e| (e, format!("syncing {}", seg.log_path.display())))?;
+            .map_err(|e| SyncFailure::Io(e, format!("syncing {}", seg.log_path.display())))?;
         self.record_fsync(started);
         seg.visible_len.fetch_max(len, Ordering::AcqRel);
         self.publish_visible(end);
@@ -702,7 +834,12 @@ impl TopicInner {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(LogError::Poisoned(self.name.clone()));
         }
-        self.sync_all()?;
+        match self.sync_all() {
+            // Batches still queued found the disk full and were taken back (their appenders
+            // were told): everything acknowledged is stored; make sure it is durable.
+            Err(LogError::StorageFull(_)) => self.sync_all()?,
+            other => other?,
+        }
         let sealed: Vec<Arc<Segment>> = read_lock(&self.segments)
             .iter()
             .filter(|s| s.is_sealed())
@@ -824,25 +961,49 @@ impl TopicInner {
             let result = self
                 .segment_file(seg)
                 .and_then(|file| seg.read_into(&file, seg_until, &mut take, &mut out));
-            match result {
-                Ok(ReadEnd::Done) => {}
-                Ok(ReadEnd::LostTail { .. }) => {}
-                Err(_) if seg.deleted.load(Ordering::Acquire) => {
+            let gap = match result {
+                Ok(ReadEnd::Done) => None,
+                Ok(ReadEnd::Gap(_)) | Err(_) if seg.deleted.load(Ordering::Acquire) => {
                     if out.is_empty() {
                         return Err(Retry);
                     }
                     break;
                 }
+                Ok(ReadEnd::Gap(gap)) => Some(gap),
+                Err(LogError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && seg.is_sealed() =>
+                {
+                    // The segment's file is gone though the topic still lists it.
+                    Some(GapFound {
+                        from_offset: seg.base,
+                        next_offset: seg_until,
+                        reason: super::REASON_LOST,
+                        bytes: seg.len.load(Ordering::Acquire),
+                        detail: format!("segment {} is missing", seg.file_name()),
+                    })
+                }
                 Err(e) => {
-                    if matches!(e, LogError::Corrupt { .. }) {
-                        self.metrics.corrupt.inc();
-                        tracing::warn!(topic = %self.name, error = %e, "A read met corrupt data; it is not served.");
-                    }
                     if out.is_empty() {
                         return Ok(Err(e));
                     }
                     break;
                 }
+            };
+            if let Some(gap) = gap {
+                self.report_gap(&gap);
+                if out.is_empty() {
+                    self.metrics.read_gaps.inc();
+                    return Ok(Err(LogError::Gap {
+                        topic: self.name.clone(),
+                        from_offset: gap.from_offset,
+                        next_offset: gap.next_offset,
+                        reason: gap.reason,
+                        detail: gap.detail,
+                    }));
+                }
+                // Serve what came before the range; the next read starts at it and is told.
+                cursor = gap.from_offset;
+                break;
             }
             if take.full {
                 break;
@@ -855,6 +1016,48 @@ impl TopicInner {
             next_offset,
             start_offset: start,
         }))
+    }
+
+    /// Logs a range a read cannot get past and records it in the gap topic, once per range
+    /// and run (whoever reads it: every consumer then finds the same marker).
+    fn report_gap(&self, gap: &GapFound) {
+        if gap.reason == super::REASON_DAMAGED {
+            self.metrics.corrupt.inc();
+        }
+        let range = (gap.from_offset, gap.next_offset);
+        {
+            let mut reported = lock(&self.reported_gaps);
+            if reported.len() >= MAX_REPORTED_GAPS {
+                // A disk in ruins: forget the oldest ranges rather than grow without bound
+                // (a range read again is then marked again; markers are at least once).
+                reported.clear();
+            }
+            if !reported.insert(range) {
+                return;
+            }
+        }
+        tracing::error!(topic = %self.name, from_offset = gap.from_offset, next_offset = gap.next_offset, reason = gap.reason, detail = %gap.detail, "Offsets {}..{} of topic {} are {} and cannot be read; readers are told and go on at {} by policy.", gap.from_offset, gap.next_offset, self.name, gap.reason, gap.next_offset);
+        let marker = GapMarker {
+            topic: self.name.clone(),
+            from_offset: gap.from_offset,
+            to_offset: gap.next_offset.saturating_sub(1),
+            bytes: gap.bytes,
+            reason: gap.reason.to_string(),
+            ts_ms: self.shared.clock.now_ms(),
+        };
+        let written = self
+            .shared
+            .log
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .ok_or(LogError::Closed)
+            .and_then(|log| log.open_topic(super::GAPS_TOPIC))
+            .and_then(|gaps| super::evict::write_gap(&gaps, &marker));
+        if let Err(e) = written {
+            // Allowed to be tried again by the next read of the range.
+            lock(&self.reported_gaps).remove(&range);
+            tracing::error!(topic = %self.name, from_offset = gap.from_offset, next_offset = gap.next_offset, error = %e, "The gap marker for a range that cannot be read could not be written.");
+        }
     }
 
     /// Rolls an idle active segment whose first batch is older than `segment_ms`, so that it

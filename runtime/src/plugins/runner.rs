@@ -87,7 +87,7 @@ use super::host::{
 };
 use super::manifest::Manifest;
 use crate::kernel::{lock, Shutdown, ShutdownTrigger};
-use crate::log::{FsyncPolicy, Log, LogError, NewRecord, Record, Topic};
+use crate::log::{FsyncPolicy, Log, LogError, NewRecord, ReadGapPolicy, Record, Topic};
 use crate::metrics::{self, Counter, Gauge};
 use crate::state::{Commit, StateError, StateStore};
 
@@ -144,6 +144,14 @@ pub enum RunnerError {
     /// Reading an input failed.
     #[error("reading input {topic} at offset {offset} failed: {source}")]
     Read {
+        topic: String,
+        offset: u64,
+        #[source]
+        source: LogError,
+    },
+    /// An input has a lost or damaged range and `log.on_read_gap` is `stop`.
+    #[error("input {topic} cannot be read at offset {offset} and `log.on_read_gap` is \"stop\": {source}")]
+    ReadGap {
         topic: String,
         offset: u64,
         #[source]
@@ -849,20 +857,34 @@ impl Worker {
         let bytes = ((quota as f64 * self.avg_record_bytes * 1.25) as usize).clamp(1, budget);
         let mut fetched: Vec<std::vec::IntoIter<Record>> = Vec::with_capacity(active);
         let mut sources: Vec<usize> = Vec::with_capacity(active);
+        let skip_gaps = self.log.on_read_gap() == ReadGapPolicy::Skip;
         for k in 0..n {
             let i = (self.round_robin + k) % n;
             let input = &mut self.inputs[i];
             if input.topic.next_offset() <= input.next {
                 continue;
             }
-            let fetch = input
-                .topic
-                .read(input.next, quota, bytes)
-                .map_err(|source| RunnerError::Read {
-                    topic: input.name.clone(),
-                    offset: input.next,
-                    source,
-                })?;
+            let fetch = match input.topic.read(input.next, quota, bytes) {
+                Ok(fetch) => fetch,
+                Err(LogError::Gap { next_offset, .. }) if skip_gaps => {
+                    self.skip_gap(i, next_offset)?;
+                    continue;
+                }
+                Err(source @ LogError::Gap { .. }) => {
+                    return Err(RunnerError::ReadGap {
+                        topic: input.name.clone(),
+                        offset: input.next,
+                        source,
+                    })
+                }
+                Err(source) => {
+                    return Err(RunnerError::Read {
+                        topic: input.name.clone(),
+                        offset: input.next,
+                        source,
+                    })
+                }
+            };
             if let Some(first) = fetch.records.first() {
                 if first.offset > input.next {
                     let note = format!(
@@ -898,10 +920,47 @@ impl Worker {
         }
     }
 
+    /// Moves input `i` past a range the log cannot read (`log.on_read_gap = "skip"`): commits
+    /// `next_offset` as its position (no record was handed to the guest, so no state goes with
+    /// it) and notes the skip in the plugin's log. The log itself recorded the range in
+    /// `outpost.gaps`.
+    fn skip_gap(&mut self, i: usize, next_offset: u64) -> Result<(), RunnerError> {
+        let input = &self.inputs[i];
+        let from = input.next;
+        self.state
+            .commit(&Commit {
+                consumer: self.consumer.clone(),
+                offsets: vec![(input.name.clone(), next_offset)],
+                namespace: self.shared.name.clone(),
+                ops: Vec::new(),
+            })
+            .map_err(RunnerError::Commit)?;
+        let note = format!(
+            "input {}: records {from}..{next_offset} are lost or damaged in the log and were skipped (`log.on_read_gap = \"skip\"`; see outpost.gaps)",
+            input.name
+        );
+        tracing::warn!(plugin = %self.shared.name, topic = %input.name, from_offset = from, next_offset, "A plugin skips records the log cannot read.");
+        self.shared.log.push(LogLevel::Warn, LogSource::Host, note);
+        self.inputs[i].next = next_offset;
+        if let Some((_, pos)) = self.shared.positions().get_mut(i) {
+            *pos = next_offset;
+        }
+        Ok(())
+    }
+
     /// One batch: read, call, append, commit.
     fn step(&mut self) -> Step {
         let batch = match self.read_batch() {
             Ok(b) => b,
+            Err(e @ RunnerError::ReadGap { .. }) => {
+                let message = e.to_string();
+                tracing::error!(plugin = %self.shared.name, error = %message, "A plugin stops at a range of its input the log cannot read.");
+                self.shared
+                    .log
+                    .push(LogLevel::Error, LogSource::Host, message.clone());
+                self.shared.set_error(message);
+                return Step::Ended(RunState::Failed);
+            }
             Err(e) => return Step::HostError(e),
         };
         if batch.is_empty() {
@@ -1207,5 +1266,150 @@ mod tests {
         let (written, durable) = out.ends_for_test();
         assert_eq!(written, 50);
         assert_eq!(durable, 50, "outputs were committed past without an fsync");
+    }
+
+    /// An `echo` runner (it emits to `echo.out`) over input `gappy.in` of 60 records in segments of 4 KiB whose second
+    /// segment file was deleted before the log was opened: (log, state, runner, the lost
+    /// range).
+    fn echo_over_a_lost_segment(
+        dir: &std::path::Path,
+        policy: crate::log::ReadGapPolicy,
+    ) -> (Log, StateStore, RunnerHandle, std::ops::Range<u64>) {
+        use crate::log::{LogConfig, NamedFsync, TopicConfig};
+        let config = LogConfig {
+            min_free_bytes: 0,
+            on_read_gap: policy,
+            default_topic: TopicConfig {
+                fsync: FsyncPolicy::Named(NamedFsync::Never),
+                segment_bytes: 4096,
+                ..TopicConfig::default()
+            },
+            ..LogConfig::default()
+        };
+        {
+            let log = Log::open(&dir.join("log"), config.clone()).unwrap();
+            let input = log.topic_or_create("gappy.in").unwrap();
+            for i in 0..60 {
+                input
+                    .append(vec![NewRecord {
+                        value: format!("{i:0>300}").into_bytes(),
+                        ..NewRecord::default()
+                    }])
+                    .unwrap();
+            }
+            log.close().unwrap();
+        }
+        let topic_dir = dir.join("log").join("gappy.in");
+        let mut bases: Vec<u64> = std::fs::read_dir(&topic_dir)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.strip_suffix(".log").map(|b| b.parse().unwrap())
+            })
+            .collect();
+        bases.sort_unstable();
+        assert!(bases.len() >= 4, "{bases:?}");
+        std::fs::remove_file(topic_dir.join(format!("{:020}.log", bases[1]))).unwrap();
+        let log = Log::open(&dir.join("log"), config).unwrap();
+        let state = StateStore::open(&dir.join("state")).unwrap();
+        let host = Host::new(super::super::host::HostConfig::default()).unwrap();
+        let wat = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/wat/echo.wat"
+        ))
+        .unwrap();
+        let module = host.compile_named("echo", &wat).unwrap();
+        let manifest = Manifest::parse(
+            "name = \"echo\"\nversion = \"1\"\ninputs = [\"gappy.in\"]\noutputs = [\"echo.out\"]\n",
+        )
+        .unwrap();
+        let runner = RunnerHandle::start(
+            &host,
+            manifest,
+            module,
+            log.clone(),
+            state.clone(),
+            RunnerConfig::default(),
+        )
+        .unwrap();
+        (log, state, runner, bases[1]..bases[2])
+    }
+
+    #[test]
+    fn a_runner_skips_a_lost_range_by_policy_and_the_gap_lands_in_outpost_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, state, runner, lost) =
+            echo_over_a_lost_segment(dir.path(), crate::log::ReadGapPolicy::Skip);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while state.offset("plugin:echo", "gappy.in").unwrap() != Some(60) {
+            assert!(
+                Instant::now() < deadline,
+                "the runner did not get past the gap"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        runner.stop_blocking();
+        let out = log.topic("echo.out").unwrap();
+        let echoed = out.read(0, 1000, 1 << 24).unwrap().records;
+        assert_eq!(echoed.len() as u64, 60 - (lost.end - lost.start));
+        let sources: Vec<u64> = echoed
+            .iter()
+            .map(|r| {
+                let (_, v) = r
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == HEADER_SOURCE_OFFSET)
+                    .unwrap();
+                std::str::from_utf8(v).unwrap().parse().unwrap()
+            })
+            .collect();
+        assert!(sources.iter().all(|o| !lost.contains(o)), "{sources:?}");
+        let gaps = log.topic(crate::log::GAPS_TOPIC).unwrap();
+        let markers: Vec<crate::log::GapMarker> = gaps
+            .read(0, 100, 1 << 20)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| serde_json::from_slice(&r.value).unwrap())
+            .collect();
+        assert_eq!(markers.len(), 1, "{markers:?}");
+        assert_eq!(
+            (markers[0].topic.as_str(), markers[0].from_offset),
+            ("gappy.in", lost.start)
+        );
+        assert_eq!(markers[0].to_offset, lost.end - 1);
+        assert_eq!(markers[0].reason, crate::log::REASON_LOST);
+        assert!(runner
+            .logs(100)
+            .iter()
+            .any(|l| l.message.contains("lost or damaged")));
+    }
+
+    #[test]
+    fn a_runner_stops_at_a_lost_range_when_the_policy_says_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, state, runner, lost) =
+            echo_over_a_lost_segment(dir.path(), crate::log::ReadGapPolicy::Stop);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !runner.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the runner did not stop at the gap"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let status = runner.status();
+        assert_eq!(status.state, RunState::Failed);
+        let error = status.last_error.unwrap();
+        assert!(error.contains("on_read_gap"), "{error}");
+        assert!(
+            error.contains(&format!("{}..{}", lost.start, lost.end)),
+            "{error}"
+        );
+        assert_eq!(
+            state.offset("plugin:echo", "gappy.in").unwrap(),
+            Some(lost.start),
+            "everything before the gap was handled, nothing after it"
+        );
     }
 }

@@ -268,13 +268,19 @@ fn is_lock_held(e: &std::io::Error) -> bool {
 /// Maps a sled error at open to one that names the directory.
 fn open_error(dir: &Path, e: sled::Error) -> StateError {
     match e {
-        sled::Error::Io(source) => StateError::Io {
-            context: format!(
-                "opening the state store at {} (is another Outpost using this data dir?)",
-                dir.display()
-            ),
-            source,
-        },
+        sled::Error::Io(source) => {
+            let hint = if is_lock_held(&source) {
+                "is another Outpost using this data dir?"
+            } else if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                "the file system is full: free some space"
+            } else {
+                "check the directory's permissions and file system"
+            };
+            StateError::Io {
+                context: format!("opening the state store at {} ({hint})", dir.display()),
+                source,
+            }
+        }
         other => StateError::Sled(other),
     }
 }

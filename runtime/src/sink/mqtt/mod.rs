@@ -12,8 +12,11 @@
 //! Each connection is a fresh client with a clean session; when it fails, everything not yet
 //! acknowledged is sent again on the next one, from the committed offset. A record whose value
 //! is not JSON or lacks a template field (or holds `/`, `+`, `#` in one) cannot be addressed:
-//! it is skipped, counted and logged. A sink without a stored offset starts at the topic's end
-//! (`start_at = "end"`: answers are live data) or its beginning.
+//! it is skipped, counted and logged. A range of the topic the log lost or found damaged
+//! ([`LogError::Gap`]) is skipped with the gap shown in the sink's status
+//! (`log.on_read_gap = "skip"`), or stops the sink with it (`"stop"`). A sink without a stored
+//! offset starts at the topic's end (`start_at = "end"`: answers are live data) or its
+//! beginning.
 //!
 //! [`Topic::wait_for`]: crate::log::Topic::wait_for
 
@@ -29,7 +32,7 @@ use tokio::sync::mpsc;
 use self::config::{parse_sink_template, SinkConfig, StartAt, TemplatePart};
 use crate::kernel::{Backoff, Context, Shutdown};
 use crate::kernel::{Link, StatusBoard};
-use crate::log::{LogError, Topic};
+use crate::log::{LogError, ReadGapPolicy, Topic};
 use crate::mqtt_client::{self as client, AbortOnDrop, ClientError, ClientSettings, Login};
 use crate::state::{Commit, StateError, StateStore};
 
@@ -55,6 +58,9 @@ pub enum SinkError {
     /// The connection to the broker failed.
     #[error("{0}")]
     Connection(String),
+    /// The topic has a range the log cannot read and `log.on_read_gap` is `stop`.
+    #[error("stopped (`log.on_read_gap = \"stop\"`): {0}")]
+    ReadGap(#[source] LogError),
     /// The template is invalid (normally caught by config validation).
     #[error("mqtt_topic: {0}")]
     Template(String),
@@ -115,6 +121,8 @@ struct Sink {
     state: StateStore,
     board: StatusBoard,
     committed: u64,
+    /// `log.on_read_gap = "skip"`: go on past a range the log cannot read.
+    skip_gaps: bool,
 }
 
 /// Runs one `[[mqtt.sinks]]` entry until shutdown. `embedded` is the embedded broker's
@@ -211,6 +219,7 @@ pub async fn run_sink(
         state,
         board,
         committed,
+        skip_gaps: log.on_read_gap() == ReadGapPolicy::Skip,
         cfg,
     };
     let mut backoff = Backoff::new(
@@ -227,6 +236,17 @@ pub async fn run_sink(
         match outcome {
             Ok(()) => break,
             Err(e @ (SinkError::Setup(_) | SinkError::Template(_))) => return Err(e),
+            Err(SinkError::ReadGap(gap)) => {
+                let message = format!(
+                    "stopped at a range the log cannot read (`log.on_read_gap = \"stop\"`): {gap}"
+                );
+                tracing::error!(sink = %sink.name, error = %gap, "An MQTT sink stops at a range of its topic the log cannot read.");
+                sink.board.update(&sink.name, |s| {
+                    s.gap(message.clone());
+                    s.set_link(Link::Stopped);
+                });
+                return Ok(());
+            }
             // The listener closing connections at shutdown is no failure to report.
             Err(_) if shutdown.is_requested() => break,
             Err(e) => {
@@ -381,9 +401,30 @@ impl Sink {
             while flight.unacked.len() < refill_at && next < self.topic.next_offset() {
                 let room = inflight_max - flight.unacked.len();
                 let (topic, from) = (self.topic.clone(), next);
-                let fetch = tokio::task::spawn_blocking(move || topic.read(from, room, READ_BYTES))
+                let read = tokio::task::spawn_blocking(move || topic.read(from, room, READ_BYTES))
                     .await
-                    .map_err(|e| SinkError::Connection(format!("a log read failed: {e}")))??;
+                    .map_err(|e| SinkError::Connection(format!("a log read failed: {e}")))?;
+                let fetch = match read {
+                    Ok(fetch) => fetch,
+                    Err(LogError::Gap {
+                        from_offset,
+                        next_offset,
+                        reason,
+                        ..
+                    }) if self.skip_gaps => {
+                        // Everything before the range is published or in flight; the offset
+                        // moves past it with the next commit.
+                        let gap = format!(
+                            "records {from_offset}..{next_offset} are {reason} in the log and were skipped (`log.on_read_gap = \"skip\"`; see outpost.gaps)"
+                        );
+                        tracing::warn!(sink = %self.name, from_offset, next_offset, reason, "An MQTT sink skips records the log cannot read.");
+                        self.board.update(&self.name, |s| s.gap(gap));
+                        next = next_offset.max(next);
+                        continue;
+                    }
+                    Err(e @ LogError::Gap { .. }) => return Err(SinkError::ReadGap(e)),
+                    Err(e) => return Err(SinkError::Log(e)),
+                };
                 if fetch.records.is_empty() {
                     next = fetch.next_offset.max(next);
                     break;
