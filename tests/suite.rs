@@ -11,6 +11,7 @@
 
 mod common;
 
+mod api_hardening;
 mod api_socket;
 mod architecture;
 mod cli;
@@ -26,7 +27,9 @@ mod mqtt_embedded;
 mod mqtt_external;
 mod opcua_asyncua;
 mod plugins_e2e;
+mod plugins_host_failure;
 mod plugins_hostile;
 mod plugins_lifecycle;
 mod simulate;
 mod state_durability;
+mod state_identity;

@@ -19,6 +19,8 @@
 //! | 500 | 50001 | storage error (I/O, corruption, a topic made read-only) |
 //! | 500 | 50002 | an internal task failed |
 //! | 503 | 50301 | the log is closed (shutting down) |
+//! | 503 | 50302 | request bodies in flight fill `http.max_inflight_body_bytes` (with `Retry-After`) |
+//! | 503 | 50303 | every connection is busy at `http.max_connections` (with `Retry-After`; written by `serve.rs`) |
 //! | 507 | 50701 | the disk budget is exhausted |
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -78,6 +80,9 @@ pub enum ApiError {
     /// Well-formed JSON that is not a valid produce request.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The server is too busy for this request now; it should be retried shortly.
+    #[error("{0}")]
+    Busy(String),
     /// An internal task failed (a bug, logged).
     #[error("internal error: {0}")]
     Internal(String),
@@ -104,6 +109,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 41501),
             ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50002),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, 50302),
             ApiError::Log(e) => match e {
                 LogError::InvalidTopicName { .. } => (StatusCode::BAD_REQUEST, 40002),
                 LogError::UnknownTopic(_) | LogError::CreationRefused(_) => {
@@ -127,6 +133,11 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::json!({ "error_code": code, "message": self.to_string() });
         let mut response = (status, axum::Json(body)).into_response();
+        if code == 50302 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
