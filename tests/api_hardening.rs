@@ -358,8 +358,8 @@ fn many_large_bodies_get_503_beyond_the_budget_while_health_answers_and_rss_stay
         slowest_health < HEALTH_BUDGET,
         "/health took {slowest_health:?} under the body load"
     );
-    // Four bodies fit the 32 MiB budget at a time; each costs about three times its size
-    // while parsed and appended. Before the budget, 30 bodies took RSS to 677 MB.
+    // One body fits the 32 MiB budget at a time (each is charged four times its size). Before
+    // the budget, 30 bodies took RSS to 677 MB.
     assert!(
         peak_rss < rss_before + 250 * 1024 * 1024,
         "RSS grew from {} MB to {} MB",

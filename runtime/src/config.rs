@@ -239,9 +239,11 @@ pub struct HttpConfig {
     /// busy it is answered 503 and closed. Counted in `outpost_http_connections_total`.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Request body bytes all requests together may hold in memory while they are read and
-    /// parsed, in bytes; a request whose body does not fit gets 503 with `Retry-After`. A
-    /// body without `Content-Length` counts as `max_body_bytes`. At least `max_body_bytes`.
+    /// Memory all requests with bodies together may hold while their bodies are read, parsed
+    /// and appended, in bytes. Each request is charged four times its body (the body, its
+    /// parsed records, their encoded batch); one that does not fit gets 503 with
+    /// `Retry-After`. A body without `Content-Length` counts as `max_body_bytes`. At least
+    /// four times `max_body_bytes`.
     #[serde(default = "default_max_inflight_body_bytes")]
     pub max_inflight_body_bytes: usize,
 }
@@ -271,7 +273,7 @@ fn default_max_connections() -> usize {
     256
 }
 fn default_max_inflight_body_bytes() -> usize {
-    32 * 1024 * 1024
+    64 * 1024 * 1024
 }
 
 impl Default for HttpConfig {
@@ -508,7 +510,7 @@ impl Config {
         check_range(
             "http.max_inflight_body_bytes",
             http.max_inflight_body_bytes as u64,
-            http.max_body_bytes as u64,
+            4 * http.max_body_bytes as u64,
             u64::from(u32::MAX),
         )
         .map_err(|p| self.invalid("http.max_inflight_body_bytes", p))?;

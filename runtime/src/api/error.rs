@@ -128,7 +128,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
+        // A busy answer is counted (`outpost_http_body_budget_refusals_total`), not logged:
+        // under load it would be one warning per request.
+        if status.is_server_error() && code != 50302 {
             tracing::warn!(status = status.as_u16(), error = %self, "A request failed on the server side.");
         }
         let body = serde_json::json!({ "error_code": code, "message": self.to_string() });
