@@ -26,7 +26,6 @@
 //! connection is gone.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -370,15 +369,15 @@ enum Closed {
     IdleTimeout,
 }
 
-fn serve_connection(
+async fn serve_connection(
     stream: TcpStream,
     id: u64,
     slot: Arc<Slot>,
     router: Router,
     shared: Arc<Shared>,
     shutdown: Shutdown,
-) -> impl Future<Output = ()> + Send + 'static {
-    async move {
+) {
+    {
         let limits = shared.limits;
         let io = TokioIo::new(Tracked {
             stream,

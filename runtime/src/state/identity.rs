@@ -168,11 +168,11 @@ pub(super) fn read_identity(path: &Path) -> Result<Read<StoredIdentity>, StateEr
     }
 }
 
+/// One consumer's position: (consumer, topic, next offset).
+pub(super) type Position = (String, String, u64);
+
 /// Writes the positions checkpoint durably: every (consumer, topic, next offset).
-pub(super) fn write_positions(
-    path: &Path,
-    offsets: &[(String, String, u64)],
-) -> Result<(), StateError> {
+pub(super) fn write_positions(path: &Path, offsets: &[Position]) -> Result<(), StateError> {
     let mut body = format!("{POSITIONS_MAGIC}\n");
     for (consumer, topic, offset) in offsets {
         if topic.contains(['\t', '\n']) || consumer.contains(['\t', '\n']) {
@@ -184,7 +184,7 @@ pub(super) fn write_positions(
 }
 
 /// Reads the positions checkpoint.
-pub(super) fn read_positions(path: &Path) -> Result<Read<Vec<(String, String, u64)>>, StateError> {
+pub(super) fn read_positions(path: &Path) -> Result<Read<Vec<Position>>, StateError> {
     let lines = match read_checksummed(path, POSITIONS_MAGIC)? {
         Read::Found(lines) => lines,
         Read::Absent => return Ok(Read::Absent),

@@ -141,6 +141,14 @@ pub enum StateError {
         found: u32,
         supported: u32,
     },
+    /// The box's store or identity is damaged, missing or ambiguous (see [`open_box`]).
+    #[error(transparent)]
+    Identity(#[from] Box<IdentityError>),
+}
+
+/// Why [`open_box`] refuses to start a box (boxed in [`StateError::Identity`]).
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
     /// The box's state store is damaged or gone while the box has a past (see [`open_box`]).
     #[error(
         "the state store file {file} is damaged or missing ({detail}); Outpost refuses to \

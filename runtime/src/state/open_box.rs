@@ -11,7 +11,7 @@
 //!    files), or when it opens without a format version (sled recovered nothing: the file was
 //!    damaged, truncated, replaced or the directory deleted) although the box has a past: an
 //!    identity file exists or the log has data. A damaged store makes `open_box` refuse with
-//!    [`StateError::Damaged`], naming the file and `--rebuild-state`, and writes nothing.
+//!    [`IdentityError::Damaged`], naming the file and `--rebuild-state`, and writes nothing.
 //! 2. **Rebuild** (`outpost run --rebuild-state`, `edge.rebuild_state = true`). The damaged
 //!    directory is renamed to `state.damaged-<epoch ms>` (kept for inspection) and a new store
 //!    is created. What is **recovered**: the identity, from the identity file (or the explicit
@@ -28,9 +28,9 @@
 //! 3. **Identity.** With an explicit id (`edge.edge_id`/OUTPOST_EDGE_ID) that id is written to
 //!    both copies. Otherwise: both copies agree → used; one copy missing (or the file damaged)
 //!    → repaired from the other, with a warning; the copies disagree →
-//!    [`StateError::IdentityConflict`] naming both files; neither exists → a new id is
+//!    [`IdentityError::IdentityConflict`] naming both files; neither exists → a new id is
 //!    generated *only* when the log is empty (a first start), else
-//!    [`StateError::IdentityLost`]. The configured store id is written to both copies; a
+//!    [`IdentityError::IdentityLost`]. The configured store id is written to both copies; a
 //!    change of it is logged.
 //!
 //! Deleting `state/` but keeping the log and the identity file counts as damage: the box
@@ -40,7 +40,7 @@
 use std::path::{Path, PathBuf};
 
 use super::identity::{self, Read, StoredIdentity};
-use super::{Commit, StateError, StateStore};
+use super::{Commit, IdentityError, StateError, StateStore};
 
 /// What the box asks of its store.
 #[derive(Debug, Clone, Default)]
@@ -141,12 +141,12 @@ pub fn open_box(data_dir: &Path, options: &BoxOptions) -> Result<OpenedBox, Stat
         Err((opened, detail)) => {
             drop(opened);
             if !options.rebuild {
-                return Err(StateError::Damaged {
+                return Err(StateError::from(Box::new(IdentityError::Damaged {
                     file: store_file,
                     detail,
                     identity: identity_file,
                     positions: positions_file,
-                });
+                })));
             }
             rebuild(&state_dir, &positions_file, detail)?
         }
@@ -261,12 +261,14 @@ fn resolve_identity(
             explicit.clone()
         }
         (None, Some(s), Some(f)) if s.edge_id != f.edge_id => {
-            return Err(StateError::IdentityConflict {
-                store_file: store_file.to_path_buf(),
-                store_edge_id: s.edge_id.clone(),
-                identity_file: identity_file.to_path_buf(),
-                file_edge_id: f.edge_id.clone(),
-            })
+            return Err(StateError::from(Box::new(
+                IdentityError::IdentityConflict {
+                    store_file: store_file.to_path_buf(),
+                    store_edge_id: s.edge_id.clone(),
+                    identity_file: identity_file.to_path_buf(),
+                    file_edge_id: f.edge_id.clone(),
+                },
+            )))
         }
         (None, Some(s), Some(_)) => s.edge_id.clone(),
         (None, Some(s), None) => {
@@ -286,11 +288,11 @@ fn resolve_identity(
             f.edge_id.clone()
         }
         (None, None, None) if has_past => {
-            return Err(StateError::IdentityLost {
+            return Err(StateError::from(Box::new(IdentityError::IdentityLost {
                 store_file: store_file.to_path_buf(),
                 identity_file: identity_file.to_path_buf(),
                 log_dir: log_dir.to_path_buf(),
-            })
+            })))
         }
         (None, None, None) => {
             let id = super::files::random_edge_id()?;
@@ -398,7 +400,10 @@ mod tests {
         };
         identity::write_identity(&identity::identity_path(dir.path()), &other).unwrap();
         let err = open_box(dir.path(), &options()).unwrap_err();
-        assert!(matches!(err, StateError::IdentityConflict { .. }), "{err}");
+        assert!(
+            matches!(&err, StateError::Identity(e) if matches!(**e, IdentityError::IdentityConflict { .. })),
+            "{err}"
+        );
         let text = err.to_string();
         assert!(
             text.contains(&identity::identity_path(dir.path()).display().to_string()),
@@ -438,7 +443,10 @@ mod tests {
         };
         std::fs::remove_dir_all(dir.path().join("state")).unwrap();
         let err = open_box(dir.path(), &options()).unwrap_err();
-        assert!(matches!(err, StateError::Damaged { .. }), "{err}");
+        assert!(
+            matches!(&err, StateError::Identity(e) if matches!(**e, IdentityError::Damaged { .. })),
+            "{err}"
+        );
         let rebuild = BoxOptions {
             rebuild: true,
             ..options()
@@ -460,12 +468,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("log").join("pos.payments")).unwrap();
         let err = open_box(dir.path(), &options()).unwrap_err();
-        assert!(matches!(err, StateError::Damaged { .. }), "{err}");
+        assert!(
+            matches!(&err, StateError::Identity(e) if matches!(**e, IdentityError::Damaged { .. })),
+            "{err}"
+        );
         let rebuild = BoxOptions {
             rebuild: true,
             ..options()
         };
         let err = open_box(dir.path(), &rebuild).unwrap_err();
-        assert!(matches!(err, StateError::IdentityLost { .. }), "{err}");
+        assert!(
+            matches!(&err, StateError::Identity(e) if matches!(**e, IdentityError::IdentityLost { .. })),
+            "{err}"
+        );
     }
 }
