@@ -18,7 +18,8 @@
 //!
 //! Connection outcomes are counted in `outpost_http_connections_total{listen,result}`
 //! (`accepted`, `evicted`, `refused`, `header_timeout`, `idle_timeout`), open connections in
-//! the gauge `outpost_http_connections_open{listen}`; the warnings about them are rate-limited to one per
+//! the gauge `outpost_http_connections_open{listen}`, requests being answered in
+//! `outpost_http_requests_in_flight{listen}`; the warnings about them are rate-limited to one per
 //! [`WARN_EVERY`] with the number of suppressed ones.
 //!
 //! Shutdown stops accepting, lets each connection finish its in-flight request
@@ -82,6 +83,7 @@ struct Slot {
 #[derive(Debug)]
 struct Metrics {
     open: Gauge,
+    requests: Gauge,
     accepted: Counter,
     evicted: Counter,
     refused: Counter,
@@ -105,6 +107,11 @@ impl Metrics {
             open: r.gauge(
                 "outpost_http_connections_open",
                 "Open HTTP connections.",
+                &[("listen", listen)],
+            ),
+            requests: r.gauge(
+                "outpost_http_requests_in_flight",
+                "HTTP requests being answered.",
                 &[("listen", listen)],
             ),
             accepted: outcome("accepted"),
@@ -157,6 +164,8 @@ struct Shared {
     started: Instant,
     slots: Mutex<HashMap<u64, Arc<Slot>>>,
     next_id: AtomicU64,
+    /// Requests being answered, on every connection.
+    in_flight: AtomicUsize,
     metrics: Metrics,
     warn_evicted: RateLimited,
     warn_refused: RateLimited,
@@ -283,19 +292,27 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// Counts a request in flight on its connection for as long as it lives.
-struct InFlight(Arc<Slot>);
+/// Counts a request in flight on its connection (and in the server) for as long as it lives.
+struct InFlight(Arc<Slot>, Arc<Shared>);
 
 impl InFlight {
-    fn new(slot: &Arc<Slot>) -> InFlight {
+    fn new(slot: &Arc<Slot>, shared: &Arc<Shared>) -> InFlight {
         slot.active.fetch_add(1, Ordering::Relaxed);
-        InFlight(slot.clone())
+        let n = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        shared.metrics.requests.set(n as f64);
+        InFlight(slot.clone(), shared.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+        let n = self
+            .1
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        self.1.metrics.requests.set(n as f64);
     }
 }
 
@@ -317,6 +334,7 @@ pub async fn serve(
         started: Instant::now(),
         slots: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
         metrics: Metrics::new(&listen),
         warn_evicted: RateLimited::new("evicted"),
         warn_refused: RateLimited::new("refused"),
@@ -384,9 +402,9 @@ async fn serve_connection(
             slot: slot.clone(),
             shared: shared.clone(),
         });
-        let service_slot = slot.clone();
+        let (service_slot, service_shared) = (slot.clone(), shared.clone());
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-            let in_flight = InFlight::new(&service_slot);
+            let in_flight = InFlight::new(&service_slot, &service_shared);
             let router = router.clone();
             async move {
                 let response = router.oneshot(request).await;
