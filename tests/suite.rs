@@ -11,6 +11,7 @@
 
 mod common;
 
+mod api_hardening;
 mod api_socket;
 mod architecture;
 mod cli;
@@ -28,7 +29,9 @@ mod mqtt_external;
 mod mqtt_hardening;
 mod opcua_asyncua;
 mod plugins_e2e;
+mod plugins_host_failure;
 mod plugins_hostile;
 mod plugins_lifecycle;
 mod simulate;
 mod state_durability;
+mod state_identity;

@@ -2,9 +2,10 @@
 //! down in order on SIGTERM/SIGINT.
 //!
 //! Start-up order: bind the HTTP listener (a busy port fails before any data is touched),
-//! create the data directory, open the state store (`<data_dir>/state`) and the log
-//! (`<data_dir>/log`, recovering every topic's tail), register the state store as a retention
-//! guard, resolve the edge id, then start the components. Every long-running part is a
+//! create the data directory, open the state store (`<data_dir>/state`) and resolve the edge
+//! id from its two copies (`state::open_box`: a damaged store is refused unless
+//! `--rebuild-state`), open the log (`<data_dir>/log`, recovering every topic's tail),
+//! register the state store as a retention guard, then start the components. Every long-running part is a
 //! *component*: a task spawned in [`App::start`] that runs until the shutdown flag turns true.
 //! Later components (MQTT ingest, plugins, forwarder) are added there, in one place.
 //!
@@ -26,7 +27,7 @@ use crate::api::{self, ApiState};
 use crate::config::{Config, ConfigError};
 use crate::log::{Log, LogError};
 use crate::simulate::SimulateError;
-use crate::state::{StateError, StateStore};
+use crate::state::{open_box, BoxOptions, StateError, StateStore, StoredIdentity};
 
 /// The default log filter of a box at `level`: everything at `level` but the noisy modules of
 /// the embedded broker and the OPC-UA client (see `cli::init_logging`). Also what the
@@ -144,14 +145,45 @@ async fn blocking<T: Send + 'static>(
         .map_err(|source| AppError::Task { step, source })
 }
 
-fn open_storage(data_dir: &Path, config: &Config) -> Result<(Log, StateStore), AppError> {
+/// Opens the state store (refusing a damaged one unless told to rebuild, see
+/// [`crate::state::open_box`]), resolves the identity, then opens the log.
+fn open_storage(
+    data_dir: &Path,
+    config: &Config,
+) -> Result<(Log, StateStore, StoredIdentity), AppError> {
     std::fs::create_dir_all(data_dir).map_err(|source| AppError::DataDir {
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let state = StateStore::open(&data_dir.join("state"))?;
+    let options = BoxOptions {
+        explicit_edge_id: config.edge.edge_id.clone(),
+        store_id: config.edge.store_id.clone(),
+        rebuild: config.edge.rebuild_state,
+    };
+    let opened = open_box(data_dir, &options)?;
     let log = Log::open(&data_dir.join("log"), config.log.clone())?;
-    Ok((log, state))
+    Ok((log, opened.store, opened.identity))
+}
+
+/// How often a running box syncs its state store, which also rewrites the consumer positions
+/// checkpoint a rebuild restores from (`crate::state::open_box`).
+pub const STATE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Syncs the state store every [`STATE_CHECKPOINT_INTERVAL`] until shutdown. A failed sync is
+/// logged by the store and retried at the next tick.
+async fn checkpoint_state(state: StateStore, shutdown: Shutdown) -> ComponentResult {
+    let mut tick = tokio::time::interval(STATE_CHECKPOINT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.requested() => return ("state-checkpoint", Ok(())),
+            _ = tick.tick() => {
+                let state = state.clone();
+                let _ = tokio::task::spawn_blocking(move || state.sync()).await;
+            }
+        }
+    }
 }
 
 impl App {
@@ -185,7 +217,7 @@ impl App {
 
         let config = Arc::new(config);
         let data_dir = config.edge.data_dir.clone();
-        let (log, state) = {
+        let (log, state, identity) = {
             let config = config.clone();
             let dir = data_dir.clone();
             blocking("opening the log and state store", move || {
@@ -194,28 +226,14 @@ impl App {
             .await??
         };
         log.add_retention_guard(Arc::new(state.clone()));
-        let edge_id = {
-            let state = state.clone();
-            let explicit = config.edge.edge_id.clone();
-            blocking("reading the edge id", move || {
-                state.edge_id(explicit.as_deref())
-            })
-            .await?
-        };
-        let edge_id = match edge_id {
-            Ok(id) => id,
-            Err(e) => {
-                let _ = log.close();
-                return Err(e.into());
-            }
-        };
+        let edge_id = identity.edge_id;
 
         let (shutdown, shutdown_rx) = Shutdown::new();
         let ctx = Context::new(
             &data_dir,
             log.clone(),
             state.clone(),
-            Identity::new(&edge_id, &config.edge.store_id),
+            Identity::new(&edge_id, &identity.store_id),
             shutdown_rx,
         );
         // Plugins: the registry serves the /plugins endpoints; its runners start below.
@@ -287,9 +305,11 @@ impl App {
                 api::plugins::with_plugins(api::router(api_state), plugins.clone()),
                 forwarder.clone(),
             ),
+            config.http.clone(),
             ctx.shutdown.clone(),
         ));
 
+        components.spawn(checkpoint_state(state.clone(), ctx.shutdown.clone()));
         // Retention runs on the log's own background thread (every `log.retention_check_ms`).
         if let Some(f) = forwarder {
             spawn_component(&mut components, "forward", f.run(ctx.shutdown.clone()));
@@ -433,11 +453,10 @@ fn component_outcome(joined: Result<ComponentResult, tokio::task::JoinError>) ->
 async fn serve_http(
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    http: crate::config::HttpConfig,
     shutdown: Shutdown,
 ) -> ComponentResult {
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.requested().await })
-        .await;
+    let served = api::serve::serve(listener, router, &http, shutdown).await;
     let result = served.map_err(|e| AppError::component("http", e));
     ("http", result)
 }

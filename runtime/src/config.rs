@@ -177,6 +177,11 @@ pub struct EdgeConfig {
     /// Directory holding the log (`log/`) and the state store (`state/`).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Start even when the state store is damaged or missing: move it aside and rebuild it,
+    /// keeping the edge id and restoring consumer offsets from the positions checkpoint
+    /// (`outpost run --rebuild-state`). False: refuse to start on a damaged store.
+    #[serde(default)]
+    pub rebuild_state: bool,
 }
 
 fn default_store_id() -> String {
@@ -192,6 +197,7 @@ impl Default for EdgeConfig {
             edge_id: None,
             store_id: default_store_id(),
             data_dir: default_data_dir(),
+            rebuild_state: false,
         }
     }
 }
@@ -218,6 +224,28 @@ pub struct HttpConfig {
     /// Longest long-poll a fetch may ask for with `wait_ms`, in ms.
     #[serde(default = "default_max_wait_ms")]
     pub max_wait_ms: u64,
+    /// Time a client has to send a request's whole header block, in ms, counted from when the
+    /// server starts waiting for it (also on an idle keep-alive connection). A slow or silent
+    /// client is disconnected after it.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// A connection that moves no bytes in either direction for this long is closed, in ms
+    /// (a stalled body upload, a client that does not read its answer). Must exceed
+    /// `max_wait_ms`, so a long poll is not cut.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Most open HTTP connections. At the cap a new connection evicts the connection that has
+    /// been quiet longest (one without a request in flight first); when every connection is
+    /// busy it is answered 503 and closed. Counted in `outpost_http_connections_total`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Memory all requests with bodies together may hold while their bodies are read, parsed
+    /// and appended, in bytes. Each request is charged four times its body (the body, its
+    /// parsed records, their encoded batch); one that does not fit gets 503 with
+    /// `Retry-After`. A body without `Content-Length` counts as `max_body_bytes`. At least
+    /// four times `max_body_bytes`.
+    #[serde(default = "default_max_inflight_body_bytes")]
+    pub max_inflight_body_bytes: usize,
 }
 
 fn default_listen() -> String {
@@ -235,6 +263,18 @@ fn default_max_fetch_bytes() -> usize {
 fn default_max_wait_ms() -> u64 {
     30_000
 }
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_inflight_body_bytes() -> usize {
+    64 * 1024 * 1024
+}
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -245,6 +285,10 @@ impl Default for HttpConfig {
             max_fetch_records: default_max_fetch_records(),
             max_fetch_bytes: default_max_fetch_bytes(),
             max_wait_ms: default_max_wait_ms(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_inflight_body_bytes: default_max_inflight_body_bytes(),
         }
     }
 }
@@ -437,6 +481,39 @@ impl Config {
         .map_err(|p| self.invalid("http.max_fetch_bytes", p))?;
         check_range("http.max_wait_ms", http.max_wait_ms, 0, 300_000)
             .map_err(|p| self.invalid("http.max_wait_ms", p))?;
+        check_range(
+            "http.header_read_timeout_ms",
+            http.header_read_timeout_ms,
+            100,
+            600_000,
+        )
+        .map_err(|p| self.invalid("http.header_read_timeout_ms", p))?;
+        check_range("http.idle_timeout_ms", http.idle_timeout_ms, 100, 3_600_000)
+            .map_err(|p| self.invalid("http.idle_timeout_ms", p))?;
+        if http.idle_timeout_ms <= http.max_wait_ms {
+            return Err(self.invalid(
+                "http.idle_timeout_ms",
+                format!(
+                    "is {} but must exceed `http.max_wait_ms` ({}), or long polls are cut; \
+                     raise it or lower max_wait_ms",
+                    http.idle_timeout_ms, http.max_wait_ms
+                ),
+            ));
+        }
+        check_range(
+            "http.max_connections",
+            http.max_connections as u64,
+            2,
+            100_000,
+        )
+        .map_err(|p| self.invalid("http.max_connections", p))?;
+        check_range(
+            "http.max_inflight_body_bytes",
+            http.max_inflight_body_bytes as u64,
+            4 * http.max_body_bytes as u64,
+            u64::from(u32::MAX),
+        )
+        .map_err(|p| self.invalid("http.max_inflight_body_bytes", p))?;
 
         self.log.validate().map_err(ConfigError::Log)?;
         self.plugins

@@ -411,6 +411,11 @@ impl Outpost {
         }
     }
 
+    /// The process id of the running child (for /proc/PID/status).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the process with SIGKILL: no flush, no goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -20,6 +20,8 @@
 //! | 500 | 50001 | storage error (I/O, corruption, a topic made read-only) |
 //! | 500 | 50002 | an internal task failed |
 //! | 503 | 50301 | the log is closed (shutting down) |
+//! | 503 | 50302 | request bodies in flight fill `http.max_inflight_body_bytes` (with `Retry-After`) |
+//! | 503 | 50303 | every connection is busy at `http.max_connections` (with `Retry-After`; written by `serve.rs`) |
 //! | 507 | 50701 | the disk budget is exhausted |
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -79,6 +81,9 @@ pub enum ApiError {
     /// Well-formed JSON that is not a valid produce request.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The server is too busy for this request now; it should be retried shortly.
+    #[error("{0}")]
+    Busy(String),
     /// An internal task failed (a bug, logged).
     #[error("internal error: {0}")]
     Internal(String),
@@ -105,6 +110,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 41501),
             ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50002),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, 50302),
             ApiError::Log(e) => match e {
                 LogError::InvalidTopicName { .. } => (StatusCode::BAD_REQUEST, 40002),
                 LogError::UnknownTopic(_) | LogError::CreationRefused(_) => {
@@ -124,7 +130,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
+        // A busy answer is counted (`outpost_http_body_budget_refusals_total`), not logged:
+        // under load it would be one warning per request.
+        if status.is_server_error() && code != 50302 {
             tracing::warn!(status = status.as_u16(), error = %self, "A request failed on the server side.");
         }
         let mut body = serde_json::json!({ "error_code": code, "message": self.to_string() });
@@ -142,6 +150,11 @@ impl IntoResponse for ApiError {
             body["reason"] = serde_json::json!(reason);
         }
         let mut response = (status, axum::Json(body)).into_response();
+        if code == 50302 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -15,13 +15,20 @@
 //!
 //! Errors are JSON `{"error_code":…,"message":…}`, see [`error`]. When `http.auth_token` is
 //! set, everything but `/health` needs `Authorization: Bearer <token>` ([`auth`]).
+//!
+//! **Under load** ([`serve`], `budget.rs`): the socket side closes slow-header, idle and
+//! stalled connections and caps open connections (evicting the quietest, so `/health` always
+//! gets in); request bodies share one in-flight byte budget (`503` + `Retry-After` beyond it)
+//! and are parsed off the async workers, so `/health` answers while large bodies are handled.
 
 mod auth;
+mod budget;
 pub mod error;
 pub mod forward;
 pub mod plugins;
 pub mod produce;
 pub mod records;
+pub mod serve;
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +59,7 @@ pub struct ApiState {
     ctx: Context,
     http: Arc<HttpConfig>,
     started: Instant,
+    body_budget: budget::BodyBudget,
 }
 
 impl ApiState {
@@ -60,6 +68,7 @@ impl ApiState {
     pub fn new(ctx: Context, http: HttpConfig) -> ApiState {
         ApiState {
             ctx,
+            body_budget: budget::BodyBudget::new(http.max_inflight_body_bytes),
             http: Arc::new(http),
             started: Instant::now(),
         }

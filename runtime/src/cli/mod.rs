@@ -100,6 +100,11 @@ pub struct RunArgs {
     /// planted fraud, baskets, loyalty scans and a simulated Modbus fridge.
     #[arg(long)]
     pub simulate: bool,
+    /// Start even when the state store is damaged or missing: move it aside and rebuild it
+    /// with the same edge id, consumer offsets from the positions checkpoint and empty plugin
+    /// state (sets `edge.rebuild_state`).
+    #[arg(long)]
+    pub rebuild_state: bool,
 }
 
 /// `outpost config …`.
@@ -261,6 +266,9 @@ pub fn execute(
             }
             if args.simulate {
                 config.simulate.enabled = true;
+            }
+            if args.rebuild_state {
+                config.edge.rebuild_state = true;
             }
             let rt = runtime()?;
             let result = rt.block_on(crate::app::run(config));

@@ -57,6 +57,16 @@
 //!   its state overlay are dropped, the instance is rebuilt, and the batch is read again from
 //!   the committed offsets after a back-off.
 //!
+//! # Host failures
+//! When the *host* fails rather than the guest — a `state_get` the state store cannot serve
+//! (I/O error, full disk: [`FailureKind::HostUnavailable`], whatever the guest then returned),
+//! or an append, fsync or commit of the batch — the record is not the plugin's fault and never
+//! goes to the dead-letter topic. The batch is dropped whole (no outputs, no dead letters, no
+//! commit), the instance is rebuilt, its cached committed state and the input offsets are read
+//! again from the store, and the batch is read again after a back-off (100 ms doubling up to
+//! `max_backoff_ms`). Meanwhile the status carries `paused` with the reason and
+//! `outpost_plugin_paused{plugin}` is 1; both clear after the next batch that commits.
+//!
 //! # Quarantine
 //! `max_consecutive_failures` failed records in a row (default 5) quarantine the plugin: the
 //! batch is flushed and committed up to and including the last failed record, the thread
@@ -181,6 +191,13 @@ pub enum RunnerError {
     /// Committing the batch's state and offsets failed.
     #[error("committing state and offsets failed: {0}")]
     Commit(#[source] StateError),
+    /// A host function could not serve the guest (the state store failed to read).
+    #[error("the host could not serve record {topic}@{offset}: {message}")]
+    HostUnavailable {
+        topic: String,
+        offset: u64,
+        message: String,
+    },
     /// The instance could not be rebuilt after a failed batch.
     #[error("rebuilding the instance failed: {0}")]
     Rebuild(#[source] PluginError),
@@ -233,6 +250,9 @@ pub struct PluginStatus {
     pub emitted: u64,
     /// Failed records in a row right now.
     pub consecutive_failures: u32,
+    /// Set while the runner is paused because the host failed (state store or log I/O): the
+    /// reason. Its input waits and is retried with back-off; nothing is dead-lettered.
+    pub paused: Option<String>,
     /// Per input topic: records appended but not yet committed by this plugin.
     pub lag: Vec<(String, u64)>,
     /// Per input topic: the committed next offset.
@@ -254,6 +274,7 @@ struct Counters {
     emitted: u64,
     consecutive_failures: u32,
     call_nanos: u128,
+    paused: Option<String>,
 }
 
 #[derive(Debug)]
@@ -264,6 +285,7 @@ struct Metrics {
     emitted: Counter,
     call_seconds: Gauge,
     quarantined: Gauge,
+    paused: Gauge,
 }
 
 impl Metrics {
@@ -305,6 +327,12 @@ impl Metrics {
             quarantined: r.gauge(
                 "outpost_plugin_quarantined",
                 "1 while a plugin is quarantined after too many consecutive failures.",
+                &labels,
+            ),
+            paused: r.gauge(
+                "outpost_plugin_paused",
+                "1 while a plugin waits for the host (state store or log) to recover; its input \
+                 is retried, never dead-lettered.",
                 &labels,
             ),
         }
@@ -353,6 +381,14 @@ impl Shared {
     fn set_error(&self, message: String) {
         let message = crate::plugins::host::guest_log::escape_control(&message).into_owned();
         self.counters().last_error = Some(message);
+    }
+
+    /// Marks the runner paused by a host failure (`Some(reason)`) or running again (`None`).
+    fn set_paused(&self, reason: Option<String>) {
+        self.metrics
+            .paused
+            .set(if reason.is_some() { 1.0 } else { 0.0 });
+        self.counters().paused = reason;
     }
 
     fn finish(&self, state: RunState) {
@@ -413,6 +449,8 @@ struct Worker {
     round_robin: usize,
     /// Mean input record size (key + value + headers), for sizing reads.
     avg_record_bytes: f64,
+    /// The state store's generation the cached offsets and state belong to.
+    state_generation: u64,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -594,6 +632,7 @@ impl RunnerHandle {
                 dead_lettered: 0,
                 emitted: 0,
                 consecutive_failures: 0,
+                paused: None,
                 call_nanos: 0,
             }),
             positions: Mutex::new(inputs.iter().map(|i| (i.topic.clone(), i.next)).collect()),
@@ -615,6 +654,7 @@ impl RunnerHandle {
         let worker = Worker {
             shared: Arc::clone(&shared),
             instance,
+            state_generation: state.generation(),
             state,
             log,
             consumer,
@@ -671,6 +711,7 @@ impl RunnerHandle {
             dead_lettered: c.dead_lettered,
             emitted: c.emitted,
             consecutive_failures: c.consecutive_failures,
+            paused: c.paused.clone(),
             lag,
             offsets,
             ns_per_record: if handled == 0 {
@@ -757,7 +798,10 @@ impl Worker {
                         }
                     }
                 }
-                Step::Worked => backoff_ms = 0,
+                Step::Worked => {
+                    backoff_ms = 0;
+                    self.shared.set_paused(None);
+                }
                 Step::Ended(state) => return state,
                 Step::HostError(error) => {
                     let message = error.to_string();
@@ -765,10 +809,15 @@ impl Worker {
                     self.shared
                         .log
                         .push(LogLevel::Error, LogSource::Host, message.clone());
-                    self.shared.set_error(message);
+                    self.shared.set_error(message.clone());
+                    self.shared.set_paused(Some(message));
                     if self.instance.has_pending_state() {
                         drop(self.instance.take_state_ops());
                     }
+                    // The store may come back older than what was read (a reopened store
+                    // recovers its last durable commit): read state and offsets again.
+                    self.instance.forget_committed();
+                    self.reload_positions();
                     if let Err(e) = self.instance.restart() {
                         self.shared.set_error(RunnerError::Rebuild(e).to_string());
                         return RunState::Failed;
@@ -776,6 +825,19 @@ impl Worker {
                     backoff_ms = (backoff_ms * 2).clamp(100, self.cfg.max_backoff_ms.max(100));
                     self.pause(Duration::from_millis(backoff_ms));
                 }
+            }
+        }
+    }
+
+    /// Reads every input's committed offset from the state store again (after a host failure);
+    /// an input whose offset cannot be read keeps its position.
+    fn reload_positions(&mut self) {
+        let mut shared_positions = self.shared.positions();
+        for (input, (_, shared_pos)) in self.inputs.iter_mut().zip(shared_positions.iter_mut()) {
+            if let Ok(stored) = self.state.offset(&self.consumer, &input.name) {
+                let next = stored.unwrap_or(0).max(input.topic.start_offset());
+                input.next = next;
+                *shared_pos = next;
             }
         }
     }
@@ -950,6 +1012,14 @@ impl Worker {
 
     /// One batch: read, call, append, commit.
     fn step(&mut self) -> Step {
+        let generation = self.state.generation();
+        if generation != self.state_generation {
+            // The store reopened after a failed write and may hold older commits than this
+            // runner saw: continue from what it holds.
+            self.state_generation = generation;
+            self.instance.forget_committed();
+            self.reload_positions();
+        }
         let batch = match self.read_batch() {
             Ok(b) => b,
             Err(e @ RunnerError::ReadGap { .. }) => {
@@ -1002,6 +1072,15 @@ impl Worker {
                             out.push(r);
                         }
                     }
+                }
+                Err(failure) if failure.kind == FailureKind::HostUnavailable => {
+                    // Not the plugin's fault: nothing of this batch is kept (no output, no dead
+                    // letter, no commit), and the batch is read again after a pause.
+                    return Step::HostError(RunnerError::HostUnavailable {
+                        topic: topic.clone(),
+                        offset,
+                        message: failure.message,
+                    });
                 }
                 Err(failure) => {
                     failed += 1;

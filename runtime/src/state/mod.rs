@@ -68,7 +68,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod files;
+mod identity;
 mod keys;
+mod open_box;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,11 +80,13 @@ use std::time::Instant;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use crate::kernel::{read_lock, write_lock};
+use crate::kernel::{lock, read_lock, write_lock};
 use crate::log::RetentionGuard;
 use crate::metrics::{Counter, Gauge};
 
+pub use identity::{identity_path, positions_path, StoredIdentity, IDENTITY_FILE, POSITIONS_FILE};
 pub use keys::MAX_NAME_BYTES;
+pub use open_box::{open_box, BoxOptions, OpenedBox, Rebuilt};
 
 /// The on-disk format version this binary writes and understands.
 pub const FORMAT_VERSION: u32 = 1;
@@ -102,6 +106,7 @@ const TREE_STATE: &str = "state";
 const TREE_META: &str = "meta";
 const META_FORMAT_VERSION: &str = "format_version";
 const META_EDGE_ID: &str = "edge_id";
+const META_STORE_ID: &str = "store_id";
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +140,54 @@ pub enum StateError {
         dir: PathBuf,
         found: u32,
         supported: u32,
+    },
+    /// The box's store or identity is damaged, missing or ambiguous (see [`open_box`]).
+    #[error(transparent)]
+    Identity(#[from] Box<IdentityError>),
+}
+
+/// Why [`open_box`] refuses to start a box (boxed in [`StateError::Identity`]).
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The box's state store is damaged or gone while the box has a past (see [`open_box`]).
+    #[error(
+        "the state store file {file} is damaged or missing ({detail}); Outpost refuses to \
+         start rather than replace the box's consumer offsets and plugin state silently. \
+         Start once with `outpost run --rebuild-state` (or `edge.rebuild_state = true`) to \
+         move it aside and rebuild it: the edge id is kept from {identity} and consumers \
+         resume from {positions}"
+    )]
+    Damaged {
+        file: PathBuf,
+        detail: String,
+        identity: PathBuf,
+        positions: PathBuf,
+    },
+    /// The two copies of the identity name different edge ids.
+    #[error(
+        "the edge id in the state store {store_file} ({store_edge_id:?}) differs from the one in \
+         {identity_file} ({file_edge_id:?}); Outpost refuses to start with an ambiguous \
+         identity. Set the right one explicitly (`edge.edge_id` or OUTPOST_EDGE_ID), which \
+         rewrites both copies, or remove the wrong copy"
+    )]
+    IdentityConflict {
+        store_file: PathBuf,
+        store_edge_id: String,
+        identity_file: PathBuf,
+        file_edge_id: String,
+    },
+    /// No copy of the identity survived, but the box has data.
+    #[error(
+        "no copy of this box's edge id survived (neither the state store {store_file} nor \
+         {identity_file} holds one), but the log at {log_dir} has data; a new edge id would \
+         make the cloud see the box's records again as another box's. Set the old edge id \
+         explicitly (`edge.edge_id` or OUTPOST_EDGE_ID; the cloud knows it from the \
+         `outpost-edge` header) and start with `--rebuild-state`"
+    )]
+    IdentityLost {
+        store_file: PathBuf,
+        identity_file: PathBuf,
+        log_dir: PathBuf,
     },
 }
 
@@ -175,12 +228,26 @@ pub struct StateStore {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    dir: PathBuf,
+/// The open sled database and its trees; replaced whole when the store reopens after an I/O
+/// failure (see [`StateStore::sync`]).
+struct Trees {
     db: sled::Db,
     offsets: sled::Tree,
     state: sled::Tree,
     meta: sled::Tree,
+}
+
+struct Inner {
+    dir: PathBuf,
+    /// `None` only while a reopen is under way or after one failed.
+    trees: RwLock<Option<Arc<Trees>>>,
+    /// Set when sled failed to write: sled then refuses every later write until it is opened
+    /// again, so the store reopens (at most every [`REOPEN_EVERY`]) before its next use.
+    broken: AtomicBool,
+    /// When the last reopen was tried.
+    last_reopen: Mutex<Option<Instant>>,
+    /// Reopens that succeeded; see [`StateStore::generation`].
+    generation: AtomicU64,
     /// Commits take it shared, `reset` exclusively, so a reset's scan and delete see no
     /// concurrent commit.
     reset_lock: RwLock<()>,
@@ -190,6 +257,9 @@ struct Inner {
     edge_synced: AtomicBool,
     /// Completed `sync()` calls on this store.
     syncs: AtomicU64,
+    /// Where `sync()` writes the positions checkpoint (set for a box's store, see
+    /// [`open_box`]).
+    positions: Option<PathBuf>,
     metrics: Metrics,
 }
 
@@ -308,14 +378,9 @@ fn check_op(namespace: &str, op: &StateOp) -> Result<(), StateError> {
     Ok(())
 }
 
-impl StateStore {
-    /// Opens (or creates) the store under `dir` (its own sub-directory of the data dir).
-    ///
-    /// sled locks the store's files while any handle or its background I/O threads still
-    /// use them: those of an Outpost that is stopping (in this process, or one still
-    /// exiting) let go within moments, so a locked store is retried for up to
-    /// [`LOCK_WAIT`] before the error says another Outpost is using the data dir.
-    pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+impl Trees {
+    /// Opens sled under `dir`, waiting up to [`LOCK_WAIT`] for a lock another handle holds.
+    fn open(dir: &Path) -> Result<Trees, StateError> {
         let started = std::time::Instant::now();
         let db = loop {
             let opened = sled::Config::new()
@@ -330,76 +395,240 @@ impl StateStore {
                 other => break other.map_err(|e| open_error(dir, e))?,
             }
         };
-        let offsets = db.open_tree(TREE_OFFSETS)?;
-        let state = db.open_tree(TREE_STATE)?;
-        let meta = db.open_tree(TREE_META)?;
-        let store = StateStore {
+        Ok(Trees {
+            offsets: db.open_tree(TREE_OFFSETS)?,
+            state: db.open_tree(TREE_STATE)?,
+            meta: db.open_tree(TREE_META)?,
+            db,
+        })
+    }
+}
+
+/// How often a store whose writes failed tries to reopen.
+pub const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a failure means sled's files could not be written (full disk, I/O error): sled
+/// refuses every write after one, so the store must reopen.
+fn is_io_failure(e: &StateError) -> bool {
+    matches!(
+        e,
+        StateError::Sled(sled::Error::Io(_)) | StateError::Io { .. }
+    )
+}
+
+impl StateStore {
+    /// The current trees, reopening the database first when a write failed before.
+    fn trees(&self) -> Result<Arc<Trees>, StateError> {
+        if self.inner.broken.load(Ordering::SeqCst) {
+            self.reopen();
+        }
+        read_lock(&self.inner.trees)
+            .clone()
+            .ok_or_else(|| StateError::Io {
+                context: format!(
+                    "the state store at {} is closed after a failed write and could not be \
+                     opened again yet",
+                    self.inner.dir.display()
+                ),
+                source: std::io::Error::other("state store unavailable"),
+            })
+    }
+
+    /// Notes a failure of sled; an I/O failure makes the next use reopen the database.
+    fn note_failure(&self, e: &StateError) {
+        if is_io_failure(e) && !self.inner.broken.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                dir = %self.inner.dir.display(),
+                error = %e,
+                "The state store failed to write; it reopens once writes can succeed again."
+            );
+        }
+    }
+
+    /// Closes and reopens sled (at most every [`REOPEN_EVERY`]). sled recovers its last
+    /// durable state: commits that were only in memory are gone, offsets and the state
+    /// derived with them together (see "Why a rollback is safe"); consumers read their
+    /// offsets again when [`StateStore::generation`] changes.
+    fn reopen(&self) {
+        let inner = &self.inner;
+        {
+            let mut last = lock(&inner.last_reopen);
+            if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let mut trees = write_lock(&inner.trees);
+        if !inner.broken.load(Ordering::SeqCst) {
+            return;
+        }
+        // sled's file lock is released when the last handle of the old database is gone.
+        drop(trees.take());
+        match Trees::open(&inner.dir) {
+            Ok(opened) => {
+                *trees = Some(Arc::new(opened));
+                inner.broken.store(false, Ordering::SeqCst);
+                inner.generation.fetch_add(1, Ordering::SeqCst);
+                tracing::warn!(
+                    dir = %inner.dir.display(),
+                    "The state store is open again after a failed write; commits not yet \
+                     durable before the failure are redone from the log."
+                );
+            }
+            Err(e) => tracing::warn!(
+                dir = %inner.dir.display(),
+                error = %e,
+                "Reopening the state store failed; it is tried again."
+            ),
+        }
+    }
+
+    /// How many times the store reopened after a failed write. A consumer that caches its
+    /// offsets or state reads them again when this changes.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    /// Opens (or creates) the store under `dir` (its own sub-directory of the data dir).
+    ///
+    /// sled locks the store's files while any handle or its background I/O threads still
+    /// use them: those of an Outpost that is stopping (in this process, or one still
+    /// exiting) let go within moments, so a locked store is retried for up to
+    /// [`LOCK_WAIT`] before the error says another Outpost is using the data dir.
+    pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+        let store = StateStore::open_unchecked(dir, None)?;
+        if !store.has_format()? {
+            store.init_format()?;
+        }
+        Ok(store)
+    }
+
+    /// Opens sled under `dir` and checks a stored format version, but writes nothing: a store
+    /// without a format version is either new or lost its contents, and the caller decides
+    /// ([`StateStore::open`] initialises it, [`open_box`] first asks the box's other copies).
+    fn open_unchecked(dir: &Path, positions: Option<PathBuf>) -> Result<StateStore, StateError> {
+        Ok(StateStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
-                db,
-                offsets,
-                state,
-                meta,
+                trees: RwLock::new(Some(Arc::new(Trees::open(dir)?))),
+                broken: AtomicBool::new(false),
+                last_reopen: Mutex::new(None),
+                generation: AtomicU64::new(0),
                 reset_lock: RwLock::new(()),
                 edge_lock: Mutex::new(()),
                 edge_synced: AtomicBool::new(false),
                 syncs: AtomicU64::new(0),
+                positions,
                 metrics: Metrics::new(),
             }),
-        };
-        store.check_format()?;
-        Ok(store)
+        })
     }
 
-    /// Reads the stored format version: refuses newer ones, writes (and syncs) it in a new store.
-    fn check_format(&self) -> Result<(), StateError> {
+    /// Whether the store has a format version (refusing newer and invalid ones).
+    fn has_format(&self) -> Result<bool, StateError> {
         let inner = &self.inner;
-        match inner.meta.get(META_FORMAT_VERSION)? {
-            Some(raw) => {
-                let found = keys::decode_u32(META_FORMAT_VERSION, &raw)?;
-                if found > FORMAT_VERSION {
-                    return Err(StateError::NewerFormat {
-                        dir: inner.dir.clone(),
-                        found,
-                        supported: FORMAT_VERSION,
-                    });
-                }
-                if found == 0 {
-                    return Err(StateError::Corrupt {
-                        key: format!("meta/{META_FORMAT_VERSION}"),
-                        detail: "format version 0 does not exist".to_string(),
-                    });
-                }
-                tracing::debug!(
-                    dir = %inner.dir.display(),
-                    format_version = found,
-                    "Opened the state store."
-                );
-            }
-            None => {
-                if !inner.offsets.is_empty() || !inner.state.is_empty() {
-                    // Every store this code writes gets a version first; entries without one
-                    // can only come from a crash between creation and the first sync.
-                    tracing::warn!(
-                        dir = %inner.dir.display(),
-                        "The state store has entries but no format version; assuming version 1."
-                    );
-                }
-                inner
-                    .meta
-                    .insert(META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
-                self.sync()?;
-                // Make the new directory's own entry durable in the data dir.
-                if let Some(parent) = inner.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    files::fsync_dir(parent)?;
-                }
-                tracing::info!(
-                    dir = %inner.dir.display(),
-                    format_version = FORMAT_VERSION,
-                    "Created a new state store."
-                );
-            }
+        let Some(raw) = self.trees()?.meta.get(META_FORMAT_VERSION)? else {
+            return Ok(false);
+        };
+        let found = keys::decode_u32(META_FORMAT_VERSION, &raw)?;
+        if found > FORMAT_VERSION {
+            return Err(StateError::NewerFormat {
+                dir: inner.dir.clone(),
+                found,
+                supported: FORMAT_VERSION,
+            });
         }
+        if found == 0 {
+            return Err(StateError::Corrupt {
+                key: format!("meta/{META_FORMAT_VERSION}"),
+                detail: "format version 0 does not exist".to_string(),
+            });
+        }
+        tracing::debug!(
+            dir = %inner.dir.display(),
+            format_version = found,
+            "Opened the state store."
+        );
+        Ok(true)
+    }
+
+    /// Whether the store holds no offsets and no plugin state.
+    fn is_empty(&self) -> bool {
+        self.trees()
+            .map_or(true, |t| t.offsets.is_empty() && t.state.is_empty())
+    }
+
+    /// Writes (and syncs) the format version into a store that has none.
+    fn init_format(&self) -> Result<(), StateError> {
+        let inner = &self.inner;
+        if !self.is_empty() {
+            // Every store this code writes gets a version first; entries without one
+            // can only come from a crash between creation and the first sync.
+            tracing::warn!(
+                dir = %inner.dir.display(),
+                "The state store has entries but no format version; assuming version 1."
+            );
+        }
+        self.trees()?
+            .meta
+            .insert(META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+        self.sync()?;
+        // Make the new directory's own entry durable in the data dir.
+        if let Some(parent) = inner.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            files::fsync_dir(parent)?;
+        }
+        tracing::info!(
+            dir = %inner.dir.display(),
+            format_version = FORMAT_VERSION,
+            "Created a new state store."
+        );
+        Ok(())
+    }
+
+    /// The identity this store holds (edge id, and the store id when one was stored), without
+    /// generating anything.
+    fn stored_identity(&self) -> Result<Option<StoredIdentity>, StateError> {
+        let trees = self.trees()?;
+        let meta = &trees.meta;
+        let text = |key: &str| -> Result<Option<String>, StateError> {
+            match meta.get(key)? {
+                Some(raw) => {
+                    String::from_utf8(raw.to_vec())
+                        .map(Some)
+                        .map_err(|_| StateError::Corrupt {
+                            key: format!("meta/{key}"),
+                            detail: "value is not UTF-8".to_string(),
+                        })
+                }
+                None => Ok(None),
+            }
+        };
+        let Some(edge_id) = text(META_EDGE_ID)? else {
+            return Ok(None);
+        };
+        Ok(Some(StoredIdentity {
+            edge_id,
+            store_id: text(META_STORE_ID)?.unwrap_or_default(),
+        }))
+    }
+
+    /// Stores the identity in the `meta` tree and syncs it.
+    fn store_identity(&self, identity: &StoredIdentity) -> Result<(), StateError> {
+        check_edge_id(&identity.edge_id)?;
+        let inner = &self.inner;
+        let _guard = inner
+            .edge_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let trees = self.trees()?;
+        trees
+            .meta
+            .insert(META_EDGE_ID, identity.edge_id.as_bytes())?;
+        trees
+            .meta
+            .insert(META_STORE_ID, identity.store_id.as_bytes())?;
+        self.sync()?;
+        inner.edge_synced.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -420,7 +649,8 @@ impl StateStore {
             .edge_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let stored = match inner.meta.get(META_EDGE_ID)? {
+        let trees = self.trees()?;
+        let stored = match trees.meta.get(META_EDGE_ID)? {
             Some(raw) => {
                 Some(
                     String::from_utf8(raw.to_vec()).map_err(|_| StateError::Corrupt {
@@ -434,7 +664,7 @@ impl StateStore {
         if let Some(explicit) = explicit {
             if stored.as_deref() != Some(explicit) {
                 check_edge_id(explicit)?;
-                inner.meta.insert(META_EDGE_ID, explicit.as_bytes())?;
+                trees.meta.insert(META_EDGE_ID, explicit.as_bytes())?;
                 self.sync()?;
                 inner.edge_synced.store(true, Ordering::SeqCst);
                 tracing::info!(
@@ -455,7 +685,7 @@ impl StateStore {
             return Ok(stored);
         }
         let id = files::random_edge_id()?;
-        inner.meta.insert(META_EDGE_ID, id.as_bytes())?;
+        trees.meta.insert(META_EDGE_ID, id.as_bytes())?;
         self.sync()?;
         inner.edge_synced.store(true, Ordering::SeqCst);
         tracing::info!(edge_id = %id, "Generated this box's edge id and made it durable.");
@@ -465,7 +695,11 @@ impl StateStore {
     /// The stored offset of `consumer` on `topic`.
     pub fn offset(&self, consumer: &str, topic: &str) -> Result<Option<u64>, StateError> {
         keys::check_name("consumer", consumer)?;
-        match self.inner.offsets.get(keys::offset_key(consumer, topic))? {
+        match self
+            .trees()?
+            .offsets
+            .get(keys::offset_key(consumer, topic))?
+        {
             Some(raw) => {
                 keys::decode_offset(|| format!("{TREE_OFFSETS}/{consumer}/{topic}"), &raw).map(Some)
             }
@@ -478,7 +712,7 @@ impl StateStore {
         keys::check_name("consumer", consumer)?;
         let mut out = Vec::new();
         for entry in self
-            .inner
+            .trees()?
             .offsets
             .scan_prefix(keys::consumer_prefix(consumer))
         {
@@ -502,7 +736,7 @@ impl StateStore {
     /// name, then topic (the key order). For status pages and lag reports.
     pub fn all_offsets(&self) -> Result<Vec<(String, String, u64)>, StateError> {
         let mut out = Vec::new();
-        for entry in self.inner.offsets.iter() {
+        for entry in self.trees()?.offsets.iter() {
             let (key, value) = entry?;
             let (consumer, topic) = keys::split_key(TREE_OFFSETS, &key)?;
             let topic = String::from_utf8(topic.to_vec()).map_err(|_| StateError::Corrupt {
@@ -569,6 +803,7 @@ impl StateStore {
                 self.inner.metrics.ops.add(commit.ops.len() as u64);
             }
             Err(e) => {
+                self.note_failure(e);
                 self.inner.metrics.commit_failures.inc();
                 tracing::debug!(
                     consumer = %commit.consumer,
@@ -603,7 +838,8 @@ impl StateStore {
         let namespace = commit.namespace.as_str();
         let inner = &self.inner;
         let _shared = read_lock(&inner.reset_lock);
-        let result = (&inner.offsets, &inner.state).transaction(|(offsets_tx, state_tx)| {
+        let trees = self.trees()?;
+        let result = (&trees.offsets, &trees.state).transaction(|(offsets_tx, state_tx)| {
             for (key, value) in &offsets {
                 offsets_tx.insert(key.as_slice(), &value[..])?;
             }
@@ -626,11 +862,15 @@ impl StateStore {
     /// Reads one key of a namespace's state.
     pub fn get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         keys::check_name("namespace", namespace)?;
-        Ok(self
-            .inner
+        let read = self
+            .trees()?
             .state
-            .get(keys::state_key(namespace, key))?
-            .map(|v| v.to_vec()))
+            .get(keys::state_key(namespace, key))
+            .map_err(StateError::from);
+        if let Err(e) = &read {
+            self.note_failure(e);
+        }
+        Ok(read?.map(|v| v.to_vec()))
     }
 
     /// Every (key, value) of a namespace's state in key order, read lazily.
@@ -641,7 +881,7 @@ impl StateStore {
         keys::check_name("namespace", namespace)?;
         let prefix_len = keys::namespace_prefix(namespace).len();
         Ok(self
-            .inner
+            .trees()?
             .state
             .scan_prefix(keys::namespace_prefix(namespace))
             .map(move |entry| {
@@ -661,17 +901,18 @@ impl StateStore {
         let inner = &self.inner;
         {
             let _exclusive = write_lock(&inner.reset_lock);
-            let state_keys = inner
+            let trees = self.trees()?;
+            let state_keys = trees
                 .state
                 .scan_prefix(keys::namespace_prefix(namespace))
                 .keys()
                 .collect::<Result<Vec<_>, _>>()?;
-            let offset_keys = inner
+            let offset_keys = trees
                 .offsets
                 .scan_prefix(keys::consumer_prefix(consumer))
                 .keys()
                 .collect::<Result<Vec<_>, _>>()?;
-            let result = (&inner.offsets, &inner.state).transaction(|(offsets_tx, state_tx)| {
+            let result = (&trees.offsets, &trees.state).transaction(|(offsets_tx, state_tx)| {
                 for key in &offset_keys {
                     offsets_tx.remove(key.clone())?;
                 }
@@ -696,13 +937,13 @@ impl StateStore {
     pub fn sync(&self) -> Result<(), StateError> {
         let inner = &self.inner;
         let started = Instant::now();
-        let result = inner
-            .db
-            .flush()
-            .map_err(StateError::from)
+        let result = self
+            .trees()
+            .and_then(|t| t.db.flush().map_err(StateError::from))
             .and_then(|_| files::fsync_tree(&inner.dir));
         match result {
             Ok(files) => {
+                self.write_positions();
                 inner.syncs.fetch_add(1, Ordering::SeqCst);
                 inner.metrics.syncs.inc();
                 let seconds = started.elapsed().as_secs_f64();
@@ -711,6 +952,7 @@ impl StateStore {
                 Ok(())
             }
             Err(e) => {
+                self.note_failure(&e);
                 inner.metrics.sync_failures.inc();
                 tracing::error!(
                     dir = %inner.dir.display(),
@@ -719,6 +961,25 @@ impl StateStore {
                 );
                 Err(e)
             }
+        }
+    }
+
+    /// Writes the positions checkpoint of a box's store (see [`open_box`]). A failure is
+    /// logged, not returned: the checkpoint only helps a rebuild, and the store itself is
+    /// durable.
+    fn write_positions(&self) {
+        let Some(path) = &self.inner.positions else {
+            return;
+        };
+        let written = self
+            .all_offsets()
+            .and_then(|offsets| identity::write_positions(path, &offsets));
+        if let Err(e) = written {
+            tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                "Writing the consumer positions checkpoint failed; the previous one stays."
+            );
         }
     }
 

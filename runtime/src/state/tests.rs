@@ -294,7 +294,8 @@ fn a_newer_format_version_refuses_to_open_with_a_clear_error() {
     {
         let store = StateStore::open(dir.path()).unwrap();
         store
-            .inner
+            .trees()
+            .unwrap()
             .meta
             .insert(META_FORMAT_VERSION, &(FORMAT_VERSION + 1).to_be_bytes())
             .unwrap();
@@ -316,7 +317,8 @@ fn an_undecodable_offset_is_reported_as_corrupt_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let store = StateStore::open(dir.path()).unwrap();
     store
-        .inner
+        .trees()
+        .unwrap()
         .offsets
         .insert(keys::offset_key("c", "pos.payments"), &[1u8, 2, 3][..])
         .unwrap();

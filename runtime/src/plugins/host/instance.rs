@@ -440,20 +440,21 @@ impl Instance {
                 .map_err(|e| classify(&e, self.store.data_mut(), &self.settings, deadline_ms))
         });
         let data = self.store.data_mut();
+        // A host function failed during the call (the state store could not be read): whatever
+        // the guest made of it (an error return, a panic), the host is at fault, not the guest.
+        let host_failure = data.call.internal.take();
         let outcome = match result {
-            Ok(0) => match data.call.internal.take() {
-                None => {
-                    if !data.call.writes.is_empty() {
-                        data.batch.extend(data.call.writes.drain());
-                    }
-                    return Ok(());
+            _ if host_failure.is_some() => Err(CallFailure {
+                plugin: Arc::clone(&self.settings.plugin),
+                kind: FailureKind::HostUnavailable,
+                message: host_failure.unwrap_or_default(),
+            }),
+            Ok(0) => {
+                if !data.call.writes.is_empty() {
+                    data.batch.extend(data.call.writes.drain());
                 }
-                Some(why) => Err(CallFailure {
-                    plugin: Arc::clone(&self.settings.plugin),
-                    kind: FailureKind::Host,
-                    message: why,
-                }),
-            },
+                return Ok(());
+            }
             Ok(rc) => {
                 let memory_refused = std::mem::take(&mut data.limiter.memory_refused);
                 let mut message = match data.call.error.take() {
@@ -494,6 +495,12 @@ impl Instance {
     /// Whether successful calls left state writes that are not committed yet.
     pub fn has_pending_state(&self) -> bool {
         !self.store.data().batch.is_empty()
+    }
+
+    /// Forgets every committed state value read so far, so the next reads go to the state
+    /// store (after a host failure the store may hold older values than were read).
+    pub fn forget_committed(&mut self) {
+        self.store.data_mut().cache.clear();
     }
 
     /// Takes the batch's state writes as ops (one per key, its final value) for a commit.

@@ -271,13 +271,18 @@ pub enum FailureKind {
     Exit,
     /// `outpost_on_record` returned non-zero.
     Error,
-    /// The host failed (state store read, a bad pointer from `outpost_alloc`).
+    /// The host refused the guest's doing (a bad pointer from `outpost_alloc`, an input over
+    /// what wasm32 addresses).
     Host,
+    /// The host could not serve the call: the state store failed to read (I/O error, full
+    /// disk). Not the plugin's fault: the runner pauses and retries the record, never
+    /// dead-letters it.
+    HostUnavailable,
 }
 
 impl FailureKind {
     /// Every kind, for registering metrics.
-    pub const ALL: [FailureKind; 7] = [
+    pub const ALL: [FailureKind; 8] = [
         FailureKind::Trap,
         FailureKind::Deadline,
         FailureKind::OutOfMemory,
@@ -285,6 +290,7 @@ impl FailureKind {
         FailureKind::Exit,
         FailureKind::Error,
         FailureKind::Host,
+        FailureKind::HostUnavailable,
     ];
 
     /// The label value (`kind` of `outpost_plugin_failures_total`).
@@ -297,12 +303,16 @@ impl FailureKind {
             FailureKind::Exit => "exit",
             FailureKind::Error => "error",
             FailureKind::Host => "host",
+            FailureKind::HostUnavailable => "host_unavailable",
         }
     }
 
     /// Whether the instance must be rebuilt before the next call (its state may be broken).
     pub fn needs_restart(self) -> bool {
-        !matches!(self, FailureKind::Error | FailureKind::Host)
+        !matches!(
+            self,
+            FailureKind::Error | FailureKind::Host | FailureKind::HostUnavailable
+        )
     }
 }
 

@@ -107,6 +107,12 @@ pub(crate) struct StateCache {
 }
 
 impl StateCache {
+    /// Forgets every entry.
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+
     pub(crate) fn get(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
         self.map.get(key)
     }
