@@ -116,7 +116,7 @@ class LazyFS(fuse.Operations):
         self.root = os.path.realpath(backing)
         self.grave_dir = os.path.join(self.root, GRAVE)
         os.makedirs(self.grave_dir, exist_ok=True)
-        self.lock = threading.RLock()
+        self.mutex = threading.RLock()
         self.inodes = {}  # backing st_ino -> Inode
         self.paths = {}  # backing st_ino -> path inside the mount (for fault globs)
         self.fds = {}  # file handle -> (fd, st_ino)
@@ -246,7 +246,7 @@ class LazyFS(fuse.Operations):
     # -- directory entries ------------------------------------------------------------------
 
     def mkdir(self, path, mode):
-        with self.lock:
+        with self.mutex:
             self.alive()
             real = self.real(path)
             os.mkdir(real, mode)
@@ -256,7 +256,7 @@ class LazyFS(fuse.Operations):
         return 0
 
     def rmdir(self, path):
-        with self.lock:
+        with self.mutex:
             self.alive()
             real = self.real(path)
             if os.listdir(real):
@@ -267,7 +267,7 @@ class LazyFS(fuse.Operations):
         return 0
 
     def unlink(self, path):
-        with self.lock:
+        with self.mutex:
             self.alive()
             real = self.real(path)
             grave = self.bury(real)
@@ -276,7 +276,7 @@ class LazyFS(fuse.Operations):
         return 0
 
     def rename(self, old, new):
-        with self.lock:
+        with self.mutex:
             self.alive()
             real_old, real_new = self.real(old), self.real(new)
             if not os.path.lexists(real_old):
@@ -301,7 +301,7 @@ class LazyFS(fuse.Operations):
         return 0
 
     def fsyncdir(self, path, datasync, fh):
-        with self.lock:
+        with self.mutex:
             self.alive()
             self.counts["fsyncdirs"] += 1
             path = "/" + path.strip("/") if path.strip("/") else "/"
@@ -345,7 +345,7 @@ class LazyFS(fuse.Operations):
         return fh
 
     def create(self, path, mode, flags=0):
-        with self.lock:
+        with self.mutex:
             self.alive()
             try:
                 fh = self.open_fd(path, flags, create_mode=mode)
@@ -356,7 +356,7 @@ class LazyFS(fuse.Operations):
             return fh
 
     def open(self, path, flags):
-        with self.lock:
+        with self.mutex:
             self.alive()
             try:
                 return self.open_fd(path, flags)
@@ -368,7 +368,7 @@ class LazyFS(fuse.Operations):
         return os.pread(self.fds[fh][0], size, offset)
 
     def write(self, path, data, offset, fh):
-        with self.lock:
+        with self.mutex:
             self.alive()
             fd, ino = self.fds[fh]
             self.fault("write", ino)
@@ -385,7 +385,7 @@ class LazyFS(fuse.Operations):
         os.ftruncate(fd, length)
 
     def truncate(self, path, length, fh=None):
-        with self.lock:
+        with self.mutex:
             self.alive()
             if fh in self.fds:
                 fd, ino = self.fds[fh]
@@ -403,7 +403,7 @@ class LazyFS(fuse.Operations):
         # Only plain preallocation: it changes no content, only (maybe) the size.
         if mode != 0:
             raise fuse.FuseOSError(errno.EOPNOTSUPP)
-        with self.lock:
+        with self.mutex:
             self.alive()
             fd, ino = self.fds[fh]
             self.inode(ino, os.fstat(fd).st_size)
@@ -411,7 +411,7 @@ class LazyFS(fuse.Operations):
         return 0
 
     def fsync(self, path, datasync, fh):
-        with self.lock:
+        with self.mutex:
             self.alive()
             fd, ino = self.fds[fh]
             self.fault("fsync", ino)
@@ -425,7 +425,7 @@ class LazyFS(fuse.Operations):
         return 0
 
     def release(self, path, fh):
-        with self.lock:
+        with self.mutex:
             entry = self.fds.pop(fh, None)
             if entry is not None:
                 os.close(entry[0])
@@ -435,7 +435,7 @@ class LazyFS(fuse.Operations):
 
     def crash(self, torn_seed=None):
         """Undoes what was not durable; the file system is dead afterwards."""
-        with self.lock:
+        with self.mutex:
             rng = random.Random(torn_seed)
             self.crashed = True
             for fd, _ in list(self.fds.values()):
@@ -512,15 +512,15 @@ class LazyFS(fuse.Operations):
             if code is None:
                 return f"ERR unknown errno {words[3]!r}"
             count = int(words[4]) if len(words) == 5 else 1
-            with self.lock:
+            with self.mutex:
                 self.faults.append([words[1], words[2], code, count])
             return "OK"
         if verb == "clear":
-            with self.lock:
+            with self.mutex:
                 self.faults.clear()
             return "OK"
         if verb == "stats":
-            with self.lock:
+            with self.mutex:
                 dirty_files = sum(1 for n in self.inodes.values() if n.dirty)
                 dirty_pages = sum(len(n.dirty) for n in self.inodes.values())
                 c = self.counts
