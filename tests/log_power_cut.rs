@@ -328,6 +328,21 @@ fn plugin_state(dir: &Path) -> Result<(u64, u64), String> {
     Ok((offset, sales))
 }
 
+/// `next_offset` of `fraud.scores` and of `pos.payments` (`GET /topics`; 0 when absent).
+fn next_offsets(o: &Outpost) -> (u64, u64) {
+    let topics = http_get(o.http_port, "/topics")
+        .map(|(_, v)| v)
+        .unwrap_or(Value::Null);
+    let next = |name: &str| {
+        topics["topics"]
+            .as_array()
+            .and_then(|all| all.iter().find(|t| t["name"] == name))
+            .and_then(|t| t["next_offset"].as_u64())
+            .unwrap_or(0)
+    };
+    (next("fraud.scores"), next(TOPIC))
+}
+
 /// Checks `pos.payments` on the running box against everything acknowledged; returns the
 /// payment at each offset.
 fn verify_log(o: &Outpost, ledger: &Ledger, ts_ms: u64) -> Result<Vec<PaymentId>, String> {
@@ -336,7 +351,10 @@ fn verify_log(o: &Outpost, ledger: &Ledger, ts_ms: u64) -> Result<Vec<PaymentId>
     let mut next_seq: HashMap<(bool, u64, u64), u64> = HashMap::new();
     for (i, record) in records.iter().enumerate() {
         if record["offset"].as_u64() != Some(i as u64) {
-            return Err(format!("offset {} where {i} was expected", record["offset"]));
+            return Err(format!(
+                "offset {} where {i} was expected",
+                record["offset"]
+            ));
         }
         let value = &record["value"];
         let id = value["payment_id"]
@@ -349,7 +367,9 @@ fn verify_log(o: &Outpost, ledger: &Ledger, ts_ms: u64) -> Result<Vec<PaymentId>
                 id.text()
             ));
         }
-        let want = next_seq.entry((id.mqtt, id.cycle, id.producer)).or_insert(0);
+        let want = next_seq
+            .entry((id.mqtt, id.cycle, id.producer))
+            .or_insert(0);
         if id.seq != *want {
             return Err(format!(
                 "offset {i}: {} where its producer's seq {} was expected (a hole, a repeat or \
@@ -361,8 +381,11 @@ fn verify_log(o: &Outpost, ledger: &Ledger, ts_ms: u64) -> Result<Vec<PaymentId>
         *want += 1;
         at.push(id);
     }
-    let position: HashMap<PaymentId, u64> =
-        at.iter().enumerate().map(|(i, id)| (*id, i as u64)).collect();
+    let position: HashMap<PaymentId, u64> = at
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, i as u64))
+        .collect();
     let mut lost = Vec::new();
     for (id, offset) in &ledger.acked {
         match (position.get(id), offset) {
@@ -477,17 +500,28 @@ fn acknowledged_records_survive_hundreds_of_power_cuts() {
     let mut rng = Rng(seed);
     let mut ledger = Ledger::default();
     let (mut http_acks, mut mqtt_acks, mut torn_cuts) = (0usize, 0usize, 0);
+    let (mut lazyfs_fsyncs, mut state_cycles, mut max_plugin_offset) = (0u64, 0, 0u64);
     let (http_port, mqtt_port) = (free_port(), free_port());
     let started = Instant::now();
     let mut o = Outpost::start(&rig.data_dir, Some(&rig.config), http_port, mqtt_port);
     for cycle in 0..cycles {
-        let context = format!("cycle {cycle} of {cycles} (replay with OUTPOST_POWER_CUT_SEED={seed})");
+        let context =
+            format!("cycle {cycle} of {cycles} (replay with OUTPOST_POWER_CUT_SEED={seed})");
         wait_ready(&o);
-        // 0–2 s of load; one cycle in eight cuts the power right after start-up (recovery and
-        // the plugin catching up).
+        // One cycle in three first lets the plugin catch up with the log (so its state has
+        // been flushed and the state check has something to compare); one in eight cuts the
+        // power right after start-up (recovery and the plugin's catch-up); the others after
+        // 0.1–2.5 s of load.
+        if rng.below(3) == 0 {
+            let _ = wait_until(
+                Duration::from_secs(60),
+                || next_offsets(&o),
+                |(scores, payments)| scores >= payments,
+            );
+        }
         let load = match rng.below(8) {
             0 => Duration::ZERO,
-            _ => Duration::from_millis(100 + rng.below(1900)),
+            _ => Duration::from_millis(100 + rng.below(2400)),
         };
         let acks = load_then_kill(&mut o, &rig.python, cycle, ts_ms, load);
         http_acks += acks.http.len();
@@ -508,13 +542,14 @@ fn acknowledged_records_survive_hundreds_of_power_cuts() {
             .fs
             .crash(cut)
             .unwrap_or_else(|e| panic!("{context}: {e}"));
+        lazyfs_fsyncs += rig.fs.stat("fsyncs").unwrap_or(0);
         rig.fs
             .remount()
             .unwrap_or_else(|e| panic!("{context}: remounting: {e}"));
 
         // The state store, as the power cut left it, before the box touches it.
-        let (plugin_offset, sales) = plugin_state(&rig.data_dir.join("state"))
-            .unwrap_or_else(|e| panic!("{context}: {e}"));
+        let (plugin_offset, sales) =
+            plugin_state(&rig.data_dir.join("state")).unwrap_or_else(|e| panic!("{context}: {e}"));
         assert_eq!(
             sales, plugin_offset,
             "{context}: fraud-score's state counts {sales} sales but its committed offset on \
@@ -530,6 +565,8 @@ fn acknowledged_records_survive_hundreds_of_power_cuts() {
              log's end {}",
             at.len()
         );
+        state_cycles += usize::from(plugin_offset > 0);
+        max_plugin_offset = max_plugin_offset.max(plugin_offset);
         eprintln!(
             "{context}: {cut:?} after {load:?}: {dropped}; {} records, plugin at {plugin_offset}",
             at.len()
@@ -539,8 +576,10 @@ fn acknowledged_records_survive_hundreds_of_power_cuts() {
     o.terminate();
     eprintln!(
         "POWER-CUT RESULT: {cycles} cycles ({torn_cuts} torn), {http_acks} acknowledged HTTP \
-         records, {mqtt_acks} acknowledged MQTT records, {} records in the log, losses: 0, in \
-         {:.0} s (seed {seed})",
+         records, {mqtt_acks} acknowledged MQTT records, {} records in the log, losses: 0; \
+         plugin state matched a non-zero committed offset in {state_cycles} cycles (up to \
+         {max_plugin_offset}); {lazyfs_fsyncs} fsyncs seen by the file system; in {:.0} s \
+         (seed {seed})",
         ledger.verified.len(),
         started.elapsed().as_secs_f64()
     );
@@ -555,7 +594,13 @@ fn acknowledged_records_survive_hundreds_of_power_cuts() {
 // ---------------------------------------------------------------------------------------------
 
 /// Produces `count` payments (one per request) to `topic`; the acknowledged offsets.
-fn produce_some(port: u16, topic: &str, from: u64, count: u64, ts_ms: u64) -> Vec<(PaymentId, u64)> {
+fn produce_some(
+    port: u16,
+    topic: &str,
+    from: u64,
+    count: u64,
+    ts_ms: u64,
+) -> Vec<(PaymentId, u64)> {
     (from..from + count)
         .map(|seq| {
             let id = PaymentId {
@@ -645,7 +690,12 @@ fn a_failed_fsync_or_write_loses_nothing_acknowledged_and_the_box_keeps_answerin
     let write_topic = "faults.write";
     let before_write = produce_some(http_port, write_topic, 0, 5, ts_ms);
     rig.fs
-        .fail("write", &format!("data/log/{write_topic}/*.log"), "ENOSPC", 1)
+        .fail(
+            "write",
+            &format!("data/log/{write_topic}/*.log"),
+            "ENOSPC",
+            1,
+        )
         .expect("arm the write fault");
     let failed = post(http_port, write_topic, &body(5));
     assert!(

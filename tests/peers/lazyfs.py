@@ -169,6 +169,19 @@ class LazyFS(fuse.Operations):
         os.rename(real, grave)
         return grave
 
+    def forget(self, grave):
+        """Deletes a removal's grave for good once the removal is durable."""
+        try:
+            st = os.lstat(grave)
+        except FileNotFoundError:
+            return
+        if os.path.isdir(grave):
+            shutil.rmtree(grave, ignore_errors=True)
+        else:
+            self.inodes.pop(st.st_ino, None)
+            self.paths.pop(st.st_ino, None)
+            _remove(grave)
+
     def journal_change(self, change):
         self.journal.append(change)
 
@@ -318,8 +331,7 @@ class LazyFS(fuse.Operations):
                     change.made_dir is not None and change.made_dir in made)
                 if durable:
                     if change.grave is not None:
-                        shutil.rmtree(change.grave, ignore_errors=True) if os.path.isdir(
-                            change.grave) else _remove(change.grave)
+                        self.forget(change.grave)
                 else:
                     keep.append(change)
             self.journal = keep
@@ -336,7 +348,10 @@ class LazyFS(fuse.Operations):
         else:
             fd = os.open(real, os.O_RDWR | bare)
         st = os.fstat(fd)
-        node = self.inode(st.st_ino, 0 if create_mode is not None else st.st_size)
+        if create_mode is not None:
+            # A new file: its inode number may be that of a file removed earlier.
+            self.inodes[st.st_ino] = Inode(0)
+        node = self.inode(st.st_ino, st.st_size)
         self.paths[st.st_ino] = path.lstrip("/")
         fh = fd  # the backing descriptor doubles as the handle
         self.fds[fh] = (fd, st.st_ino)
@@ -541,13 +556,18 @@ def _remove(path):
         pass
 
 
-def serve_control(fs, sock_path, unmount):
-    """Answers control commands, one connection at a time, until `exit`."""
+def control_socket(sock_path):
+    """Binds the control socket (before the mount, so it answers once `MOUNTED` is out)."""
     if os.path.exists(sock_path):
         os.unlink(sock_path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(sock_path)
     server.listen(4)
+    return server
+
+
+def serve_control(fs, server, unmount):
+    """Answers control commands, one connection at a time, until `exit`."""
     while True:
         conn, _ = server.accept()
         with conn, conn.makefile("rw") as stream:
@@ -581,7 +601,8 @@ def main():
         # makes libfuse leave its loop and unmount.
         os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=serve_control, args=(fs, args.control, unmount), daemon=True).start()
+    server = control_socket(args.control)
+    threading.Thread(target=serve_control, args=(fs, server, unmount), daemon=True).start()
     fuse.FUSE(fs, mount, foreground=True, fsname="lazyfs", subtype="lazyfs")
     sys.exit(0)
 
