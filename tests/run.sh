@@ -49,6 +49,10 @@ command -v wasm-ld >/dev/null 2>&1 || need_pkgs+=(lld)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 [ -d /usr/include/wasm32-wasi ] || need_pkgs+=(wasi-libc)
+# Power-cut tests (tests/log_power_cut.rs): the FUSE file system tests/peers/lazyfs.py runs on
+# libfuse 3 (through mfusepy, in the venv below); fuse3 brings fusermount3 and /etc/fuse.conf.
+ldconfig -p 2>/dev/null | grep -c 'libfuse3\.so\.3' >/dev/null || need_pkgs+=(libfuse3-3)
+command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_pkgs[*]}"
   sudo_cmd=()
@@ -77,7 +81,7 @@ export OUTPOST_REQUIRE_GUESTS=1
 # Created here by the Modbus tests (pymodbus; pyserial for RTU over a pseudo terminal); other
 # peers add their packages to `py_pkgs`. pip only downloads what is missing.
 venv="$OUTPOST_CACHE_DIR/venv"
-py_pkgs=("pymodbus>=3.16,<4" "pyserial>=3.5" "confluent-kafka>=2.6,<3" "paho-mqtt>=2.1,<3" "asyncua>=1.1,<2")
+py_pkgs=("pymodbus>=3.16,<4" "pyserial>=3.5" "confluent-kafka>=2.6,<3" "paho-mqtt>=2.1,<3" "asyncua>=1.1,<2" "mfusepy>=3.1,<4")
 if [ ! -x "$venv/bin/python" ]; then
   if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     log "installing Debian package: python3-venv"

@@ -21,6 +21,7 @@ mod log_crash;
 mod log_disk_full;
 mod log_eviction;
 mod log_model;
+mod log_power_cut;
 mod mirror_plugin;
 mod modbus_pymodbus;
 mod modbus_simulated;

@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests: real peers (`peers`: mosquitto, certificates,
-//! `outpost run` as a child; `python`: the Python peers in `tests/peers/`; `kafka`: tansu),
-//! and waiting for a condition with a deadline (`wait`).
+//! `outpost run` as a child; `python`: the Python peers in `tests/peers/`; `kafka`: tansu;
+//! `lazyfs`: the power-cut FUSE file system), and waiting for a condition with a deadline
+//! (`wait`).
 
 pub mod kafka;
+pub mod lazyfs;
 pub mod peers;
 pub mod python;
 pub mod wait;

@@ -473,8 +473,13 @@ impl Outpost {
 
     /// Every record of a topic (none when it does not exist).
     pub fn records(&self, topic: &str) -> Vec<Value> {
+        self.records_from(topic, 0)
+    }
+
+    /// Every record of a topic from offset `from` on (none when it does not exist).
+    pub fn records_from(&self, topic: &str, from: u64) -> Vec<Value> {
         let mut out = Vec::new();
-        let mut offset = 0u64;
+        let mut offset = from;
         loop {
             let Some((code, page)) = http_get(
                 self.http_port,
