@@ -391,6 +391,69 @@ fn on_a_full_disk_produce_is_507_tail_still_reads_and_sigterm_exits_0() {
 }
 
 #[test]
+fn a_box_on_a_disk_with_0_bytes_free_starts_serves_what_it_holds_and_takes_records_once_space_returns(
+) {
+    let Some(small) = crate::log_disk_full::SmallFs::mount("96m") else {
+        return;
+    };
+    let config = small.mnt.join("outpost.toml");
+    std::fs::write(&config, "[log]\nmin_free_bytes = 0\n").unwrap();
+    let data = small.mnt.join("data");
+    let args = ["--config".as_ref(), config.as_os_str()];
+    {
+        let server = Server::start_with(&data, &args);
+        let produced = run_with_input(
+            &mut server.client(&["produce", "store.events"]),
+            "{\"before\":1}\n{\"before\":2}\n",
+        );
+        assert!(produced.status.success(), "{}", text(&produced.stderr));
+        assert_eq!(server.terminate().0, Some(0));
+    }
+    assert!(
+        data.join("ballast").is_file(),
+        "the first start reserved the ballast"
+    );
+    let filler = small.mnt.join("filler");
+    crate::log_disk_full::fill_with_ballast(&filler);
+    {
+        // To the last byte: 0 bytes free.
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&filler)
+            .unwrap();
+        while f.write_all(&[0xa5]).is_ok() {}
+    }
+
+    let server = Server::start_with(&data, &args);
+    assert!(
+        !data.join("ballast").exists(),
+        "the start released the ballast to open the state store"
+    );
+    let tail = server.client(&["tail", "store.events"]).output().unwrap();
+    assert_eq!(json_lines(&tail).len(), 2, "{}", text(&tail.stderr));
+    let pad = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(40_000));
+    let refused = run_with_input(&mut server.client(&["produce", "store.events"]), &pad);
+    assert!(
+        text(&refused.stderr).contains("507"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    // The log asks the kernel for free space at most once a second: appends resume by
+    // themselves within that.
+    let again = crate::common::wait::wait_until(
+        Duration::from_secs(20),
+        || run_with_input(&mut server.client(&["produce", "store.events"]), &pad),
+        |out| out.status.success(),
+    );
+    assert!(again.is_ok(), "appends did not resume once space returned");
+    let (code, stderr) = server.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
 fn tail_names_a_lost_range_on_stderr_and_goes_on_after_it() {
     use outpost::log::{FsyncPolicy, Log, LogConfig, NamedFsync, NewRecord, TopicConfig};
     let dir = tempfile::tempdir().unwrap();

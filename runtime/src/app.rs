@@ -146,7 +146,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Opens the state store (refusing a damaged one unless told to rebuild, see
-/// [`crate::state::open_box`]), resolves the identity, then opens the log.
+/// [`crate::state::open_box`]; on a full disk after releasing the ballast, see
+/// [`crate::state::ballast`]), resolves the identity, then opens the log and makes sure the
+/// ballast is in place.
 fn open_storage(
     data_dir: &Path,
     config: &Config,
@@ -160,8 +162,24 @@ fn open_storage(
         store_id: config.edge.store_id.clone(),
         rebuild: config.edge.rebuild_state,
     };
-    let opened = open_box(data_dir, &options)?;
-    let log = Log::open(&data_dir.join("log"), config.log.clone())?;
+    let no_space = |e: &StateError| {
+        matches!(e, StateError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+    };
+    let mut log_config = config.log.clone();
+    let opened = match open_box(data_dir, &options) {
+        Err(e) if no_space(&e) && crate::state::ballast::release(data_dir) => {
+            tracing::warn!(data_dir = %data_dir.display(), error = %e, "The disk is full: released the ballast so the state store can open. The box serves what it holds; appends are refused until space is freed.");
+            // The released space is the state store's: the log leaves it free.
+            log_config.min_free_bytes = log_config
+                .min_free_bytes
+                .max(crate::state::ballast::BALLAST_BYTES);
+            open_box(data_dir, &options)?
+        }
+        other => other?,
+    };
+    let log = Log::open(&data_dir.join("log"), log_config)?;
+    crate::state::ballast::ensure(data_dir);
     Ok((log, opened.store, opened.identity))
 }
 

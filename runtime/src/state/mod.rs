@@ -67,6 +67,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod ballast;
 mod files;
 mod identity;
 mod keys;
