@@ -555,6 +555,9 @@ fn kill_nine_during_a_drain_resumes_from_the_cursor_and_loses_nothing() {
     let names = ["pos.payments", "pos.baskets"];
     let broker = broker_with_topics(&tansu, &python, dir.path(), &names);
     let data = dir.path().join("data");
+    // The box's identity first, as a box that wrote this log would have it (a log with data
+    // and no state store is refused as damage).
+    drop(outpost::state::open_box(&data, &outpost::state::BoxOptions::default()).unwrap());
     {
         let log = Log::open(&data.join("log"), LogConfig::default()).unwrap();
         append_json(&log, "pos.payments", 0, 6_000);
