@@ -108,3 +108,33 @@ async fn a_busy_port_fails_start_before_touching_the_data_dir() {
     assert!(err.to_string().contains("cannot listen on"), "{err}");
     assert!(!dir.path().join("data").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_plugin_upload_gets_its_413_answer_not_a_broken_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::start(config_in(dir.path())).await.unwrap();
+    let addr = app.local_addr();
+    let size = 50 * 1024 * 1024;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /plugins HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {size}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..50 {
+        stream
+            .write_all(&chunk)
+            .await
+            .expect("the whole upload is read, not cut off with a broken pipe");
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers within 30 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("plugins.max_bundle_bytes"), "{answer}");
+    app.shutdown().await.unwrap();
+}

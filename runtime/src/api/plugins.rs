@@ -38,11 +38,11 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::produce::read_body;
-use super::{ApiError, ApiState};
+use super::ApiState;
 use crate::plugins::bundle::BundleError;
 use crate::plugins::manifest::name_problem;
 use crate::plugins::registry::{PluginEngine, PluginRegistry, Registry, RegistryError, WasmEngine};
+use http_body_util::BodyExt as _;
 
 /// Default and largest `lines` of `GET /plugins/{name}/logs`.
 pub const DEFAULT_LOG_LINES: usize = 100;
@@ -182,14 +182,61 @@ async fn bundle_body(
         None | Some("application/octet-stream") => {}
         Some(other) => return Err(PluginApiError::UnsupportedMediaType(other.to_string())),
     }
-    match read_body(headers, body, limit).await {
-        Ok(bytes) if bytes.is_empty() => Err(PluginApiError::BadRequest(
-            "the body is empty; send the bundle (.opb) as the body".into(),
-        )),
-        Ok(bytes) => Ok(bytes.to_vec()),
-        Err(ApiError::BodyTooLarge { .. }) => Err(PluginApiError::BodyTooLarge { limit }),
-        Err(e) => Err(PluginApiError::Body(e.to_string())),
+    let mut body = body;
+    let mut bytes: Vec<u8> = Vec::new();
+    let declared_too_large = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|len| len > limit as u64);
+    if !declared_too_large {
+        let mut over = false;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| PluginApiError::Body(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if bytes.len() + data.len() > limit {
+                over = true;
+                break;
+            }
+            bytes.extend_from_slice(&data);
+        }
+        if !over {
+            return if bytes.is_empty() {
+                Err(PluginApiError::BadRequest(
+                    "the body is empty; send the bundle (.opb) as the body".into(),
+                ))
+            } else {
+                Ok(bytes)
+            };
+        }
     }
+    drain(body).await;
+    Err(PluginApiError::BodyTooLarge { limit })
+}
+
+/// Bytes of a refused upload read and thrown away, at most, so that the client gets to read
+/// its 413 instead of a broken pipe.
+const DRAIN_MAX_BYTES: usize = 256 * 1024 * 1024;
+/// How long a refused upload is read and thrown away, at most.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads the rest of a refused body and discards it (bounded in bytes and time): a server that
+/// answers and closes while the client is still sending makes the client's kernel see a reset
+/// before it reads the answer.
+async fn drain(mut body: Body) {
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen > DRAIN_MAX_BYTES {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 async fn list<E: PluginEngine>(reg: Reg<E>) -> Result<Response, PluginApiError> {
