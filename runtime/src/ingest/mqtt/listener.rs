@@ -667,13 +667,10 @@ async fn copy_down(
             buf.drain(..whole);
         }
         buf.reserve(64 * 1024);
+        // The last packet first: when the listener refuses a publish it also stops writing
+        // to the broker, whose close must not win the race against the DISCONNECT.
         tokio::select! {
-            n = up_r.read_buf(&mut buf) => {
-                if n? == 0 {
-                    return Ok(());
-                }
-                quick_ack(up_r.as_ref());
-            }
+            biased;
             packet = &mut last, if waiting_for_last => match packet {
                 Ok(packet) => {
                     if let Some(packet) = packet {
@@ -685,6 +682,12 @@ async fn copy_down(
                 // The connection goes on: nothing will be sent.
                 Err(_) => waiting_for_last = false,
             },
+            n = up_r.read_buf(&mut buf) => {
+                if n? == 0 {
+                    return Ok(());
+                }
+                quick_ack(up_r.as_ref());
+            }
         }
     }
 }
