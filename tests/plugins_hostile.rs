@@ -93,6 +93,15 @@ impl Env {
     }
 
     fn try_start(&self, wasm: &[u8], manifest: &str) -> Result<RunnerHandle, PluginError> {
+        self.try_start_with(wasm, manifest, RunnerConfig::default())
+    }
+
+    fn try_start_with(
+        &self,
+        wasm: &[u8],
+        manifest: &str,
+        cfg: RunnerConfig,
+    ) -> Result<RunnerHandle, PluginError> {
         let manifest = Manifest::parse(manifest).unwrap();
         let module = self.host.compile_named(&manifest.name, wasm)?;
         RunnerHandle::start(
@@ -101,7 +110,7 @@ impl Env {
             module,
             self.log.clone(),
             self.state.clone(),
-            RunnerConfig::default(),
+            cfg,
         )
     }
 
@@ -915,61 +924,171 @@ fn plugin_output_flood_is_rate_limited_in_its_log() {
 // ---------------------------------------------------------------------------------------------
 // Runner: quarantine, dead letters, delivery
 
+/// Waits until `runner` is quarantined and returns the status seen then.
+fn quarantined(runner: &RunnerHandle) -> outpost::plugins::runner::PluginStatus {
+    let mut seen = None;
+    eventually("the plugin is quarantined", || {
+        let status = runner.status();
+        let done = status.state == RunState::Quarantined;
+        seen = Some(status);
+        done
+    });
+    seen.unwrap()
+}
+
 #[test]
-fn plugin_is_quarantined_after_consecutive_failures() {
-    // The `failing` fixture under a name of its own: its gauge in the process-wide metrics
-    // is not reset by another test starting a `failing` plugin meanwhile.
+fn plugin_is_quarantined_after_failures_of_its_own_and_comes_back_by_itself() {
+    // The `panic` fixture under a name of its own: its series in the process-wide metrics are
+    // not touched by another test starting a `panicky` plugin meanwhile.
     let env = Env::new();
     let echo = env.start(wat!("echo").as_bytes(), ECHO);
-    let failing = env.start(wat!("failing").as_bytes(), &manifest("quarantined", ""));
+    let cfg = RunnerConfig {
+        quarantine_backoff_ms: 1500,
+        ..RunnerConfig::default()
+    };
+    let failing = env
+        .try_start_with(wat!("panic").as_bytes(), &manifest("quarantined", ""), cfg)
+        .unwrap();
     let values: Vec<Vec<u8>> = (0..8).map(|i| format!("r{i}").into_bytes()).collect();
     let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
     env.produce("quarantined.in", &refs);
-    eventually("the plugin is quarantined", || failing.is_finished());
-    let status = failing.status();
-    assert_eq!(status.state, RunState::Quarantined, "{status:?}");
+    let status = quarantined(&failing);
     assert_eq!((status.failed, status.consecutive_failures), (5, 5));
+    assert_eq!(status.quarantines, 1);
+    assert!(status.retry_at_ms.is_some(), "{status:?}");
     let error = status.last_error.unwrap();
     assert!(
         error.contains("quarantined after 5 consecutive failures"),
         "{error}"
     );
-    assert!(
-        error.contains("nope: this plugin refuses every record"),
-        "{error}"
-    );
+    assert!(error.contains("plugin panicked: boom"), "{error}");
     // Offsets are committed up to the last handled record, no further.
-    assert_eq!(
-        env.state
-            .offset("plugin:quarantined", "quarantined.in")
-            .unwrap(),
-        Some(5)
-    );
     assert_eq!(status.offsets, vec![("quarantined.in".to_string(), 5)]);
-    assert_eq!(status.lag, vec![("quarantined.in".to_string(), 3)]);
-    assert_eq!(env.records("quarantined.dlq").len(), 5);
-    let metrics = outpost::metrics::global().render();
-    assert!(
-        metrics.contains("outpost_plugin_quarantined{plugin=\"quarantined\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("outpost_plugin_failures_total{plugin=\"quarantined\",kind=\"error\"}"),
-        "{metrics}"
-    );
     assert!(failing
         .logs(100)
         .iter()
         .any(|l| l.message.contains("quarantined")));
     assert_echo_unharmed(&env, &echo);
 
-    // Started again (an upgrade or a restart of the box), it resumes after the last handled
-    // record: the three remaining records fail, but not five in a row yet.
-    let again = env.start(wat!("failing").as_bytes(), &manifest("quarantined", ""));
-    eventually("the rest is handled", || again.status().processed == 3);
-    assert_eq!(again.status().state, RunState::Running);
+    // After its back-off it comes back on its own and resumes after the last handled record:
+    // the three remaining records fail, but not five in a row.
+    eventually("the rest is handled", || failing.status().processed == 8);
+    let status = failing.status();
+    assert_eq!(status.state, RunState::Running, "{status:?}");
+    assert_eq!((status.quarantines, status.retry_at_ms), (1, None));
     assert_eq!(env.records("quarantined.dlq").len(), 8);
-    again.stop_blocking();
+    assert_eq!(
+        env.state
+            .offset("plugin:quarantined", "quarantined.in")
+            .unwrap(),
+        Some(8)
+    );
+    let metrics = outpost::metrics::global().render();
+    for series in [
+        "outpost_plugin_quarantines_total{plugin=\"quarantined\"} 1",
+        "outpost_plugin_quarantined{plugin=\"quarantined\"} 0",
+        "outpost_plugin_failures_total{plugin=\"quarantined\",kind=\"trap\"} 8",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    assert!(failing
+        .logs(100)
+        .iter()
+        .any(|l| l.message.contains("runs again")));
+    failing.stop_blocking();
+}
+
+#[test]
+fn records_a_plugin_rejects_are_dead_lettered_and_never_quarantine_it() {
+    let env = Env::new();
+    let rejecting = env.start(wat!("failing").as_bytes(), &manifest("rejecting", ""));
+    let values: Vec<Vec<u8>> = (0..20).map(|i| format!("bad {i}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+    env.produce("rejecting.in", &refs);
+    env.wait_records("rejecting.dlq", 20);
+    eventually("all 20 are counted", || rejecting.status().processed == 20);
+    let status = rejecting.status();
+    assert_eq!(status.state, RunState::Running, "{status:?}");
+    assert_eq!(
+        (status.rejected, status.failed, status.consecutive_failures),
+        (20, 20, 0)
+    );
+    assert_eq!(status.quarantines, 0);
+    rejecting.stop_blocking();
+}
+
+#[test]
+fn malformed_payments_do_not_switch_fraud_scoring_off() {
+    let bundled = outpost::plugins::registry::embedded()
+        .iter()
+        .find(|p| p.name == "fraud-score")
+        .expect("fraud-score is bundled");
+    let env = Env::new();
+    let fraud = env.start(bundled.wasm, bundled.manifest);
+    let payments = env.log.topic_or_create("pos.payments").unwrap();
+    let garbage: Vec<NewRecord> = (0..8)
+        .map(|_| NewRecord {
+            value: b"{}".to_vec(),
+            ..NewRecord::default()
+        })
+        .collect();
+    payments.append(garbage).unwrap();
+    let payment = serde_json::json!({
+        "payment_id": "p-1", "ts_ms": 1_700_000_000_000u64, "store_id": "s-1",
+        "terminal_id": "t-1", "card_id": "c-1", "amount": 12.5, "currency": "EUR",
+        "channel": "card_present", "kind": "sale"
+    });
+    payments
+        .append(vec![NewRecord {
+            key: Some(b"c-1".to_vec()),
+            value: serde_json::to_vec(&payment).unwrap(),
+            ..NewRecord::default()
+        }])
+        .unwrap();
+    let out = env.wait_records("fraud.scores", 1);
+    let score: serde_json::Value = serde_json::from_slice(&out[0].value).unwrap();
+    assert_eq!(score["payment_id"], "p-1", "{score}");
+    assert_eq!(env.records("fraud-score.dlq").len(), 8);
+    let status = fraud.status();
+    assert_eq!(status.state, RunState::Running, "{status:?}");
+    assert_eq!(status.rejected, 8, "{status:?}");
+}
+
+#[test]
+fn a_plugin_over_its_output_quota_per_second_is_quarantined_with_the_reason() {
+    let env = Env::new();
+    let chatty = format!("{ECHO}\n[limits]\noutput_records_per_sec = 10\n");
+    let echo = env.start(wat!("echo").as_bytes(), &chatty);
+    assert_eq!(echo.status().output_records_per_sec, 10);
+    let values: Vec<Vec<u8>> = (0..50).map(|i| format!("r{i}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+    env.produce("echo.in", &refs);
+    let status = quarantined(&echo);
+    let reason = status.last_error.clone().unwrap_or_default();
+    assert!(
+        reason.contains("output quota")
+            && reason.contains("limit 10 (`limits.output_records_per_sec`)"),
+        "{reason}"
+    );
+    // The record that crossed the quota is the last one kept; nothing after it was emitted.
+    assert!(status.emitted > 10 && status.emitted < 50, "{status:?}");
+    assert_eq!(env.records("echo.out").len() as u64, status.emitted);
+    assert_eq!(status.failed, 0, "{status:?}");
+    echo.stop_blocking();
+}
+
+#[test]
+fn an_emit_over_the_plugins_per_input_output_quota_is_refused() {
+    let env = Env::new();
+    // Key `key` + value: 7 bytes for "four", 19 for the second.
+    let small = format!("{ECHO}\n[limits]\noutput_bytes_per_input = 7\n");
+    let _echo = env.start(wat!("echo").as_bytes(), &small);
+    env.produce("echo.in", &[b"four", b"longer than four"]);
+    let out = env.wait_records("echo.out", 1);
+    assert_eq!(out[0].value, b"four");
+    let dead = env.wait_records("echo.dlq", 1);
+    let error = header(&dead[0], HEADER_ERROR).unwrap();
+    assert!(error.contains("output_bytes_per_input"), "{error}");
 }
 
 #[test]

@@ -341,6 +341,7 @@ impl App {
             spawn_component(&mut components, "mirror", fut);
         }
         if let Some(registry) = plugins {
+            registry.set_source_topics(source_topics(&config));
             components.spawn(run_plugins(registry, ctx.shutdown.clone()));
         }
         // Demo traffic (`run --simulate`): POS events over the box's own MQTT listener.
@@ -510,6 +511,42 @@ async fn add_simulated_fridge(config: &mut Config) -> Result<(), AppError> {
         "The simulated fridge joins the Modbus devices.");
     config.modbus.devices.push(device);
     Ok(())
+}
+
+/// The store's device topics of `shared/CONTRACTS.md`: what tills, scanners, carts, stock
+/// systems and sensors publish. No plugin writes them without a grant.
+pub const DEVICE_TOPICS: &[&str] = &[
+    "pos.payments",
+    "pos.baskets",
+    "loyalty.scans",
+    "cart.events",
+    "inventory.updates",
+    "ref.blocklist",
+    "sensors.*",
+];
+
+/// The topics sources feed on this box (names or `prefix*` patterns): the device topics and
+/// every configured Modbus device's, OPC-UA server's and mirrored topic.
+fn source_topics(config: &Config) -> Vec<String> {
+    let mut topics: Vec<String> = DEVICE_TOPICS.iter().map(|t| t.to_string()).collect();
+    for device in &config.modbus.devices {
+        topics.push(
+            device
+                .topic
+                .clone()
+                .unwrap_or_else(|| format!("sensors.{}", device.name)),
+        );
+    }
+    for server in &config.opcua.servers {
+        topics.push(
+            server
+                .topic
+                .clone()
+                .unwrap_or_else(|| format!("opcua.{}", server.name)),
+        );
+    }
+    topics.extend(config.mirror.topics.iter().map(|t| t.local.clone()));
+    topics
 }
 
 /// Installs the bundled plugins on first run and starts every installed plugin; stops them all

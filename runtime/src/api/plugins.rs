@@ -91,6 +91,8 @@ impl PluginApiError {
                 RegistryError::NotInstalled(_) => (StatusCode::NOT_FOUND, 40410),
                 RegistryError::AlreadyInstalled(_) => (StatusCode::CONFLICT, 40910),
                 RegistryError::OverBudget { .. } => (StatusCode::CONFLICT, 40911),
+                RegistryError::Cycle { .. } => (StatusCode::CONFLICT, 40912),
+                RegistryError::OutputTaken { .. } => (StatusCode::CONFLICT, 40913),
                 RegistryError::Compile { .. }
                 | RegistryError::Init { .. }
                 | RegistryError::NameMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42210),

@@ -863,7 +863,14 @@ pub fn measure(args: &PluginBenchArgs) -> Result<PluginBenchReport, PluginBenchE
         .map(|(_, r)| r.clone())
         .collect();
 
-    let mut runner_cfg = RunnerConfig::default();
+    // The benchmark measures how fast the runner can go: no output quota.
+    let mut runner_cfg = RunnerConfig {
+        default_output_records_per_sec: u64::MAX,
+        max_output_records_per_sec: u64::MAX,
+        default_output_bytes_per_sec: u64::MAX,
+        max_output_bytes_per_sec: u64::MAX,
+        ..RunnerConfig::default()
+    };
     if let Some(n) = args.batch_records {
         runner_cfg.batch_records = n;
     }

@@ -14,10 +14,21 @@
 //! [config]                      # any table; handed to `outpost_init` as JSON
 //! alert_threshold = 70
 //!
-//! [limits]                      # optional; the box config caps both
+//! [limits]                      # optional; the box config caps each
 //! memory_mib = 32
 //! deadline_ms = 100
+//! output_records_per_input = 16     # emits of one call (ABI maximum 1024)
+//! output_bytes_per_input = 65536    # bytes emitted by one call (ABI maximum 8 MiB)
+//! output_records_per_sec = 5000     # emitted records per second, over the last second
+//! output_bytes_per_sec = 1048576    # emitted bytes per second
 //! ```
+//!
+//! Outputs are the plugin's to write, and only some topics can be: names starting with
+//! `outpost.` belong to the box (`outpost.gaps`, `outpost.audit`, …) and names ending in `.dlq`
+//! are dead-letter topics, which only the host writes; a manifest naming one as an output is
+//! refused. An output that is also an (exact) input would feed the plugin its own records
+//! forever and is refused too. Which outputs another plugin or a source already writes is the
+//! registry's check (it sees every plugin), not the manifest's.
 //!
 //! An input ending in `*` is a prefix pattern, as in `[log.topics]`: `sensors.*` matches every
 //! topic whose name starts with `sensors.` (see [`Manifest::input_matches`]). [`Manifest::parse`]
@@ -89,6 +100,26 @@ pub struct ManifestLimits {
     pub memory_mib: Option<u64>,
     /// CPU deadline per call in milliseconds.
     pub deadline_ms: Option<u64>,
+    /// Most records one call (one input record) may emit; more are refused (`TOO_LARGE`).
+    pub output_records_per_input: Option<u64>,
+    /// Most bytes (key + value + header block) one call may emit; more are refused.
+    pub output_bytes_per_input: Option<u64>,
+    /// Most records the plugin may emit within one second; past it the plugin is quarantined.
+    pub output_records_per_sec: Option<u64>,
+    /// Most bytes the plugin may emit within one second; past it the plugin is quarantined.
+    pub output_bytes_per_sec: Option<u64>,
+}
+
+/// Whether `topic` is reserved for the box: the `outpost.*` namespace and every dead-letter
+/// topic (`*.dlq`). No plugin may declare one as an output.
+pub fn reserved_topic(topic: &str) -> Option<&'static str> {
+    if topic.starts_with("outpost.") {
+        Some("topics named `outpost.*` belong to the box")
+    } else if topic.ends_with(".dlq") {
+        Some("topics named `*.dlq` are dead-letter topics, which only the host writes")
+    } else {
+        None
+    }
 }
 
 impl Manifest {
@@ -160,13 +191,23 @@ impl Manifest {
                     ),
                 ));
             }
-            if self.input_matches(output) {
-                tracing::warn!(
-                    plugin = %self.name,
-                    topic = %output,
-                    "The plugin reads the topic it writes to; make sure it cannot loop forever."
-                );
+            if let Some(why) = reserved_topic(output) {
+                return Err(invalid(
+                    key,
+                    format!("{output:?} cannot be a plugin's output: {why}"),
+                ));
             }
+            if self.inputs.contains(output) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{output:?} is also an input: the plugin would read its own records \
+                         forever; write to another topic"
+                    ),
+                ));
+            }
+            // An output matched by one of the plugin's own `prefix*` inputs is fine: the
+            // runner never feeds a plugin its own outputs through a pattern.
         }
         if self.inputs.contains(&dlq) {
             return Err(invalid(
@@ -177,6 +218,22 @@ impl Manifest {
         for (key, value) in [
             ("limits.memory_mib", self.limits.memory_mib),
             ("limits.deadline_ms", self.limits.deadline_ms),
+            (
+                "limits.output_records_per_input",
+                self.limits.output_records_per_input,
+            ),
+            (
+                "limits.output_bytes_per_input",
+                self.limits.output_bytes_per_input,
+            ),
+            (
+                "limits.output_records_per_sec",
+                self.limits.output_records_per_sec,
+            ),
+            (
+                "limits.output_bytes_per_sec",
+                self.limits.output_bytes_per_sec,
+            ),
         ] {
             if value == Some(0) {
                 return Err(invalid(
@@ -354,6 +411,55 @@ deadline_ms = 100
         assert!(!m.input_matches("sensor.1m"));
         assert!(m.may_emit_to("fraud.alerts"));
         assert!(!m.may_emit_to("pos.payments"));
+    }
+
+    #[test]
+    fn box_topics_dead_letter_topics_and_own_inputs_cannot_be_outputs() {
+        for (output, says) in [
+            ("outpost.gaps", "belong to the box"),
+            ("outpost.audit", "belong to the box"),
+            ("other-plugin.dlq", "dead-letter topics"),
+            ("pos.payments", "also an input"),
+        ] {
+            let text = with(
+                "[\"fraud.scores\", \"fraud.alerts\"]",
+                &format!("[\"fraud.scores\", \"{output}\"]"),
+            );
+            let err = Manifest::parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("`outputs[1]`") && err.contains(says),
+                "{output}: {err}"
+            );
+        }
+        // A `prefix*` input may match an output: the runner never feeds a plugin its own
+        // outputs through a pattern.
+        let m = Manifest::parse(&with(
+            "[\"fraud.scores\", \"fraud.alerts\"]",
+            "[\"sensors.derived\"]",
+        ))
+        .unwrap();
+        assert!(m.input_matches("sensors.derived"));
+    }
+
+    #[test]
+    fn output_quotas_are_read_from_the_limits_table() {
+        let m = Manifest::parse(&with(
+            "deadline_ms = 100",
+            "deadline_ms = 100\noutput_records_per_input = 4\noutput_bytes_per_input = 4096\n\
+             output_records_per_sec = 100\noutput_bytes_per_sec = 65536",
+        ))
+        .unwrap();
+        assert_eq!(m.limits.output_records_per_input, Some(4));
+        assert_eq!(m.limits.output_bytes_per_input, Some(4096));
+        assert_eq!(m.limits.output_records_per_sec, Some(100));
+        assert_eq!(m.limits.output_bytes_per_sec, Some(65536));
+        assert_eq!(
+            error_key(&with(
+                "deadline_ms = 100",
+                "deadline_ms = 100\noutput_records_per_sec = 0"
+            )),
+            "limits.output_records_per_sec"
+        );
     }
 
     #[test]

@@ -31,6 +31,12 @@
 //! `outpost-source-offset`. After a trap the instance is rebuilt (fresh store, init again)
 //! before the next record. Processing moves on.
 //!
+//! A non-zero return is the plugin *rejecting* the record (malformed input, a value it cannot
+//! use): that is the input's fault, not the plugin's, so it is dead-lettered and counted as
+//! `rejected` but never moves the plugin towards quarantine — five garbage payments cannot
+//! switch fraud scoring off. The plugin's own failures (traps, deadlines, out of memory, stack
+//! overflow, `proc_exit`, abuse of the host calls) do.
+//!
 //! After the batch: each output topic's records are appended with one append per topic (the
 //! dead letters likewise), every output record carrying `outpost-plugin: <name>`,
 //! `outpost-source-topic` and `outpost-source-offset` of the input it came from; output topics
@@ -68,20 +74,29 @@
 //! `outpost_plugin_paused{plugin}` is 1; both clear after the next batch that commits.
 //!
 //! # Quarantine
-//! `max_consecutive_failures` failed records in a row (default 5) quarantine the plugin: the
-//! batch is flushed and committed up to and including the last failed record, the thread
-//! stops, the status says `quarantined` with the last error, and
-//! `outpost_plugin_quarantined{plugin}` is 1. When rebuilding the instance after a trap fails
-//! (its init now fails) the plugin stops as `failed`, likewise after committing what it did.
-//! Other plugins and ingestion are not affected: each plugin has its
-//! own thread, store and limits. Quarantine lasts until the plugin is started again (upgrade or
-//! restart of the box).
+//! The plugin is quarantined when
+//! - `max_consecutive_failures` of its own failures come in a row (default 5; rejections
+//!   neither count nor break the row), or
+//! - it emits more than its output quota within one second (`output_records_per_sec`,
+//!   `output_bytes_per_sec`: the manifest's `[limits]`, capped by the box; the quota is checked
+//!   after each record, so the record that crosses it is the last one kept).
+//!
+//! The batch is flushed and committed up to and including the last handled record, the status
+//! says `quarantined` with the reason, `outpost_plugin_quarantined{plugin}` is 1 and
+//! `outpost_plugin_quarantines_total{plugin}` counts it. The plugin then sits out a back-off
+//! (`quarantine_backoff_ms`, doubling on each quarantine that follows without a clean batch in
+//! between, up to `max_quarantine_backoff_ms`; `retry_at_ms` in the status says when) and comes
+//! back by itself on a fresh instance, resuming after the records it already handled. A stop
+//! request ends the wait at once. When rebuilding the instance after a trap fails (its init now
+//! fails) the plugin stops as `failed`, likewise after committing what it did. Other plugins and
+//! ingestion are not affected: each plugin has its own thread, store and limits.
 //!
 //! # Metrics
 //! `outpost_plugin_records_total{plugin}`, `outpost_plugin_failures_total{plugin,kind}`,
 //! `outpost_plugin_dead_letters_total{plugin}`, `outpost_plugin_emitted_total{plugin}`,
-//! `outpost_plugin_call_seconds_total{plugin}` (time spent in guest calls) and
-//! `outpost_plugin_quarantined{plugin}`.
+//! `outpost_plugin_call_seconds_total{plugin}` (time spent in guest calls),
+//! `outpost_plugin_rejected_total{plugin}`, `outpost_plugin_quarantined{plugin}` and
+//! `outpost_plugin_quarantines_total{plugin}`.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -127,6 +142,18 @@ pub struct RunnerConfig {
     pub idle_wait_ms: u64,
     /// Longest back-off after a failed read, append or commit, in ms.
     pub max_backoff_ms: u64,
+    /// Records a plugin whose manifest does not say may emit within one second.
+    pub default_output_records_per_sec: u64,
+    /// Most records any plugin may emit within one second (caps the manifest).
+    pub max_output_records_per_sec: u64,
+    /// Bytes a plugin whose manifest does not say may emit within one second.
+    pub default_output_bytes_per_sec: u64,
+    /// Most bytes any plugin may emit within one second (caps the manifest).
+    pub max_output_bytes_per_sec: u64,
+    /// How long a quarantined plugin waits before it comes back by itself, in ms.
+    pub quarantine_backoff_ms: u64,
+    /// Longest such wait (it doubles on each quarantine without a clean batch between), in ms.
+    pub max_quarantine_backoff_ms: u64,
 }
 
 impl Default for RunnerConfig {
@@ -139,7 +166,37 @@ impl Default for RunnerConfig {
             max_batch_ms: 100,
             idle_wait_ms: 1000,
             max_backoff_ms: 5000,
+            default_output_records_per_sec: DEFAULT_OUTPUT_RECORDS_PER_SEC,
+            max_output_records_per_sec: DEFAULT_OUTPUT_RECORDS_PER_SEC,
+            default_output_bytes_per_sec: DEFAULT_OUTPUT_BYTES_PER_SEC,
+            max_output_bytes_per_sec: DEFAULT_OUTPUT_BYTES_PER_SEC,
+            quarantine_backoff_ms: 60_000,
+            max_quarantine_backoff_ms: 3_600_000,
         }
+    }
+}
+
+/// Records a plugin may emit per second unless its manifest asks for less or the box config
+/// says otherwise.
+pub const DEFAULT_OUTPUT_RECORDS_PER_SEC: u64 = 100_000;
+/// Bytes a plugin may emit per second unless its manifest asks for less or the box config says
+/// otherwise.
+pub const DEFAULT_OUTPUT_BYTES_PER_SEC: u64 = 64 * 1024 * 1024;
+
+impl RunnerConfig {
+    /// The per-second output quota (records, bytes) of a plugin with `manifest`.
+    pub fn output_quota(&self, manifest: &Manifest) -> (u64, u64) {
+        let limits = &manifest.limits;
+        (
+            limits
+                .output_records_per_sec
+                .unwrap_or(self.default_output_records_per_sec)
+                .min(self.max_output_records_per_sec),
+            limits
+                .output_bytes_per_sec
+                .unwrap_or(self.default_output_bytes_per_sec)
+                .min(self.max_output_bytes_per_sec),
+        )
     }
 }
 
@@ -242,8 +299,15 @@ pub struct PluginStatus {
     pub last_error: Option<String>,
     /// Input records handled (successfully or not) since start.
     pub processed: u64,
-    /// Input records the guest failed on since start.
+    /// Input records the guest failed on since start (rejections included).
     pub failed: u64,
+    /// Of those, the records the guest rejected (non-zero return): dead-lettered, never a step
+    /// towards quarantine.
+    pub rejected: u64,
+    /// Times the plugin was quarantined since start (it comes back by itself).
+    pub quarantines: u64,
+    /// While quarantined: when it comes back, epoch ms.
+    pub retry_at_ms: Option<u64>,
     /// Records appended to `<name>.dlq` since start.
     pub dead_lettered: u64,
     /// Records emitted to output topics since start.
@@ -262,6 +326,9 @@ pub struct PluginStatus {
     /// Memory and CPU limits in force.
     pub memory_mib: u64,
     pub deadline_ms: u64,
+    /// Output quota in force: records and bytes per second.
+    pub output_records_per_sec: u64,
+    pub output_bytes_per_sec: u64,
 }
 
 #[derive(Debug)]
@@ -270,6 +337,9 @@ struct Counters {
     last_error: Option<String>,
     processed: u64,
     failed: u64,
+    rejected: u64,
+    quarantines: u64,
+    retry_at_ms: Option<u64>,
     dead_lettered: u64,
     emitted: u64,
     consecutive_failures: u32,
@@ -285,6 +355,8 @@ struct Metrics {
     emitted: Counter,
     call_seconds: Gauge,
     quarantined: Gauge,
+    quarantines: Counter,
+    rejected: Counter,
     paused: Gauge,
 }
 
@@ -326,7 +398,19 @@ impl Metrics {
             ),
             quarantined: r.gauge(
                 "outpost_plugin_quarantined",
-                "1 while a plugin is quarantined after too many consecutive failures.",
+                "1 while a plugin is quarantined (too many failures in a row, or over its output \
+                 quota); it comes back by itself after a back-off.",
+                &labels,
+            ),
+            quarantines: r.counter(
+                "outpost_plugin_quarantines_total",
+                "Times a plugin was quarantined.",
+                &labels,
+            ),
+            rejected: r.counter(
+                "outpost_plugin_rejected_total",
+                "Input records a plugin rejected (non-zero return): dead-lettered, not counted \
+                 towards quarantine.",
                 &labels,
             ),
             paused: r.gauge(
@@ -345,6 +429,7 @@ struct Shared {
     version: String,
     memory_mib: u64,
     deadline_ms: u64,
+    output_quota: (u64, u64),
     counters: Mutex<Counters>,
     /// Per input: the topic and the committed next offset.
     positions: Mutex<Vec<(Topic, u64)>>,
@@ -452,6 +537,13 @@ struct Worker {
     /// The state store's generation the cached offsets and state belong to.
     state_generation: u64,
     runtime: tokio::runtime::Runtime,
+    /// The output quota's current one-second window: when it started, records and bytes
+    /// emitted in it.
+    rate_window: Instant,
+    rate_records: u64,
+    rate_bytes: u64,
+    /// The next quarantine's back-off, in ms.
+    quarantine_backoff_ms: u64,
 }
 
 /// The provenance headers of a record derived from `topic`@`offset`.
@@ -617,6 +709,7 @@ impl RunnerHandle {
         let dlq = log.topic_or_create(&dlq_name)?;
         let metrics = Metrics::new(&name);
         metrics.quarantined.set(0.0);
+        let output_quota = cfg.output_quota(&manifest);
         let (done_tx, _) = tokio::sync::watch::channel(false);
         let (stop, stopping) = Shutdown::new();
         let shared = Arc::new(Shared {
@@ -624,11 +717,15 @@ impl RunnerHandle {
             version: manifest.version.clone(),
             memory_mib: instance.memory_mib(),
             deadline_ms: instance.deadline_ms(),
+            output_quota,
             counters: Mutex::new(Counters {
                 state: RunState::Running,
                 last_error: None,
                 processed: 0,
                 failed: 0,
+                rejected: 0,
+                quarantines: 0,
+                retry_at_ms: None,
                 dead_lettered: 0,
                 emitted: 0,
                 consecutive_failures: 0,
@@ -664,11 +761,15 @@ impl RunnerHandle {
             inputs,
             outputs,
             dlq,
-            cfg,
             max_record_bytes: host.config().max_record_bytes,
             round_robin: 0,
             avg_record_bytes: 512.0,
             runtime,
+            rate_window: Instant::now(),
+            rate_records: 0,
+            rate_bytes: 0,
+            quarantine_backoff_ms: cfg.quarantine_backoff_ms.max(1),
+            cfg,
         };
         std::thread::Builder::new()
             .name(format!("plugin-{name}"))
@@ -708,6 +809,9 @@ impl RunnerHandle {
             last_error: c.last_error.clone(),
             processed: handled,
             failed: c.failed,
+            rejected: c.rejected,
+            quarantines: c.quarantines,
+            retry_at_ms: c.retry_at_ms,
             dead_lettered: c.dead_lettered,
             emitted: c.emitted,
             consecutive_failures: c.consecutive_failures,
@@ -721,6 +825,8 @@ impl RunnerHandle {
             },
             memory_mib: s.memory_mib,
             deadline_ms: s.deadline_ms,
+            output_records_per_sec: s.output_quota.0,
+            output_bytes_per_sec: s.output_quota.1,
         }
     }
 
@@ -802,6 +908,12 @@ impl Worker {
                     backoff_ms = 0;
                     self.shared.set_paused(None);
                 }
+                Step::Ended(RunState::Quarantined) => {
+                    if let Some(state) = self.sit_out_quarantine() {
+                        return state;
+                    }
+                    backoff_ms = 0;
+                }
                 Step::Ended(state) => return state,
                 Step::HostError(error) => {
                     let message = error.to_string();
@@ -826,6 +938,81 @@ impl Worker {
                     self.pause(Duration::from_millis(backoff_ms));
                 }
             }
+        }
+    }
+
+    /// Waits out a quarantine's back-off, then brings the plugin back on a fresh instance.
+    /// Returns the state to end in when it must not come back (a stop request).
+    fn sit_out_quarantine(&mut self) -> Option<RunState> {
+        loop {
+            let wait = self.quarantine_backoff_ms;
+            self.quarantine_backoff_ms = wait
+                .saturating_mul(2)
+                .min(self.cfg.max_quarantine_backoff_ms.max(wait));
+            self.shared.counters().retry_at_ms = Some(crate::kernel::now_ms().saturating_add(wait));
+            self.pause(Duration::from_millis(wait));
+            if self.shared.stopping() {
+                self.shared.counters().retry_at_ms = None;
+                return Some(RunState::Stopped);
+            }
+            if self.instance.has_pending_state() {
+                drop(self.instance.take_state_ops());
+            }
+            match self.instance.restart() {
+                Ok(()) => break,
+                Err(e) => {
+                    let message = format!(
+                        "still quarantined: the plugin could not be started again: {e}; next try in {} ms",
+                        self.quarantine_backoff_ms
+                    );
+                    tracing::warn!(plugin = %self.shared.name, error = %message, "A quarantined plugin could not come back.");
+                    self.shared
+                        .log
+                        .push(LogLevel::Warn, LogSource::Host, message.clone());
+                    self.shared.set_error(message);
+                }
+            }
+        }
+        {
+            let mut c = self.shared.counters();
+            c.state = RunState::Running;
+            c.retry_at_ms = None;
+            c.consecutive_failures = 0;
+        }
+        self.shared.metrics.quarantined.set(0.0);
+        self.rate_window = Instant::now();
+        self.rate_records = 0;
+        self.rate_bytes = 0;
+        let note = "the quarantine's back-off is over: the plugin runs again on a fresh instance"
+            .to_string();
+        tracing::info!(plugin = %self.shared.name, "A quarantined plugin comes back after its back-off.");
+        self.shared.log.push(LogLevel::Info, LogSource::Host, note);
+        None
+    }
+
+    /// Counts a successful call's emits against the per-second output quota; the reason to
+    /// quarantine when they take the plugin past it.
+    fn spend_output_quota(&mut self, records: u64, bytes: u64) -> Option<String> {
+        if self.rate_window.elapsed() >= Duration::from_secs(1) {
+            self.rate_window = Instant::now();
+            self.rate_records = 0;
+            self.rate_bytes = 0;
+        }
+        self.rate_records += records;
+        self.rate_bytes += bytes;
+        let (max_records, max_bytes) = self.shared.output_quota;
+        if self.rate_records > max_records {
+            Some(format!(
+                "quarantined: over its output quota, {} records emitted within one second, limit {max_records} (`limits.output_records_per_sec`)",
+                self.rate_records
+            ))
+        } else if self.rate_bytes > max_bytes {
+            Some(format!(
+                "quarantined: over its output quota, {} bytes emitted within one second, limit {max_bytes} (`limits.output_bytes_per_sec`)",
+                self.rate_bytes
+            ))
+        } else {
+            None
         }
     }
 
@@ -1041,7 +1228,7 @@ impl Worker {
         let mut dead_letters: Vec<NewRecord> = Vec::new();
         let mut positions: Vec<u64> = self.inputs.iter().map(|i| i.next).collect();
         let mut pending_bytes = 0usize;
-        let (mut handled, mut failed, mut emitted) = (0u64, 0u64, 0u64);
+        let (mut handled, mut failed, mut emitted, mut rejected) = (0u64, 0u64, 0u64, 0u64);
         let mut failures: Vec<FailureKind> = Vec::new();
         let mut last_error: Option<String> = None;
         let mut consecutive = self.shared.counters().consecutive_failures;
@@ -1056,6 +1243,7 @@ impl Worker {
             match self.instance.call(topic, &record) {
                 Ok(()) => {
                     consecutive = 0;
+                    let (mut call_records, mut call_bytes) = (0u64, 0u64);
                     for e in self.instance.drain_emits() {
                         let mut headers = e.headers;
                         headers.reserve_exact(3);
@@ -1067,10 +1255,15 @@ impl Worker {
                             timestamp_ms: None,
                         };
                         pending_bytes += r.payload_size();
+                        call_records += 1;
+                        call_bytes += r.payload_size() as u64;
                         emitted += 1;
                         if let Some(out) = outputs.get_mut(e.output) {
                             out.push(r);
                         }
+                    }
+                    if let Some(reason) = self.spend_output_quota(call_records, call_bytes) {
+                        stop = Some((RunState::Quarantined, reason));
                     }
                 }
                 Err(failure) if failure.kind == FailureKind::HostUnavailable => {
@@ -1084,7 +1277,14 @@ impl Worker {
                 }
                 Err(failure) => {
                     failed += 1;
-                    consecutive += 1;
+                    // A rejection (non-zero return) is the input's fault: dead-lettered, but
+                    // neither a step towards quarantine nor a break in a row of failures.
+                    let rejection = failure.kind == FailureKind::Error;
+                    if rejection {
+                        rejected += 1;
+                    } else {
+                        consecutive += 1;
+                    }
                     failures.push(failure.kind);
                     let message = format!(
                         "record {topic}@{offset} failed ({}): {}",
@@ -1100,7 +1300,7 @@ impl Worker {
                     pending_bytes += letter.payload_size();
                     dead_letters.push(letter);
                     last_error = Some(message.clone());
-                    if consecutive >= self.cfg.max_consecutive_failures {
+                    if !rejection && consecutive >= self.cfg.max_consecutive_failures {
                         stop = Some((
                             RunState::Quarantined,
                             format!("quarantined after {consecutive} consecutive failures; last: {message}"),
@@ -1192,6 +1392,12 @@ impl Worker {
         m.records.add(handled);
         m.emitted.add(emitted);
         m.dead_letters.add(letters);
+        m.rejected.add(rejected);
+        if failed == rejected {
+            // A clean batch (no failure of the plugin's own): the next quarantine starts from
+            // the shortest back-off again.
+            self.quarantine_backoff_ms = self.cfg.quarantine_backoff_ms.max(1);
+        }
         for kind in &failures {
             if let Some(c) = m.failures.get(kind) {
                 c.inc();
@@ -1200,6 +1406,7 @@ impl Worker {
         let mut c = self.shared.counters();
         c.processed += handled;
         c.failed += failed;
+        c.rejected += rejected;
         c.emitted += emitted;
         c.dead_lettered += letters;
         c.consecutive_failures = consecutive;
@@ -1214,8 +1421,10 @@ impl Worker {
             drop(c);
             if state == RunState::Quarantined {
                 m.quarantined.set(1.0);
+                m.quarantines.inc();
+                self.shared.counters().quarantines += 1;
             }
-            tracing::error!(plugin = %plugin, state = state.as_str(), error = %reason, "A plugin stopped after failed records.");
+            tracing::error!(plugin = %plugin, state = state.as_str(), error = %reason, "A plugin stopped after failed records or over its quota.");
             self.shared
                 .log
                 .push(LogLevel::Error, LogSource::Host, reason);

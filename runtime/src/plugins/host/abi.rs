@@ -64,6 +64,14 @@ pub enum AbiError {
         limits::MAX_EMIT_BYTES_PER_CALL
     )]
     EmitBudget { topic: String },
+    /// Over the plugin's own per-input output quota (`limits.output_records_per_input` /
+    /// `limits.output_bytes_per_input`).
+    #[error("emit to {topic:?}: over the plugin's output quota of {records} records and {bytes} bytes per input record (`limits.output_records_per_input`, `limits.output_bytes_per_input`)")]
+    OutputQuota {
+        topic: String,
+        records: usize,
+        bytes: usize,
+    },
     /// State calls without `state = true`.
     #[error("{call} denied: the manifest does not grant state (`state = true`)")]
     StateNotGranted { call: &'static str },
@@ -109,6 +117,7 @@ impl AbiError {
             | AbiError::EmptyStateKey { .. } => status::INVALID,
             AbiError::RecordTooLarge { .. }
             | AbiError::EmitBudget { .. }
+            | AbiError::OutputQuota { .. }
             | AbiError::StateKeyTooLarge { .. }
             | AbiError::StateValueTooLarge { .. }
             | AbiError::ValueOver2GiB
@@ -270,9 +279,21 @@ fn emit(
             };
             return refuse(data, error);
         }
+        let grants = &data.grants;
+        if data.call.emits.len() >= grants.output_records_per_input
+            || data.call.emit_bytes + abi_size > grants.output_bytes_per_input
+        {
+            let error = AbiError::OutputQuota {
+                topic: topic.to_string(),
+                records: grants.output_records_per_input,
+                bytes: grants.output_bytes_per_input,
+            };
+            return refuse(data, error);
+        }
         if let Err(rule) = data.call.budget.emit(abi_size) {
             return refuse(data, AbiError::from_rule("emit", topic, rule));
         }
+        data.call.emit_bytes += abi_size;
         data.call.emits.push(Emitted {
             output,
             key: key.map(<[u8]>::to_vec),

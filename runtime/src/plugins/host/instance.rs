@@ -129,6 +129,12 @@ fn classify(
     }
 }
 
+/// A per-input output quota: what the manifest asks for, capped by the box (whose cap is the
+/// default).
+fn quota(asked: Option<u64>, cap: usize) -> usize {
+    asked.map_or(cap, |n| usize::try_from(n).unwrap_or(usize::MAX).min(cap))
+}
+
 /// A failure of an init-time call as a [`PluginError`].
 fn init_error(plugin: &str, what: &str, failure: CallFailure) -> PluginError {
     PluginError::Init {
@@ -165,6 +171,14 @@ impl Instance {
                 max_record_bytes: cfg.max_record_bytes,
                 max_state_key_bytes: cfg.max_state_key_bytes,
                 max_state_value_bytes: cfg.max_state_value_bytes,
+                output_records_per_input: quota(
+                    manifest.limits.output_records_per_input,
+                    cfg.max_output_records_per_input,
+                ),
+                output_bytes_per_input: quota(
+                    manifest.limits.output_bytes_per_input,
+                    cfg.max_output_bytes_per_input,
+                ),
             }),
             memory_bytes: (memory_mib * 1024 * 1024) as usize,
             memory_mib,

@@ -177,6 +177,12 @@ pub struct HostConfig {
     pub max_state_key_bytes: usize,
     /// Largest state value, in bytes.
     pub max_state_value_bytes: usize,
+    /// Most records one call may emit (the default, and the cap of a manifest's
+    /// `output_records_per_input`); at most the ABI's 1024.
+    pub max_output_records_per_input: usize,
+    /// Most bytes one call may emit (default and cap of `output_bytes_per_input`); at most the
+    /// ABI's 8 MiB.
+    pub max_output_bytes_per_input: usize,
     /// Where compiled modules are cached; `None` = no cache.
     pub cache_dir: Option<PathBuf>,
 }
@@ -192,6 +198,8 @@ impl Default for HostConfig {
             max_record_bytes: 1024 * 1024,
             max_state_key_bytes: 1024,
             max_state_value_bytes: 1024 * 1024,
+            max_output_records_per_input: outpost_sdk::abi::limits::MAX_EMITS_PER_CALL,
+            max_output_bytes_per_input: outpost_sdk::abi::limits::MAX_EMIT_BYTES_PER_CALL,
             cache_dir: None,
         }
     }
@@ -242,6 +250,23 @@ impl HostConfig {
                 "max_state_key_bytes must be between 1 and {} (the state store's limit), not {}",
                 crate::state::MAX_STATE_KEY_BYTES,
                 self.max_state_key_bytes
+            ));
+        }
+        let (max_emits, max_emit_bytes) = (
+            outpost_sdk::abi::limits::MAX_EMITS_PER_CALL,
+            outpost_sdk::abi::limits::MAX_EMIT_BYTES_PER_CALL,
+        );
+        if self.max_output_records_per_input == 0 || self.max_output_records_per_input > max_emits {
+            return bad(format!(
+                "max_output_records_per_input must be between 1 and {max_emits} (the ABI's limit), not {}",
+                self.max_output_records_per_input
+            ));
+        }
+        if self.max_output_bytes_per_input == 0 || self.max_output_bytes_per_input > max_emit_bytes
+        {
+            return bad(format!(
+                "max_output_bytes_per_input must be between 1 and {max_emit_bytes} (the ABI's limit), not {}",
+                self.max_output_bytes_per_input
             ));
         }
         if self.max_state_value_bytes > crate::state::MAX_STATE_VALUE_BYTES {
@@ -447,6 +472,8 @@ impl Host {
                     max_record_bytes: 0,
                     max_state_key_bytes: 0,
                     max_state_value_bytes: 0,
+                    output_records_per_input: 0,
+                    output_bytes_per_input: 0,
                 }),
                 0,
                 Arc::new(GuestLog::new(Arc::from("(host)"))),

@@ -32,6 +32,10 @@ pub(crate) struct Grants {
     pub max_record_bytes: usize,
     pub max_state_key_bytes: usize,
     pub max_state_value_bytes: usize,
+    /// Most records and bytes (as the ABI counts them) one call may emit: the manifest's
+    /// `output_records_per_input` / `output_bytes_per_input`, capped by the box.
+    pub output_records_per_input: usize,
+    pub output_bytes_per_input: usize,
 }
 
 /// One record the guest emitted during the current call.
@@ -60,6 +64,8 @@ pub(crate) struct CallState {
     pub emits: Vec<Emitted>,
     /// This call's emits and state writes against the ABI's per-call limits.
     pub budget: outpost_sdk::abi::CallBudget,
+    /// Bytes this call emitted, as the ABI counts them (for the per-input output quota).
+    pub emit_bytes: usize,
     /// State writes of this call: key → new value (`None` = deleted).
     pub writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// The guest's `set_error` message.
@@ -85,6 +91,7 @@ impl CallState {
     pub(crate) fn reset(&mut self, provenance_bytes: usize) {
         self.emits.clear();
         self.budget = outpost_sdk::abi::CallBudget::new();
+        self.emit_bytes = 0;
         if !self.writes.is_empty() {
             self.writes.clear();
         }

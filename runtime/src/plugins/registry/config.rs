@@ -1,5 +1,8 @@
-//! The `[plugins]` config section: what a box lets plugins do (memory, CPU deadline, failures
-//! before quarantine, bundle and module sizes) and which signatures it trusts.
+//! The `[plugins]` config section: what a box lets plugins do (memory, CPU deadline, output
+//! quotas, failures before quarantine and the back-off after it, bundle and module sizes,
+//! topics a plugin may write although others do) and which signatures it trusts.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,10 +39,46 @@ pub struct PluginsConfig {
     /// requests are capped. A call past it is stopped and counts as a failure.
     #[serde(default = "default_deadline_ms")]
     pub max_deadline_ms: u64,
-    /// Failures in a row (trap, deadline, out of memory, error return) after which a plugin is
-    /// quarantined: stopped until it is upgraded or the box restarts.
+    /// Failures of the plugin's own in a row (trap, deadline, out of memory, stack overflow,
+    /// `proc_exit`, host-call abuse) after which it is quarantined. A record the plugin rejects
+    /// (non-zero return) is dead-lettered and does not count.
     #[serde(default = "default_max_consecutive_failures")]
     pub max_consecutive_failures: u32,
+    /// How long a quarantined plugin sits out before it comes back by itself, in ms. The wait
+    /// doubles on each quarantine that follows without a clean batch in between.
+    #[serde(default = "default_quarantine_backoff_ms")]
+    pub quarantine_backoff_ms: u64,
+    /// Longest wait of a quarantined plugin, in ms.
+    #[serde(default = "default_max_quarantine_backoff_ms")]
+    pub max_quarantine_backoff_ms: u64,
+    /// Most records one call (one input record) may emit: the default and the cap of a
+    /// manifest's `limits.output_records_per_input`; at most 1024 (the ABI's limit). An emit
+    /// past it returns `TOO_LARGE`.
+    #[serde(default = "default_max_output_records_per_input")]
+    pub max_output_records_per_input: usize,
+    /// Most bytes one call may emit (key + value + header block): default and cap of
+    /// `limits.output_bytes_per_input`; at most 8 MiB (the ABI's limit).
+    #[serde(default = "default_max_output_bytes_per_input")]
+    pub max_output_bytes_per_input: usize,
+    /// Records a plugin may emit within one second when its manifest does not say
+    /// (`limits.output_records_per_sec`); past it the plugin is quarantined.
+    #[serde(default = "default_output_records_per_sec")]
+    pub default_output_records_per_sec: u64,
+    /// Most records per second any manifest may ask for.
+    #[serde(default = "default_max_output_records_per_sec")]
+    pub max_output_records_per_sec: u64,
+    /// Bytes a plugin may emit within one second when its manifest does not say
+    /// (`limits.output_bytes_per_sec`); past it the plugin is quarantined.
+    #[serde(default = "default_output_bytes_per_sec")]
+    pub default_output_bytes_per_sec: u64,
+    /// Most bytes per second any manifest may ask for.
+    #[serde(default = "default_max_output_bytes_per_sec")]
+    pub max_output_bytes_per_sec: u64,
+    /// Topics a plugin may declare as outputs although a source feeds them or another plugin
+    /// writes them: plugin name → topic names (e.g. `my-scorer = ["fraud.scores"]`). Without
+    /// a grant such an install is refused. `outpost.*` and `*.dlq` can never be granted.
+    #[serde(default)]
+    pub output_grants: BTreeMap<String, Vec<String>>,
     /// Largest bundle accepted by `POST /plugins` and `PUT /plugins/{name}`, in bytes.
     #[serde(default = "default_max_bundle_bytes")]
     pub max_bundle_bytes: usize,
@@ -69,6 +108,30 @@ fn default_deadline_ms() -> u64 {
 fn default_max_consecutive_failures() -> u32 {
     5
 }
+fn default_quarantine_backoff_ms() -> u64 {
+    60_000
+}
+fn default_max_quarantine_backoff_ms() -> u64 {
+    3_600_000
+}
+fn default_max_output_records_per_input() -> usize {
+    outpost_sdk::abi::limits::MAX_EMITS_PER_CALL
+}
+fn default_max_output_bytes_per_input() -> usize {
+    outpost_sdk::abi::limits::MAX_EMIT_BYTES_PER_CALL
+}
+fn default_output_records_per_sec() -> u64 {
+    crate::plugins::runner::DEFAULT_OUTPUT_RECORDS_PER_SEC
+}
+fn default_max_output_records_per_sec() -> u64 {
+    1_000_000
+}
+fn default_output_bytes_per_sec() -> u64 {
+    crate::plugins::runner::DEFAULT_OUTPUT_BYTES_PER_SEC
+}
+fn default_max_output_bytes_per_sec() -> u64 {
+    256 * 1024 * 1024
+}
 fn default_max_bundle_bytes() -> usize {
     16 * 1024 * 1024
 }
@@ -94,6 +157,15 @@ impl Default for PluginsConfig {
             default_deadline_ms: default_deadline_ms(),
             max_deadline_ms: default_deadline_ms(),
             max_consecutive_failures: default_max_consecutive_failures(),
+            quarantine_backoff_ms: default_quarantine_backoff_ms(),
+            max_quarantine_backoff_ms: default_max_quarantine_backoff_ms(),
+            max_output_records_per_input: default_max_output_records_per_input(),
+            max_output_bytes_per_input: default_max_output_bytes_per_input(),
+            default_output_records_per_sec: default_output_records_per_sec(),
+            max_output_records_per_sec: default_max_output_records_per_sec(),
+            default_output_bytes_per_sec: default_output_bytes_per_sec(),
+            max_output_bytes_per_sec: default_max_output_bytes_per_sec(),
+            output_grants: BTreeMap::new(),
             max_bundle_bytes: default_max_bundle_bytes(),
             max_module_bytes: default_max_module_bytes(),
             max_total_memory_mib: default_max_total_memory_mib(),
@@ -168,6 +240,70 @@ impl PluginsConfig {
             )
         })?;
         range("max_plugins", self.max_plugins as u64, 1, 10_000)?;
+        range(
+            "quarantine_backoff_ms",
+            self.quarantine_backoff_ms,
+            1,
+            86_400_000,
+        )?;
+        range(
+            "max_quarantine_backoff_ms",
+            self.max_quarantine_backoff_ms,
+            self.quarantine_backoff_ms,
+            7 * 86_400_000,
+        )?;
+        range(
+            "max_output_records_per_input",
+            self.max_output_records_per_input as u64,
+            1,
+            default_max_output_records_per_input() as u64,
+        )?;
+        range(
+            "max_output_bytes_per_input",
+            self.max_output_bytes_per_input as u64,
+            1,
+            default_max_output_bytes_per_input() as u64,
+        )?;
+        range(
+            "max_output_records_per_sec",
+            self.max_output_records_per_sec,
+            1,
+            u64::from(u32::MAX),
+        )?;
+        range(
+            "default_output_records_per_sec",
+            self.default_output_records_per_sec,
+            1,
+            self.max_output_records_per_sec,
+        )?;
+        range(
+            "max_output_bytes_per_sec",
+            self.max_output_bytes_per_sec,
+            1,
+            1 << 40,
+        )?;
+        range(
+            "default_output_bytes_per_sec",
+            self.default_output_bytes_per_sec,
+            1,
+            self.max_output_bytes_per_sec,
+        )?;
+        for (plugin, topics) in &self.output_grants {
+            if let Some(problem) = crate::plugins::manifest::name_problem(plugin) {
+                return Err((
+                    format!("plugins.output_grants.{plugin}"),
+                    format!("{plugin:?} is not a plugin name: it {problem}"),
+                ));
+            }
+            for (i, topic) in topics.iter().enumerate() {
+                if let Some(why) = crate::plugins::manifest::reserved_topic(topic) {
+                    return Err((
+                        format!("plugins.output_grants.{plugin}[{i}]"),
+                        format!("{topic:?} cannot be granted: {why}"),
+                    ));
+                }
+            }
+        }
         self.trust_policy().map_err(|e| match e {
             BundleError::BadKey { origin, problem } => (origin, problem),
             other => ("plugins.trusted_keys".to_string(), other.to_string()),
@@ -184,6 +320,13 @@ impl PluginsConfig {
             .min(self.max_memory_mib)
     }
 
+    /// Whether the box config lets plugin `name` write `topic` although others do.
+    pub fn grants_output(&self, name: &str, topic: &str) -> bool {
+        self.output_grants
+            .get(name)
+            .is_some_and(|topics| topics.iter().any(|t| t == topic))
+    }
+
     /// The trust policy of `trusted_keys` and `allow_unsigned`.
     pub fn trust_policy(&self) -> Result<TrustPolicy, BundleError> {
         TrustPolicy::from_config(&self.trusted_keys, self.allow_unsigned)
@@ -198,7 +341,26 @@ mod tests {
     fn config_validation_names_the_key() {
         PluginsConfig::default().validate().unwrap();
         type Case = (fn(&mut PluginsConfig), &'static str);
-        let cases: [Case; 7] = [
+        let cases: [Case; 11] = [
+            (
+                |c| c.max_quarantine_backoff_ms = 10,
+                "plugins.max_quarantine_backoff_ms",
+            ),
+            (
+                |c| c.max_output_records_per_input = 2000,
+                "plugins.max_output_records_per_input",
+            ),
+            (
+                |c| c.default_output_records_per_sec = 2_000_000,
+                "plugins.default_output_records_per_sec",
+            ),
+            (
+                |c| {
+                    c.output_grants
+                        .insert("mine".into(), vec!["outpost.gaps".into()]);
+                },
+                "plugins.output_grants.mine[0]",
+            ),
             (
                 |c| c.max_total_memory_mib = 10,
                 "plugins.max_total_memory_mib",

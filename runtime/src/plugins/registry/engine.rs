@@ -87,11 +87,19 @@ impl WasmEngine {
             default_deadline_ms: config.default_deadline_ms,
             max_module_bytes: config.max_module_bytes,
             max_record_bytes,
+            max_output_records_per_input: config.max_output_records_per_input,
+            max_output_bytes_per_input: config.max_output_bytes_per_input,
             cache_dir,
             ..defaults
         })?;
         let runner = RunnerConfig {
             max_consecutive_failures: config.max_consecutive_failures,
+            quarantine_backoff_ms: config.quarantine_backoff_ms,
+            max_quarantine_backoff_ms: config.max_quarantine_backoff_ms,
+            default_output_records_per_sec: config.default_output_records_per_sec,
+            max_output_records_per_sec: config.max_output_records_per_sec,
+            default_output_bytes_per_sec: config.default_output_bytes_per_sec,
+            max_output_bytes_per_sec: config.max_output_bytes_per_sec,
             ..RunnerConfig::default()
         };
         Ok(WasmEngine {

@@ -25,6 +25,13 @@
 //! - **Remove**: stops the runner, deletes the files, drops the state and offsets only when
 //!   asked. Removing a bundled plugin is remembered.
 //!
+//! # The plugin graph
+//! Before a plugin is installed, upgraded or started, [`graph`] checks it against every other
+//! loaded plugin: an install that would close a cycle (plugin outputs feeding back into its
+//! inputs, wildcards included) is refused, and so is an output another plugin or a source
+//! already writes, unless `plugins.output_grants` grants it. Sources are what
+//! [`Registry::set_source_topics`] was given (the box's device topics and configured sources).
+//!
 //! # Trust
 //! Operator bundles must pass [`TrustPolicy::check`] (a key in `plugins.trusted_keys`, or
 //! unsigned with `plugins.allow_unsigned`). Bundled plugins are trusted because they are
@@ -34,6 +41,7 @@
 mod bundled;
 mod config;
 mod engine;
+mod graph;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -154,6 +162,16 @@ pub enum RegistryError {
     /// The plugin would take the box past its plugin budget.
     #[error("plugin {name:?} does not fit the box's plugin budget: {problem}")]
     OverBudget { name: String, problem: String },
+    /// The plugin's outputs would feed back into its own inputs through other plugins.
+    #[error("plugin {name:?} would close a cycle in the plugin graph, so one record would never stop multiplying: {cycle}; change an input or an output")]
+    Cycle { name: String, cycle: String },
+    /// An output of the plugin is already written by another plugin or fed by a source.
+    #[error("plugin {name:?} may not write {topic:?}: {writer} already writes it; grant it in the box config (`plugins.output_grants.{name} = [{topic:?}]`) if that is intended")]
+    OutputTaken {
+        name: String,
+        topic: String,
+        writer: String,
+    },
 }
 
 /// One plugin as `list` and the API show it.
@@ -270,6 +288,8 @@ struct Inner<E: PluginEngine> {
     engine: Arc<E>,
     bundled: Vec<(BundledPlugin, Bundle)>,
     slots: RwLock<BTreeMap<String, Slot<E>>>,
+    /// Topics (names or `prefix*` patterns) sources feed: no plugin writes them without a grant.
+    source_topics: RwLock<Vec<String>>,
     /// Serialises install, upgrade, remove, start and stop.
     ops: tokio::sync::Mutex<()>,
 }
@@ -376,6 +396,7 @@ impl<E: PluginEngine> Registry<E> {
                 engine: Arc::new(engine),
                 bundled: embedded,
                 slots: RwLock::new(slots),
+                source_topics: RwLock::new(Vec::new()),
                 ops: tokio::sync::Mutex::new(()),
             }),
         })
@@ -389,6 +410,12 @@ impl<E: PluginEngine> Registry<E> {
     /// The `[plugins]` config it runs on.
     pub fn config(&self) -> &PluginsConfig {
         &self.inner.config
+    }
+
+    /// Tells the registry which topics sources feed (names or `prefix*` patterns): from then on
+    /// no plugin may declare one as an output unless `plugins.output_grants` grants it.
+    pub fn set_source_topics(&self, topics: Vec<String>) {
+        *write_lock(&self.inner.source_topics) = topics;
     }
 
     fn embedded(&self, name: &str) -> Option<&Bundle> {
@@ -487,6 +514,7 @@ impl<E: PluginEngine> Registry<E> {
         };
         let manifest = bundle.manifest().clone();
         self.check_budget(&manifest, None)?;
+        self.check_graph(&manifest, None)?;
         let module = self.compile(&bundle).await?;
         let runner = self.start_runner(&manifest, module.clone()).await?;
         tracing::info!(plugin = name, version = %manifest.version, signer = %signer, "Started a plugin.");
@@ -548,6 +576,43 @@ impl<E: PluginEngine> Registry<E> {
                 "it gets {wants} MiB of memory, the {count} loaded plugins already get {used} MiB, and `plugins.max_total_memory_mib` is {} MiB",
                 config.max_total_memory_mib
             )));
+        }
+        Ok(())
+    }
+
+    /// Refuses `manifest` when, next to every other loaded plugin (all but `replacing`), it would
+    /// close a cycle or write a topic another plugin or a source writes (see [`graph`]).
+    fn check_graph(
+        &self,
+        manifest: &Manifest,
+        replacing: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        let slots = read_lock(&self.inner.slots);
+        let others: Vec<&Manifest> = slots
+            .iter()
+            .filter(|(name, _)| Some(name.as_str()) != replacing && **name != manifest.name)
+            .filter_map(|(_, slot)| slot.manifest.as_ref())
+            .collect();
+        if let Some(cycle) = graph::cycle_through(manifest, &others) {
+            return Err(RegistryError::Cycle {
+                name: manifest.name.clone(),
+                cycle,
+            });
+        }
+        let sources = read_lock(&self.inner.source_topics);
+        let config = &self.inner.config;
+        if let Some((topic, writer)) = graph::taken_output(manifest, &others, &sources, |t| {
+            config.grants_output(&manifest.name, t)
+        }) {
+            let writer = match writer {
+                graph::Writer::Plugin(p) => format!("plugin {p:?}"),
+                graph::Writer::Source(s) => format!("a source (topics {s:?})"),
+            };
+            return Err(RegistryError::OutputTaken {
+                name: manifest.name.clone(),
+                topic,
+                writer,
+            });
         }
         Ok(())
     }
@@ -644,6 +709,7 @@ impl<E: PluginEngine> Registry<E> {
             ));
         }
         self.check_budget(bundle.manifest(), None)?;
+        self.check_graph(bundle.manifest(), None)?;
         let (bundle, signer, module) = self.prepare(bundle).await?;
         let name = bundle.manifest().name.clone();
         let meta = self.new_meta(&bundle, Source::Operator, &signer, None);
@@ -692,6 +758,7 @@ impl<E: PluginEngine> Registry<E> {
             });
         }
         self.check_budget(bundle.manifest(), Some(name))?;
+        self.check_graph(bundle.manifest(), Some(name))?;
         let (bundle, signer, module) = self.prepare(bundle).await?;
         let manifest = bundle.manifest().clone();
         let meta = self.new_meta(&bundle, Source::Operator, &signer, Some(&old_meta));

@@ -99,8 +99,30 @@ impl PluginRunner for FakeRunner {
     }
 }
 
+/// A manifest reading `<name>.in` and writing `<name>.out`: plugins of different names share
+/// no topic.
 fn manifest(name: &str, version: &str) -> String {
-    format!("name = \"{name}\"\nversion = \"{version}\"\ninputs = [\"in\"]\noutputs = [\"out\"]\n")
+    wired(
+        name,
+        version,
+        &[&format!("{name}.in")],
+        &[&format!("{name}.out")],
+    )
+}
+
+/// A manifest with the given inputs and outputs.
+fn wired(name: &str, version: &str, inputs: &[&str], outputs: &[&str]) -> String {
+    let list = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "name = \"{name}\"\nversion = \"{version}\"\ninputs = [{}]\noutputs = [{}]\n",
+        list(inputs),
+        list(outputs)
+    )
 }
 
 fn wasm(tag: &str) -> Vec<u8> {
@@ -110,7 +132,11 @@ fn wasm(tag: &str) -> Vec<u8> {
 }
 
 fn bundle(name: &str, version: &str, tag: &str, key: Option<&SecretKey>) -> Vec<u8> {
-    let mut b = Bundle::new(&manifest(name, version), wasm(tag), 1 << 20).unwrap();
+    sign_manifest(&manifest(name, version), tag, key)
+}
+
+fn sign_manifest(manifest: &str, tag: &str, key: Option<&SecretKey>) -> Vec<u8> {
+    let mut b = Bundle::new(manifest, wasm(tag), 1 << 20).unwrap();
     if let Some(key) = key {
         b.sign(key);
     }
@@ -277,6 +303,95 @@ async fn an_install_past_the_boxs_plugin_memory_budget_is_refused_before_anythin
         c.error.as_deref().unwrap_or("").contains("plugin budget"),
         "{c:?}"
     );
+}
+
+#[tokio::test]
+async fn an_install_that_closes_a_cycle_through_wildcards_is_refused_with_the_cycle_named() {
+    let b = Box_::new();
+    let (reg, events) = b.open();
+    let ping = wired("a", "1", &["ping.*"], &["pong.a"]);
+    reg.install(&sign_manifest(&ping, "ok", Some(&b.key)))
+        .await
+        .unwrap();
+    take(&events);
+    let pong = wired("b", "1", &["pong.*"], &["ping.b"]);
+    let err = reg
+        .install(&sign_manifest(&pong, "ok", Some(&b.key)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Cycle { .. }), "{err}");
+    assert!(
+        err.to_string().contains("b → ping.b → a → pong.a → b"),
+        "{err}"
+    );
+    assert!(take(&events).is_empty(), "nothing compiled or started");
+    assert_eq!(b.installed(), ["a"]);
+    // An upgrade of `a` that stops reading `ping.*` breaks the would-be cycle: `b` then fits.
+    let quiet = wired("a", "2", &["other.*"], &["pong.a"]);
+    reg.upgrade("a", &sign_manifest(&quiet, "ok", Some(&b.key)), false)
+        .await
+        .unwrap();
+    reg.install(&sign_manifest(&pong, "ok", Some(&b.key)))
+        .await
+        .unwrap();
+    // And now `a` cannot be upgraded back into the cycle.
+    let err = reg
+        .upgrade("a", &sign_manifest(&ping, "ok", Some(&b.key)), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Cycle { .. }), "{err}");
+    assert_eq!(
+        reg.info("a").unwrap().version,
+        "2",
+        "the old version runs on"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_write_another_plugins_output_or_a_source_topic_without_a_grant() {
+    let b = Box_::new();
+    let (reg, _) = b.open();
+    reg.set_source_topics(vec!["pos.payments".into(), "sensors.*".into()]);
+    reg.install(&sign_manifest(
+        &wired("fraud-score", "1", &["pos.payments"], &["fraud.scores"]),
+        "ok",
+        Some(&b.key),
+    ))
+    .await
+    .unwrap();
+    for (outputs, writer) in [
+        (["fraud.scores"], "plugin \"fraud-score\""),
+        (["pos.payments"], "a source"),
+        (["sensors.fridge"], "a source"),
+    ] {
+        let forger = wired("forger", "1", &["x"], &outputs);
+        let err = reg
+            .install(&sign_manifest(&forger, "ok", Some(&b.key)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::OutputTaken { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(writer) && text.contains("plugins.output_grants.forger"),
+            "{text}"
+        );
+    }
+    assert_eq!(b.installed(), ["fraud-score"]);
+    // The box config can grant it.
+    drop(reg);
+    let mut config = b.config();
+    config
+        .output_grants
+        .insert("forger".into(), vec!["fraud.scores".into()]);
+    let (reg, _) = b.open_with(config, &[]);
+    reg.start_all().await.unwrap();
+    reg.install(&sign_manifest(
+        &wired("forger", "1", &["x"], &["fraud.scores"]),
+        "ok",
+        Some(&b.key),
+    ))
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
