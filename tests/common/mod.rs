@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests: real peers (`peers`: mosquitto, certificates,
 //! `outpost run` as a child; `python`: the Python peers in `tests/peers/`; `kafka`: tansu;
 //! `lazyfs`: the power-cut FUSE file system), waiting for a condition with a deadline
-//! (`wait`) and a device speaking raw MQTT (`raw_mqtt`).
+//! (`wait`), store events that meet their contract (`events`) and a device speaking raw MQTT
+//! (`raw_mqtt`).
 
+pub mod events;
 pub mod kafka;
 pub mod lazyfs;
 pub mod peers;
