@@ -9,6 +9,8 @@ use outpost::config::Config;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::common::events::payment;
+
 /// Sends one raw request with `Connection: close` and returns the status code and body.
 async fn raw_http(addr: SocketAddr, request: String) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -48,7 +50,9 @@ async fn records_produced_over_a_socket_read_back_and_survive_a_restart() {
     let addr = app.local_addr();
     assert_ne!(addr.port(), 0);
 
-    let body = r#"{"records":[{"key":"card-9","value":{"amount":3.5}},{"value":"two"}]}"#;
+    let (first, second) = (payment("p-1", "card-9"), payment("p-2", "card-2"));
+    let body =
+        json!({"records": [{"key": "card-9", "value": first}, {"value": second}]}).to_string();
     let request = format!(
         "POST /topics/pos.payments HTTP/1.1\r\nHost: {addr}\r\n\
          Content-Type: application/vnd.kafka.json.v2+json\r\nContent-Length: {}\r\n\
@@ -68,8 +72,8 @@ async fn records_produced_over_a_socket_read_back_and_survive_a_restart() {
     let page: Value = serde_json::from_str(&page).unwrap();
     assert_eq!(page["next_offset"], 2);
     assert_eq!(page["records"][0]["key"], "card-9");
-    assert_eq!(page["records"][0]["value"], json!({"amount": 3.5}));
-    assert_eq!(page["records"][1]["value"], "two");
+    assert_eq!(page["records"][0]["value"], first);
+    assert_eq!(page["records"][1]["value"], second);
 
     let (_, health) = raw_http(addr, get("/health")).await;
     let edge_id = serde_json::from_str::<Value>(&health).unwrap()["edge_id"].clone();
@@ -89,7 +93,7 @@ async fn records_produced_over_a_socket_read_back_and_survive_a_restart() {
     assert_eq!(status, 200, "{page}");
     let page: Value = serde_json::from_str(&page).unwrap();
     assert_eq!(page["records"].as_array().unwrap().len(), 2);
-    assert_eq!(page["records"][1]["value"], "two");
+    assert_eq!(page["records"][1]["value"], second);
     let (_, health) = raw_http(addr, get("/health")).await;
     assert_eq!(
         serde_json::from_str::<Value>(&health).unwrap()["edge_id"],

@@ -17,13 +17,24 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // Storage: the kernel's primitives (clock, lock), never the context.
     ("log", &["kernel::clock", "kernel::lock", "metrics"]),
     ("state", &["kernel", "log", "metrics"]),
-    // Components: the kernel (context, shutdown, status, backoff, clock), storage, metrics.
+    // Components: the kernel (context, shutdown, status, backoff, clock), storage, metrics;
+    // ingest checks the store-event contracts before it appends.
     (
         "ingest",
-        &["kernel", "log", "state", "metrics", "mqtt_client"],
+        &[
+            "kernel",
+            "log",
+            "state",
+            "metrics",
+            "mqtt_client",
+            "contracts",
+        ],
     ),
     // The MQTT client code the source, the sink and the demo traffic share.
     ("mqtt_client", &["kernel"]),
+    // The store-event schemas of CONTRACTS.md and their check, which every ingest path shares
+    // (HTTP produce in `api`, the MQTT listener and sources in `ingest`): it uses no room.
+    ("contracts", &[]),
     (
         "sink",
         &["kernel", "log", "state", "metrics", "mqtt_client"],
@@ -50,7 +61,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     // The HTTP API serves the storage, the status boards and the public handles of the
-    // plugin registry and the forwarder; of the config it reads only `[http]`.
+    // plugin registry and the forwarder; of the config it reads only `[http]`. Its produce
+    // endpoint is an ingest path: it checks the store-event contracts.
     (
         "api",
         &[
@@ -61,14 +73,23 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config::HttpConfig",
             "forward",
             "plugins",
+            "contracts",
         ],
     ),
-    // The config file names every section's type.
+    // The config file names every section's type (`[ingest]` is `contracts::IngestConfig`).
     (
         "config",
         &[
-            "kernel", "log", "metrics", "ingest", "sink", "plugins", "forward", "mirror",
+            "kernel",
+            "log",
+            "metrics",
+            "ingest",
+            "sink",
+            "plugins",
+            "forward",
+            "mirror",
             "simulate",
+            "contracts",
         ],
     ),
     // Benchmarks start boxes and drive components directly; never the CLI or the API.

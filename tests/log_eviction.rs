@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{kafka, peers, python};
+use crate::common::{events, kafka, peers, python};
 
 use outpost::forward::{ForwardConfig, Forwarder};
 use outpost::log::{
@@ -459,10 +459,23 @@ fn without_a_policy_nothing_is_evicted_and_the_budget_only_refuses() {
     assert_eq!(log.topic(BULK).unwrap().start_offset(), 0);
 }
 
+/// A value of `topic` (one of the three classes' topics) that meets the topic's contract,
+/// numbered `n` (extra fields are allowed).
+fn numbered(topic: &str, n: u64) -> Value {
+    let mut value = match topic {
+        CRITICAL => events::payment(&format!("p-{n}"), &format!("card-{n}")),
+        NORMAL => events::score(&format!("p-{n}")),
+        BULK => events::basket(&format!("b-{n}")),
+        other => panic!("no value for {other}"),
+    };
+    value["n"] = json!(n);
+    value
+}
+
 /// Posts `n` records to `topic` over HTTP in one request; returns the status code.
 fn post(port: u16, topic: &str, first: u64, n: u64) -> u16 {
     let records: Vec<Value> = (first..first + n)
-        .map(|i| json!({"key": format!("k{i}"), "value": {"n": i, "pad": "y".repeat(150)}}))
+        .map(|i| json!({"key": format!("k{i}"), "value": numbered(topic, i)}))
         .collect();
     peers::http_post(
         port,

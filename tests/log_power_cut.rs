@@ -28,8 +28,6 @@
 //! promise. Without FUSE the tests skip, unless `OUTPOST_REQUIRE_PEERS` is set.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::common::lazyfs::{Cut, LazyFs};
-use crate::common::peers::{http_get, Outpost};
+use crate::common::peers::{http_get, http_produce, Outpost};
 use crate::common::python::{free_port, PythonPeer};
 use crate::common::wait::wait_until;
 use outpost::state::StateStore;
@@ -143,25 +141,6 @@ fn payment(id: PaymentId, ts_ms: u64) -> Value {
 // Load
 // ---------------------------------------------------------------------------------------------
 
-/// `POST /topics/{topic}` with a JSON body; the status and the parsed answer, or `None` when
-/// the box did not answer (it was killed).
-fn post(port: u16, topic: &str, body: &str) -> Option<(u16, Value)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(
-        s,
-        "POST /topics/{topic} HTTP/1.1\r\nHost: outpost\r\nConnection: close\r\n\
-         Content-Type: application/vnd.kafka.json.v2+json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, serde_json::from_str(body).unwrap_or(Value::Null)))
-}
-
 /// The offsets a produce answer acknowledged, one per record.
 fn answer_offsets(answer: &Value) -> Option<Vec<u64>> {
     answer["offsets"]
@@ -200,7 +179,7 @@ fn http_producer(
             })
             .collect();
         let body = json!({ "records": records }).to_string();
-        match post(port, TOPIC, &body) {
+        match http_produce(port, TOPIC, &body) {
             Some((200, answer)) => match answer_offsets(&answer) {
                 Some(offsets) if offsets.len() == ids.len() => {
                     acked.extend(ids.into_iter().zip(offsets));
@@ -632,7 +611,7 @@ fn produce_some(
             };
             let value = payment(id, ts_ms);
             let body = json!({"records": [{"key": value["card_id"].clone(), "value": value}]});
-            match post(port, topic, &body.to_string()) {
+            match http_produce(port, topic, &body.to_string()) {
                 Some((200, answer)) => {
                     let offsets = answer_offsets(&answer).unwrap_or_default();
                     (id, offsets.first().copied().unwrap_or(u64::MAX))
@@ -682,13 +661,13 @@ fn a_failed_fsync_or_write_loses_nothing_acknowledged_and_the_box_keeps_answerin
     rig.fs
         .fail("fsync", &format!("data/log/{fsync_topic}/*.log"), "EIO", 1)
         .expect("arm the fsync fault");
-    let failed = post(http_port, fsync_topic, &body(5));
+    let failed = http_produce(http_port, fsync_topic, &body(5));
     assert!(
         matches!(failed, Some((code, _)) if code >= 500),
         "an append whose fsync failed was answered {failed:?}"
     );
     assert_eq!(rig.fs.stat("faults_hit"), Some(1), "the fault was not hit");
-    let after = post(http_port, fsync_topic, &body(6));
+    let after = http_produce(http_port, fsync_topic, &body(6));
     assert!(
         matches!(after, Some((code, _)) if code >= 500),
         "the topic accepted an append after a failed fsync: {after:?}"
@@ -718,7 +697,7 @@ fn a_failed_fsync_or_write_loses_nothing_acknowledged_and_the_box_keeps_answerin
             1,
         )
         .expect("arm the write fault");
-    let failed = post(http_port, write_topic, &body(5));
+    let failed = http_produce(http_port, write_topic, &body(5));
     assert!(
         matches!(failed, Some((code, _)) if code != 200),
         "an append whose write failed with ENOSPC was answered {failed:?}"

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::common::{kafka, peers, python};
 
+use crate::common::events::payment;
 use peers::{eventually, Outpost};
 use python::free_port;
 use serde_json::{json, Value};
@@ -32,14 +33,6 @@ fn plugin_offset(box_: &Outpost, plugin: &str, topic: &str) -> Option<u64> {
         .iter()
         .find(|pair| pair[0] == topic)
         .and_then(|pair| pair[1].as_u64())
-}
-
-fn payment(id: &str, card: &str) -> Value {
-    json!({
-        "payment_id": id, "ts_ms": 1_790_000_000_000u64, "store_id": "store-0001",
-        "terminal_id": "t-1", "card_id": card, "amount": 12.5, "currency": "EUR",
-        "channel": "card_present", "kind": "sale",
-    })
 }
 
 #[test]

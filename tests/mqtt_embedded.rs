@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::common::wait::wait_until;
-use crate::common::{peers, python};
+use crate::common::{events, peers, python};
 
 use peers::{eventually, Outpost, Rng};
 use python::{free_port, PythonPeer};
@@ -167,7 +167,10 @@ fn a_record_in_fraud_scores_reaches_an_mqtt5_terminal_and_qos0_sensor_data_is_st
         box_.status("sinks", "mqtt:verdicts")
             .is_some_and(|s| s["link"]["state"] == "connected")
     }));
-    let score = json!({"payment_id": "p-77", "terminal_id": "t-4", "card_id": "c", "score": 88, "reasons": ["velocity"]});
+    let score = json!({
+        "payment_id": "p-77", "ts_ms": 1_790_000_000_000u64, "store_id": "store-0001",
+        "terminal_id": "t-4", "card_id": "c", "score": 88, "reasons": ["velocity"],
+    });
     let code = peers::http_post(
         box_.http_port,
         "/topics/fraud.scores",
@@ -226,7 +229,7 @@ fn acked_device_messages_survive_kill_nine_through_the_embedded_broker() {
             "--topic",
             "pos/payments",
             "--payload",
-            r#"{"payment_id":"p-{i}","card_id":"c-{i}","terminal_id":"t-1","amount":1}"#,
+            &events::payment("p-{i}", "c-{i}").to_string(),
             "--count",
             &total.to_string(),
             "--rate",
@@ -303,9 +306,9 @@ sinks = []
 "#,
     );
     let filled_at = Instant::now();
-    // Big batches first, then single small records, until even a tiny append is refused.
-    for (records, size) in [(50, 1000), (1, 1000), (1, 10)] {
-        let value = "x".repeat(size);
+    // Big batches first, then single small records, until even the smallest alert is refused.
+    for (records, pad) in [(50, 1000), (1, 1000), (1, 0)] {
+        let value = events::padded_alert(pad);
         let body =
             json!({"records": (0..records).map(|_| json!({"value": value})).collect::<Vec<_>>()})
                 .to_string();
@@ -325,7 +328,7 @@ sinks = []
         }
         assert!(
             full,
-            "the log never refused an append of {records} x {size} bytes"
+            "the log never refused an append of {records} alerts padded with {pad} bytes"
         );
     }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::common::wait::wait_until;
-use crate::common::{peers, python};
+use crate::common::{events, peers, python};
 
 use peers::{eventually, Certs, Mosquitto, Outpost, Rng};
 use python::{free_port, PythonPeer};
@@ -108,7 +108,7 @@ fn one_payment_is_stored(
     device_args: &[&str],
     card: &str,
 ) {
-    let payload = format!(r#"{{"card_id":"{card}"}}"#);
+    let payload = events::payment(&format!("p-{card}"), card).to_string();
     let mut args = device_args.to_vec();
     args.extend(["--topic", "pos/payments", "--payload", &payload]);
     let p = publish(py, port, &args);
@@ -156,7 +156,7 @@ fn messages_of_every_qos_map_to_log_topics_with_keys_and_the_mqtt_topic_header()
             "--topic",
             "pos/payments",
             "--payload",
-            r#"{"payment_id":"p-{i}","card_id":"card-{i}"}"#,
+            &events::payment("p-{i}", "card-{i}").to_string(),
             "--count",
             "3",
         ],
@@ -177,7 +177,7 @@ fn messages_of_every_qos_map_to_log_topics_with_keys_and_the_mqtt_topic_header()
             "--topic",
             "loyalty/scans",
             "--payload",
-            "not json",
+            r#"{"ts_ms":1700000000000,"store_id":"store-0001","device_id":"kiosk-1","loyalty_id":"L-1"}"#,
         ],
     );
     assert!(done(&l, Duration::from_secs(30)));
@@ -258,7 +258,7 @@ fn qos1_messages_are_redelivered_after_kill_nine_of_outpost_and_none_is_lost() {
             "--topic",
             "pos/payments",
             "--payload",
-            r#"{"payment_id":"p-{i}","card_id":"c-{i}"}"#,
+            &events::payment("p-{i}", "c-{i}").to_string(),
             "--count",
             &total.to_string(),
             "--rate",
@@ -327,7 +327,7 @@ fn a_broker_restart_shows_retrying_then_connected_and_delivery_resumes() {
             "--topic",
             "pos/payments",
             "--payload",
-            r#"{"card_id":"before"}"#,
+            &events::payment("p-before", "before").to_string(),
         ],
     );
     assert!(done(&before, Duration::from_secs(20)));
@@ -384,7 +384,7 @@ fn a_broker_restart_shows_retrying_then_connected_and_delivery_resumes() {
             "--topic",
             "pos/payments",
             "--payload",
-            r#"{"card_id":"after"}"#,
+            &events::payment("p-after", "after").to_string(),
         ],
     );
     assert!(done(&after, Duration::from_secs(20)));
@@ -471,8 +471,8 @@ retention_ms = 6000
     let box_ = start_box(dir.path(), &cfg);
     wait_connected(&box_);
     let filled_at = Instant::now();
-    for (records, size) in [(50, 1000), (1, 1000), (1, 10)] {
-        let value = "x".repeat(size);
+    for (records, pad) in [(50, 1000), (1, 1000), (1, 0)] {
+        let value = events::padded_alert(pad);
         let records: Vec<Value> = (0..records)
             .map(|_| serde_json::json!({ "value": value }))
             .collect();
@@ -485,7 +485,10 @@ retention_ms = 6000
                 &body,
             ) == 507
         });
-        assert!(full, "the log never refused an append of {size} bytes");
+        assert!(
+            full,
+            "the log never refused an append of alerts padded with {pad} bytes"
+        );
     }
 
     let p = publish(
@@ -495,7 +498,7 @@ retention_ms = 6000
             "--topic",
             "pos/payments",
             "--payload",
-            r#"{"card_id":"held"}"#,
+            &events::payment("p-held", "held").to_string(),
         ],
     );
     assert!(done(&p, Duration::from_secs(20)));

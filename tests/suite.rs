@@ -16,6 +16,7 @@ mod api_socket;
 mod architecture;
 mod cli;
 mod forward_kafka;
+mod ingest_contracts;
 mod log_corruption;
 mod log_crash;
 mod log_disk_full;

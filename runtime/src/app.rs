@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, ConfigError};
+use crate::contracts::Contracts;
 use crate::log::{Log, LogError};
 use crate::simulate::SimulateError;
 use crate::state::{open_box, BoxOptions, StateError, StateStore, StoredIdentity};
@@ -270,19 +271,26 @@ impl App {
             }
         };
         let mut components = JoinSet::new();
+        // Every ingest path refuses values that break their topic's store-event contract.
+        let contracts = Contracts::from_config(&config.ingest);
 
         // MQTT: the embedded broker behind Outpost's device listener, subscriptions to external
         // brokers, and the sinks back to devices. A busy MQTT port does not stop the box: the
         // listener reports it in status and keeps trying to bind.
-        let (mqtt_started, mqtt_tasks) =
-            match crate::ingest::mqtt::start(&ctx, &config.mqtt.broker, &config.mqtt.sources).await
-            {
-                Ok(started) => started,
-                Err(e) => {
-                    let _ = log.close();
-                    return Err(AppError::component("mqtt", e));
-                }
-            };
+        let (mqtt_started, mqtt_tasks) = match crate::ingest::mqtt::start(
+            &ctx,
+            &config.mqtt.broker,
+            &config.mqtt.sources,
+            contracts,
+        )
+        .await
+        {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = log.close();
+                return Err(AppError::component("mqtt", e));
+            }
+        };
         for (name, task) in mqtt_tasks {
             spawn_component(&mut components, name, task);
         }
@@ -316,7 +324,7 @@ impl App {
             spawn_component(&mut components, "opcua", fut);
         }
         // HTTP API.
-        let api_state = ApiState::new(ctx.clone(), config.http.clone());
+        let api_state = ApiState::new(ctx.clone(), config.http.clone()).with_contracts(contracts);
         components.spawn(serve_http(
             listener,
             api::forward::with_forwarder(

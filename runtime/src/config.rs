@@ -77,6 +77,9 @@ pub struct Config {
     /// The HTTP API (`[http]`).
     #[serde(default)]
     pub http: HttpConfig,
+    /// Rules every ingest path applies: the store-event contracts (`[ingest]`).
+    #[serde(default)]
+    pub ingest: crate::contracts::IngestConfig,
     /// The durable log (`[log]`).
     #[serde(default)]
     pub log: LogConfig,

@@ -5,7 +5,8 @@
 //! `kernel/` (what every component shares: the context, shutdown, status, backoff, clock),
 //! `log/` (durable topics), `state/` (sled-backed offsets, plugin state, cursors, metadata),
 //! the components `ingest/`, `plugins/`, `sink/`, `forward/`, `mirror/`, `simulate/`, the code
-//! two of them share (`mqtt_client`), `api/` (HTTP), `cli/` (the client commands), `config`
+//! two of them share (`mqtt_client`; `contracts`, the store-event schemas every ingest path
+//! checks), `api/` (HTTP), `cli/` (the client commands), `config`
 //! (the one TOML file), `metrics` (the one registry) and `app` (wiring). `main.rs` only parses
 //! the command line and calls in here; the library never prints to stdout except through the
 //! client commands' explicit output writers.
@@ -19,6 +20,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod contracts;
 pub mod forward;
 pub mod ingest;
 pub mod kernel;

@@ -1,12 +1,15 @@
 //! Helpers shared by the integration tests: real peers (`peers`: mosquitto, certificates,
 //! `outpost run` as a child; `python`: the Python peers in `tests/peers/`; `kafka`: tansu;
-//! `lazyfs`: the power-cut FUSE file system), and waiting for a condition with a deadline
-//! (`wait`).
+//! `lazyfs`: the power-cut FUSE file system), waiting for a condition with a deadline
+//! (`wait`), store events that meet their contract (`events`) and a device speaking raw MQTT
+//! (`raw_mqtt`).
 
+pub mod events;
 pub mod kafka;
 pub mod lazyfs;
 pub mod peers;
 pub mod python;
+pub mod raw_mqtt;
 pub mod wait;
 
 /// The name libtest gives the test `name` of the module whose `module_path!()` is `module`:

@@ -284,13 +284,18 @@ impl Drop for Mosquitto {
 
 /// `GET path` on 127.0.0.1:`port`, returning the status code and the body as JSON.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, Value)> {
+    http_exchange(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: outpost\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// Sends one whole request (with `Connection: close`) to 127.0.0.1:`port`; the status code
+/// and the body as JSON (`null` when it is not JSON), or `None` when the box did not answer.
+fn http_exchange(port: u16, request: &str) -> Option<(u16, Value)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: outpost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    s.write_all(request.as_bytes()).ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
@@ -313,6 +318,19 @@ pub fn http_post(port: u16, path: &str, content_type: &str, body: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
+}
+
+/// `POST /topics/{topic}` with a JSON body; the status and the parsed answer, or `None` when
+/// the box did not answer (it was killed).
+pub fn http_produce(port: u16, topic: &str, body: &str) -> Option<(u16, Value)> {
+    http_exchange(
+        port,
+        &format!(
+            "POST /topics/{topic} HTTP/1.1\r\nHost: outpost\r\nConnection: close\r\n\
+             Content-Type: application/vnd.kafka.json.v2+json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
 }
 
 /// `outpost run` as a child process on fixed HTTP and MQTT ports, so it can be killed and

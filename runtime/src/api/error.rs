@@ -17,6 +17,7 @@
 //! | 413 | 41302 | a record larger than `log.max_record_bytes` |
 //! | 415 | 41501 | unsupported `Content-Type` |
 //! | 422 | 42201 | JSON is well formed but not a valid produce request |
+//! | 422 | 42202 | a record's value breaks its topic's store-event contract (`CONTRACTS.md`, checked by `contracts.rs` unless `ingest.check_contracts = false`); the message names the record's index, the topic, the field and what is wrong (`records[3]: pos.payments: field "card_id" is missing`); no record of the request is stored |
 //! | 500 | 50001 | storage error (I/O, corruption, a topic made read-only) |
 //! | 500 | 50002 | an internal task failed |
 //! | 503 | 50301 | the log is closed (shutting down) |
@@ -27,6 +28,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::contracts::ContractError;
 use crate::log::LogError;
 
 /// Everything a request can fail with; each variant maps to one status and error code.
@@ -81,6 +83,9 @@ pub enum ApiError {
     /// Well-formed JSON that is not a valid produce request.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A record's value breaks its topic's store-event contract.
+    #[error("records[{index}]: {error}")]
+    ContractViolation { index: usize, error: ContractError },
     /// The server is too busy for this request now; it should be retried shortly.
     #[error("{0}")]
     Busy(String),
@@ -109,6 +114,7 @@ impl ApiError {
             ApiError::RecordTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 41302),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 41501),
             ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
+            ApiError::ContractViolation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50002),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, 50302),
             ApiError::Log(e) => match e {

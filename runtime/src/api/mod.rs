@@ -46,6 +46,7 @@ use serde_json::{json, Value};
 pub use error::ApiError;
 
 use crate::config::HttpConfig;
+use crate::contracts::Contracts;
 use crate::kernel::{Context, StatusBoard};
 use crate::log::Log;
 use crate::state::StateStore;
@@ -53,25 +54,36 @@ use crate::state::StateStore;
 /// The content type of `GET /metrics`.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
 
-/// What every handler can reach: the box's context and the `[http]` section. Cheap to clone.
+/// What every handler can reach: the box's context, the `[http]` section and whether produce
+/// checks the store-event contracts. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ApiState {
     ctx: Context,
     http: Arc<HttpConfig>,
+    contracts: Contracts,
     started: Instant,
     body_budget: budget::BodyBudget,
 }
 
 impl ApiState {
     /// The handlers of the box whose context is `ctx`, configured by `[http]`. Long polls end
-    /// early when the context's shutdown fires, so a graceful shutdown is not held up.
+    /// early when the context's shutdown fires, so a graceful shutdown is not held up. Produce
+    /// checks the store-event contracts (see [`ApiState::with_contracts`]).
     pub fn new(ctx: Context, http: HttpConfig) -> ApiState {
         ApiState {
             ctx,
             body_budget: budget::BodyBudget::new(http.max_inflight_body_bytes),
             http: Arc::new(http),
+            contracts: Contracts::CHECKED,
             started: Instant::now(),
         }
+    }
+
+    /// Whether produce checks values against their topic's store-event contract
+    /// (`[ingest] check_contracts`; checked unless told otherwise).
+    pub fn with_contracts(mut self, contracts: Contracts) -> ApiState {
+        self.contracts = contracts;
+        self
     }
 
     /// The sources' status board.

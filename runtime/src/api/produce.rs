@@ -12,6 +12,10 @@
 //! `headers` is an Outpost extension (Confluent's v2 API has none). The whole batch is checked
 //! before anything is appended, and the 200 goes out only after the append is acknowledged
 //! under the topic's fsync policy, so an acknowledged record on an `always` topic is durable.
+//! On a topic of `CONTRACTS.md`'s "Store events" table every value must also meet the topic's
+//! contract (`contracts.rs`, unless `ingest.check_contracts = false`): one that does not makes
+//! the whole request a 422 (error code 42202) naming the record's index and the problem, and
+//! nothing of it is stored.
 //! Answer: `{"key_schema_id":null,"value_schema_id":null,"offsets":[{"partition":0,"offset":N,
 //! "error_code":null,"error":null}]}` as `application/vnd.kafka.v2+json`.
 
@@ -28,6 +32,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 use super::{ApiError, ApiState};
+use crate::contracts::Contract;
 use crate::log::{validate_topic_name, NewRecord};
 
 /// The content type of produce answers.
@@ -85,12 +90,18 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     }
 }
 
-/// Turns a produce request body into records; nothing is appended here.
+/// Turns a produce request body into records, checking each value against `contract` (the
+/// store-event contract of the topic, if it has one and the check is on); nothing is appended
+/// here.
 ///
 /// Memory stays near the body's size: the body is split into one borrowed slice per record
 /// (`RawValue`), and only one record at a time becomes a `serde_json::Value`. Parsing a whole
 /// 8 MiB body into one `Value` tree took about forty times its size.
-pub fn parse_produce(body: &[u8], format: EmbeddedFormat) -> Result<Vec<NewRecord>, ApiError> {
+pub fn parse_produce(
+    body: &[u8],
+    format: EmbeddedFormat,
+    contract: Option<&Contract>,
+) -> Result<Vec<NewRecord>, ApiError> {
     let invalid = |m: String| ApiError::InvalidRequest(m);
     let object: BTreeMap<String, &RawValue> = match serde_json::from_slice(body) {
         Ok(object) => object,
@@ -137,7 +148,7 @@ pub fn parse_produce(body: &[u8], format: EmbeddedFormat) -> Result<Vec<NewRecor
         .map(|(index, raw)| {
             let record: Value = serde_json::from_str(raw.get())
                 .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-            parse_record(index, &record, format)
+            parse_record(index, &record, format, contract)
         })
         .collect()
 }
@@ -146,6 +157,7 @@ fn parse_record(
     index: usize,
     record: &Value,
     format: EmbeddedFormat,
+    contract: Option<&Contract>,
 ) -> Result<NewRecord, ApiError> {
     let invalid = |m: String| ApiError::InvalidRequest(format!("records[{index}]: {m}"));
     let fields = record
@@ -219,6 +231,15 @@ fn parse_record(
             ))
         }
     }
+    // Last, so that a malformed record is told what is malformed first.
+    if let Some(contract) = contract {
+        let checked = match (format, fields.get("value")) {
+            // The parsed value is at hand: checked as it is, not parsed again.
+            (EmbeddedFormat::Json, Some(v)) => contract.check_json(v),
+            _ => contract.check(&value),
+        };
+        checked.map_err(|error| ApiError::ContractViolation { index, error })?;
+    }
     Ok(NewRecord {
         key,
         value,
@@ -280,8 +301,9 @@ pub(super) async fn produce(
     // Parsing is CPU work proportional to the body: off the async workers, so /health and
     // everything else keep answering while large bodies are parsed.
     let limit = api.ctx.log.max_record_bytes();
+    let contract = api.contracts.for_topic(&name);
     let records = tokio::task::spawn_blocking(move || -> Result<Vec<NewRecord>, ApiError> {
-        let records = parse_produce(&bytes, format)?;
+        let records = parse_produce(&bytes, format, contract)?;
         drop(bytes);
         if let Some((index, size)) = records
             .iter()

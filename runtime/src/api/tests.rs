@@ -140,7 +140,7 @@ async fn produced_json_records_are_acknowledged_with_dense_offsets_and_read_back
         {"key":{"id":7},"value":"plain string","partition":0},
         {"value":[1,2,3]}
     ]}"#;
-    let (status, headers, raw) = f.send(post("/topics/pos.payments", JSON_V2, body)).await;
+    let (status, headers, raw) = f.send(post("/topics/store.events", JSON_V2, body)).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&raw));
     assert_eq!(
         headers[header::CONTENT_TYPE],
@@ -157,7 +157,7 @@ async fn produced_json_records_are_acknowledged_with_dense_offsets_and_read_back
     // The value is stored as compact JSON, a string key as the raw string.
     let stored = f
         .log
-        .topic("pos.payments")
+        .topic("store.events")
         .unwrap()
         .read(0, 10, 1 << 20)
         .unwrap();
@@ -169,7 +169,7 @@ async fn produced_json_records_are_acknowledged_with_dense_offsets_and_read_back
     assert_eq!(stored.records[1].key.as_deref(), Some(&br#"{"id":7}"#[..]));
     assert_eq!(stored.records[2].key, None);
 
-    let (status, page) = f.fetch("/topics/pos.payments/records").await;
+    let (status, page) = f.fetch("/topics/store.events/records").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["next_offset"], 3);
     let records = page["records"].as_array().unwrap();
@@ -507,6 +507,93 @@ async fn bad_base64_in_the_binary_format_is_a_422() {
     )
     .await;
     assert_eq!(f.topic_next_offset("t"), None);
+}
+
+/// A `pos.payments` value that meets its contract.
+fn payment() -> Value {
+    json!({
+        "payment_id": "p-1", "ts_ms": 1_700_000_000_000u64, "store_id": "store-0001",
+        "terminal_id": "t-1", "card_id": "card-1", "amount": 12.5, "currency": "EUR",
+        "channel": "contactless", "kind": "sale",
+    })
+}
+
+#[tokio::test]
+async fn a_record_that_breaks_its_topics_contract_is_a_422_naming_it_and_nothing_is_stored() {
+    let f = fixture();
+    let mut broken = payment();
+    broken.as_object_mut().unwrap().remove("card_id");
+    let cases = [
+        (
+            JSON_V2,
+            json!({"records": [{"value": payment()}, {"value": broken}]}),
+            r#"records[1]: pos.payments: field "card_id" is missing"#,
+        ),
+        (
+            BINARY_V2,
+            json!({"records": [{"value": b64(broken.to_string().as_bytes())}]}),
+            r#"records[0]: pos.payments: field "card_id" is missing"#,
+        ),
+        (
+            BINARY_V2,
+            json!({"records": [{"value": b64(b"card=1;amount=12")}]}),
+            "records[0]: pos.payments: value is not JSON",
+        ),
+        // The JSON format stores a string value as a JSON string: not an object.
+        (
+            JSON_V2,
+            json!({"records": [{"value": payment().to_string()}]}),
+            "records[0]: pos.payments: value must be a JSON object, got \"{",
+        ),
+        (
+            JSON_V2,
+            json!({"records": [{"value": null}]}),
+            "records[0]: pos.payments: value must be a JSON object, got null",
+        ),
+    ];
+    for (format, body, needle) in cases {
+        let request = post("/topics/pos.payments", format, &body.to_string());
+        f.expect_error(request, 422, 42202, needle).await;
+    }
+    assert_eq!(f.topic_next_offset("pos.payments"), None);
+
+    // A request of the same records that is malformed otherwise is told that first.
+    let body = json!({"records": [{"value": payment()}, {"value": broken, "nope": 1}]});
+    let request = post("/topics/pos.payments", JSON_V2, &body.to_string());
+    f.expect_error(request, 422, 42201, "unknown field `nope`")
+        .await;
+
+    // Valid payments are stored in both formats; other topics take anything.
+    let body = json!({"records": [{"value": payment()}]}).to_string();
+    let (status, answer) = f.produce("pos.payments", JSON_V2, &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let body = json!({"records": [{"value": b64(payment().to_string().as_bytes())}]});
+    let (status, answer) = f
+        .produce("pos.payments", BINARY_V2, &body.to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(f.topic_next_offset("pos.payments"), Some(2));
+    let body = json!({"records": [{"value": broken}]}).to_string();
+    let (status, answer) = f.produce("pos.payments.raw", JSON_V2, &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+#[tokio::test]
+async fn with_the_contract_check_off_produce_stores_what_breaks_a_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path(), Default::default(), Shutdown::never());
+    let log = ctx.log.clone();
+    let api = ApiState::new(ctx, Default::default())
+        .with_contracts(crate::contracts::Contracts::UNCHECKED);
+    let app = router(api);
+    let request = post(
+        "/topics/pos.payments",
+        JSON_V2,
+        r#"{"records":[{"value":{"amount":"12"}}]}"#,
+    );
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(log.topic("pos.payments").unwrap().next_offset(), 1);
 }
 
 #[tokio::test]

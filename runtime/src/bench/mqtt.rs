@@ -7,7 +7,8 @@
 //! `--clients` MQTT clients (rumqttc, MQTT 3.1.1) to its device listener.
 //!
 //! - **ingest** (default): each client publishes its share of `--messages` QoS 1 messages of
-//!   `--payload-bytes` to `--topic` (default `pos/payments`, an `always` topic: acknowledged
+//!   `--payload-bytes` (a payment that meets the `pos.payments` contract, padded with an extra
+//!   field) to `--topic` (default `pos/payments`, an `always` topic: acknowledged
 //!   only after the fsync that covers it), keeping up to `--inflight` unacknowledged. Reported:
 //!   acknowledged messages per second over the whole run, and the latency from writing a
 //!   PUBLISH to receiving its PUBACK (p50, p99, max) — i.e. publish-to-durable, since the
@@ -375,7 +376,9 @@ fn ingest(
         Some(http) => topic_end(http, &log_topic)?,
         None => 0,
     };
-    let mut payload = br#"{"card_id":"bench","payment_id":"p","amount":1,"pad":""#.to_vec();
+    // A whole payment, so that the listener's contract check takes it (the pad is an extra
+    // field, which contracts allow).
+    let mut payload = br#"{"payment_id":"p","ts_ms":1700000000000,"store_id":"bench","terminal_id":"t","card_id":"bench","amount":1,"currency":"EUR","channel":"card_present","kind":"sale","pad":""#.to_vec();
     payload.resize(
         args.payload_bytes.saturating_sub(2).max(payload.len()),
         b'x',

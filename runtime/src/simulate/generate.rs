@@ -722,6 +722,10 @@ mod tests {
         for m in &messages {
             let v: Value = serde_json::from_str(&m.payload).unwrap();
             *seen.entry(m.topic).or_default() += 1;
+            // What the box's MQTT listener checks before it stores the event.
+            let log_topic = m.topic.replace('/', ".");
+            crate::contracts::check(&log_topic, m.payload.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}: {}", m.payload));
             let f = fields(&v);
             let need: &[&str] = match m.topic {
                 "pos/payments" => &[

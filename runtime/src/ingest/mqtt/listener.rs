@@ -33,11 +33,14 @@
 //! (so nothing is acknowledged), the status shows `backpressured`, and the append is retried
 //! with backoff. A routed publish the box cannot store is *refused*, never acknowledged:
 //! its topic maps to no valid log topic (e.g. a level of 200 characters), its payload is above
-//! `mqtt.broker.max_payload_bytes`, or the log refuses it for good (record too large, topic
+//! `mqtt.broker.max_payload_bytes`, its payload breaks the store-event contract of its log
+//! topic (`crate::contracts`: a `pos.payments` value without `card_id`, unless
+//! `ingest.check_contracts = false`), or the log refuses it for good (record too large, topic
 //! creation refused). Everything before it on the connection is stored and forwarded, the
 //! refused publish is not forwarded (so the broker never acknowledges it), and the connection
 //! ends: an MQTT 5 device first gets a DISCONNECT whose reason code says why (0x90 "Topic Name
-//! invalid", 0x95 "Packet too large", 0x80 otherwise) with a reason string; an MQTT 3.1.1
+//! invalid", 0x95 "Packet too large", 0x99 "Payload format invalid" for a broken contract,
+//! 0x80 otherwise) with a reason string (the contract's error names the field); an MQTT 3.1.1
 //! device, which has no way to be told, sees the connection close without a PUBACK — what the
 //! 3.1.1 spec allows a server that cannot process a packet. Refusals are counted
 //! (`outpost_source_refused_total{source="mqtt:listener"}`) and logged with the client id.
@@ -61,7 +64,8 @@
 //! the device's socket closed or failed, or the broker dropped it (keep-alive expired). When
 //! the will's topic matches a route, the listener stores it like a publish at that moment,
 //! with the header `mqtt-will: true`, so "till 7 went offline" is in the log next to its
-//! payments. Not when Outpost itself is shutting down (the devices did not go away).
+//! payments. Not when Outpost itself is shutting down (the devices did not go away), and not
+//! when it breaks its log topic's contract (counted as an error and logged instead).
 //!
 //! An MQTT 5 will is due after its Will Delay Interval, or when the session ends if that is
 //! sooner (the Session Expiry Interval; 0, the default, ends the session with the connection):
@@ -86,6 +90,7 @@ use super::packet::{self, Aliases, Connect, PacketError};
 use super::route::{Mapped, Routes, HEADER_WILL};
 use super::source::{KEY_MISSING, KEY_MISSING_HELP};
 use super::MqttError;
+use crate::contracts::Contracts;
 use crate::kernel::{Backoff, Shutdown};
 use crate::kernel::{Link, StatusBoard};
 use crate::log::{Log, LogError, NewRecord};
@@ -132,6 +137,8 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Listener {
     routes: Routes,
+    /// Whether routed payloads are checked against their log topic's contract.
+    contracts: Contracts,
     log: Log,
     board: StatusBoard,
     v4: SocketAddr,
@@ -202,9 +209,10 @@ impl ConnError {
 
 impl Listener {
     /// The shared part of a listener that proxies to the broker at `v4`/`v5`, logging in
-    /// there with `login`.
+    /// there with `login`; routed payloads are checked against `contracts`.
     pub fn new(
         routes: Routes,
+        contracts: Contracts,
         log: Log,
         board: StatusBoard,
         (v4, v5, login): (SocketAddr, SocketAddr, Login),
@@ -212,6 +220,7 @@ impl Listener {
     ) -> Listener {
         Listener {
             routes,
+            contracts,
             log,
             board,
             v4,
@@ -480,7 +489,17 @@ impl Listener {
         let Some(route) = self.routes.find(&will.topic) else {
             return Ok(());
         };
-        match route.map(&will.topic, &will.payload, Some(client_id)) {
+        let mapped = route.map(&will.topic, &will.payload, Some(client_id));
+        let broken = mapped.as_ref().ok().and_then(|m| {
+            let contract = self.contracts.for_topic(&m.topic)?;
+            contract.check(&m.record.value).err()
+        });
+        if let Some(e) = broken {
+            self.board.update(STATUS_NAME, |s| s.error(1));
+            tracing::warn!(topic = %will.topic, client_id = %client_id, error = %e, "A device's last will breaks its log topic's contract and was not stored.");
+            return Ok(());
+        }
+        match mapped {
             Ok(mut mapped) => {
                 mapped
                     .record
@@ -530,7 +549,20 @@ impl Listener {
                     }
                     if let Some(route) = self.routes.find(&publish.topic) {
                         match route.map(&publish.topic, publish.payload, Some(&connect.client_id)) {
-                            Ok(mapped) => batch.push(mapped),
+                            Ok(mapped) => {
+                                let contract = self.contracts.for_topic(&mapped.topic);
+                                if let Some(Err(e)) =
+                                    contract.map(|c| c.check(&mapped.record.value))
+                                {
+                                    refused = Some(ConnError::Refused {
+                                        topic: publish.topic.to_string(),
+                                        reason: packet::REASON_PAYLOAD_FORMAT_INVALID,
+                                        why: e.to_string(),
+                                    });
+                                    break;
+                                }
+                                batch.push(mapped);
+                            }
                             Err(e) => {
                                 refused = Some(ConnError::Refused {
                                     topic: publish.topic.to_string(),

@@ -6,6 +6,10 @@
 //!
 //! How a source acknowledges only what is stored: see [`source`].
 //!
+//! Both ways in check a routed message against its log topic's store-event contract
+//! ([`crate::contracts`]) before storing it: the listener refuses a device's publish that
+//! breaks it (MQTT 5 reason 0x99), a source acknowledges such a message without storing it.
+//!
 //! # Devices on the embedded broker
 //! Devices that publish to the box itself are stored by the [`listener`] before the broker sees
 //! their messages; sources never subscribe to the embedded broker, so nothing is stored twice.
@@ -25,6 +29,7 @@ use std::time::Duration;
 
 use self::config::{BrokerConfig, SourceConfig};
 use self::route::{Route, Routes};
+use crate::contracts::Contracts;
 use crate::kernel::Context;
 use crate::log::LogError;
 use crate::mqtt_client::ClientError;
@@ -70,11 +75,13 @@ pub struct Started {
 }
 
 /// Starts the embedded broker and binds the device listener (when enabled), and returns the
-/// tasks to run: the listener, a watch on the broker, one task per source.
+/// tasks to run: the listener, a watch on the broker, one task per source. `contracts` says
+/// whether routed messages are checked against their log topic's store-event contract.
 pub async fn start(
     ctx: &Context,
     broker: &BrokerConfig,
     sources: &[SourceConfig],
+    contracts: Contracts,
 ) -> Result<(Started, Vec<Task>), MqttError> {
     let (log, board, shutdown) = (&ctx.log, &ctx.sources, &ctx.shutdown);
     let mut tasks: Vec<Task> = Vec::new();
@@ -132,6 +139,7 @@ pub async fn start(
         }
         let shared = Arc::new(listener::Listener::new(
             routes,
+            contracts,
             log.clone(),
             board.clone(),
             (embedded.v4, embedded.v5, embedded.login.clone()),
@@ -158,7 +166,7 @@ pub async fn start(
         ));
     }
     for source in sources {
-        let task = source::run_source(ctx.clone(), source.clone());
+        let task = source::run_source(ctx.clone(), source.clone(), contracts);
         tasks.push(("mqtt-source", Box::pin(task)));
     }
     Ok((started, tasks))

@@ -27,6 +27,8 @@ pub const REASON_TOPIC_NAME_INVALID: u8 = 0x90;
 pub const REASON_PACKET_TOO_LARGE: u8 = 0x95;
 /// MQTT 5 reason code "Quota exceeded".
 pub const REASON_QUOTA_EXCEEDED: u8 = 0x97;
+/// MQTT 5 reason code "Payload format invalid": the payload is not what the topic takes.
+pub const REASON_PAYLOAD_FORMAT_INVALID: u8 = 0x99;
 /// MQTT 5 property id of a Reason String.
 const PROP_REASON_STRING: u8 = 0x1F;
 

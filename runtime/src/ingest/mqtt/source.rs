@@ -17,6 +17,16 @@
 //! redelivers those messages and they are stored again. A message no rule maps, or one too
 //! large for a log record, is acknowledged without being stored, counted as an error and
 //! logged, so it cannot block the session forever.
+//!
+//! # Contracts
+//! A message whose log topic has a store-event contract (`crate::contracts`; `pos.payments`,
+//! `pos.baskets`, …) and whose payload breaks it (a payment without `card_id`) is never
+//! stored. The publisher is on another broker and cannot be told, and refusing the
+//! acknowledgement would only make the broker send the same bytes again for ever, so the
+//! message is acknowledged without being stored, like the other messages the box cannot store:
+//! counted as an error and in `contract_violations`
+//! (`outpost_source_contract_violations_total`), and logged with the problem (the log line is
+//! rate-limited, as every repeated line is). `ingest.check_contracts = false` stores it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +39,7 @@ use tokio::sync::mpsc;
 use super::config::SourceConfig;
 use super::route::Routes;
 use super::{build_routes, MqttError};
+use crate::contracts::Contracts;
 use crate::kernel::{now_ms, Backoff, Context, Link, Shutdown, StatusBoard};
 use crate::log::{Log, LogError, NewRecord};
 use crate::mqtt_client::{self as client, ClientSettings};
@@ -65,10 +76,18 @@ pub(crate) const KEY_MISSING_HELP: &str =
 const ACKS_SKIPPED: &str = "acks_skipped_after_reconnect";
 const ACKS_SKIPPED_HELP: &str =
     "Stored messages whose acknowledgement was skipped because their connection had closed (the broker redelivers them).";
+const CONTRACT_VIOLATIONS: &str = "contract_violations";
+const CONTRACT_VIOLATIONS_HELP: &str =
+    "Messages acknowledged without being stored because their payload breaks the store-event contract of their log topic.";
 
 /// Runs one `[[mqtt.sources]]` entry until shutdown: connects (and reconnects with backoff),
-/// subscribes, stores and acknowledges.
-pub async fn run_source(ctx: Context, cfg: SourceConfig) -> Result<(), MqttError> {
+/// subscribes, stores and acknowledges; messages that break their log topic's contract are
+/// acknowledged without being stored (see the module doc).
+pub async fn run_source(
+    ctx: Context,
+    cfg: SourceConfig,
+    contracts: Contracts,
+) -> Result<(), MqttError> {
     let max_record_bytes = ctx.log.max_record_bytes();
     let Context {
         log,
@@ -114,6 +133,7 @@ pub async fn run_source(ctx: Context, cfg: SourceConfig) -> Result<(), MqttError
             (REDELIVERED, REDELIVERED_HELP),
             (KEY_MISSING, KEY_MISSING_HELP),
             (ACKS_SKIPPED, ACKS_SKIPPED_HELP),
+            (CONTRACT_VIOLATIONS, CONTRACT_VIOLATIONS_HELP),
         ] {
             s.counter(key, help);
         }
@@ -131,6 +151,7 @@ pub async fn run_source(ctx: Context, cfg: SourceConfig) -> Result<(), MqttError
         client: client.clone(),
         log,
         routes,
+        contracts,
         board: board.clone(),
         name: name.clone(),
         session: Arc::clone(&session),
@@ -285,6 +306,7 @@ struct Appender {
     client: AsyncClient,
     log: Log,
     routes: Routes,
+    contracts: Contracts,
     board: StatusBoard,
     name: String,
     session: Arc<Session>,
@@ -309,6 +331,7 @@ async fn append_loop(mut a: Appender) {
         let mut groups: Vec<(String, Vec<NewRecord>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let (mut stored, mut key_missing, mut refused) = (0u64, 0u64, 0u64);
+        let mut violations = 0u64;
         for m in &batch {
             let topic = &m.publish.topic;
             let mapped = match a.routes.find(topic) {
@@ -327,6 +350,14 @@ async fn append_loop(mut a: Appender) {
                     continue;
                 }
             };
+            if let Some(contract) = a.contracts.for_topic(&mapped.topic) {
+                if let Err(e) = contract.check(&mapped.record.value) {
+                    refused += 1;
+                    violations += 1;
+                    tracing::warn!(source = %a.name, topic = %topic, error = %e, "A message breaks its log topic's contract; it is acknowledged without being stored.");
+                    continue;
+                }
+            }
             let size = mapped.record.payload_size();
             if size > a.max_record_bytes {
                 refused += 1;
@@ -423,6 +454,7 @@ async fn append_loop(mut a: Appender) {
             }
             s.count(KEY_MISSING, KEY_MISSING_HELP, key_missing);
             s.count(ACKS_SKIPPED, ACKS_SKIPPED_HELP, stale);
+            s.count(CONTRACT_VIOLATIONS, CONTRACT_VIOLATIONS_HELP, violations);
         });
     }
 }
