@@ -339,7 +339,8 @@ static CONTRACTS: &[Contract] = &[
         fields: &[
             req("card_id", Text),
             req("action", ADD_REMOVE),
-            req("reason", Text),
+            // Optional at the door: a removal often has none, and fraud-score needs none.
+            opt("reason", Text),
         ],
         any_of: &[],
     },

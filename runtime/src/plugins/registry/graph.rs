@@ -135,6 +135,8 @@ fn readers<'a>(m: &Manifest, others: &[&'a Manifest]) -> std::collections::BTree
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn plugin(name: &str, inputs: &[&str], outputs: &[&str]) -> Manifest {
