@@ -15,8 +15,11 @@ use tokio::net::TcpStream;
 
 use crate::common::wait::wait_until_async;
 
-/// `/health` must answer within this, whatever the other sockets do.
-const HEALTH_BUDGET: Duration = Duration::from_millis(100);
+/// `/health` must answer within this, whatever the other sockets do. The failure it guards
+/// against is a stall of 10–20 s; it answers in a few ms on a quiet machine, but on a loaded one
+/// (CI on two cores with builds beside it) a single answer took 133 ms, so the bound is one
+/// second: it still fails on the stall, never on the machine's load.
+const HEALTH_BUDGET: Duration = Duration::from_secs(1);
 
 fn config_in(dir: &std::path::Path) -> Config {
     let mut config = Config::default();
