@@ -14,9 +14,11 @@
 //! [config]                      # any table; handed to `outpost_init` as JSON
 //! alert_threshold = 70
 //!
-//! [limits]                      # optional; the box config caps both
+//! [limits]                      # optional; the box config caps each
 //! memory_mib = 32
 //! deadline_ms = 100
+//! state_mib = 64                # state quota: key + value bytes, in MiB
+//! state_keys = 1000000          # state quota: keys
 //! ```
 //!
 //! An input ending in `*` is a prefix pattern, as in `[log.topics]`: `sensors.*` matches every
@@ -89,6 +91,11 @@ pub struct ManifestLimits {
     pub memory_mib: Option<u64>,
     /// CPU deadline per call in milliseconds.
     pub deadline_ms: Option<u64>,
+    /// State quota in MiB: the most key plus value bytes, summed over the plugin's keys, its
+    /// state may hold; a `state_put` past it gets `QUOTA` (`sdk/ABI.md`, section 10).
+    pub state_mib: Option<u64>,
+    /// State quota in keys: the most keys the plugin's state may hold.
+    pub state_keys: Option<u64>,
 }
 
 impl Manifest {
@@ -177,6 +184,8 @@ impl Manifest {
         for (key, value) in [
             ("limits.memory_mib", self.limits.memory_mib),
             ("limits.deadline_ms", self.limits.deadline_ms),
+            ("limits.state_mib", self.limits.state_mib),
+            ("limits.state_keys", self.limits.state_keys),
         ] {
             if value == Some(0) {
                 return Err(invalid(
@@ -296,6 +305,8 @@ blocklisted = 100.0
 [limits]
 memory_mib = 32
 deadline_ms = 100
+state_mib = 16
+state_keys = 5000
 "#;
 
     fn with(replace: &str, by: &str) -> String {
@@ -319,6 +330,8 @@ deadline_ms = 100
         assert!(m.state);
         assert_eq!(m.limits.memory_mib, Some(32));
         assert_eq!(m.limits.deadline_ms, Some(100));
+        assert_eq!(m.limits.state_mib, Some(16));
+        assert_eq!(m.limits.state_keys, Some(5000));
         assert_eq!(m.dead_letter_topic(), "fraud-score.dlq");
     }
 
@@ -406,6 +419,14 @@ deadline_ms = 100
         assert_eq!(
             error_key(&with("deadline_ms = 100", "deadline_ms = 0")),
             "limits.deadline_ms"
+        );
+        assert_eq!(
+            error_key(&with("state_mib = 16", "state_mib = 0")),
+            "limits.state_mib"
+        );
+        assert_eq!(
+            error_key(&with("state_keys = 5000", "state_keys = 0")),
+            "limits.state_keys"
         );
         assert_eq!(
             error_key(&with("blocklisted = 100.0", "blocklisted = nan")),

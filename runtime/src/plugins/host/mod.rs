@@ -12,6 +12,10 @@
 //! - **Memory:** the manifest's `memory_mib` (or the box default), capped by the box maximum.
 //!   A `memory.grow` past it returns -1 (as the spec says); a call that then fails is reported
 //!   as out of memory. A module whose initial memory is already larger fails to instantiate.
+//! - **State:** the manifest's `state_mib` and `state_keys` (or the box defaults), capped by
+//!   the box maximums: a `state_put` that would take the plugin's state (key plus value bytes,
+//!   keys; committed plus not yet committed) past either gets `QUOTA` and writes nothing
+//!   (`store.rs` keeps the usage, the state store counts the committed part).
 //! - **Stack:** [`MAX_WASM_STACK_BYTES`] of wasm stack; deeper recursion traps.
 //! - **Store:** one instance, one memory, one table of at most 200 000 elements.
 //! - **Module size:** `max_module_bytes`, checked before anything is parsed.
@@ -177,6 +181,14 @@ pub struct HostConfig {
     pub max_state_key_bytes: usize,
     /// Largest state value, in bytes.
     pub max_state_value_bytes: usize,
+    /// State quota in bytes (keys + values) of a plugin whose manifest does not ask for one.
+    pub default_state_bytes: u64,
+    /// Largest state quota in bytes any plugin may get; larger manifest requests are capped.
+    pub max_state_bytes: u64,
+    /// State quota in keys of a plugin whose manifest does not ask for one.
+    pub default_state_keys: u64,
+    /// Largest state quota in keys any plugin may get; larger manifest requests are capped.
+    pub max_state_keys: u64,
     /// Where compiled modules are cached; `None` = no cache.
     pub cache_dir: Option<PathBuf>,
 }
@@ -192,6 +204,10 @@ impl Default for HostConfig {
             max_record_bytes: 1024 * 1024,
             max_state_key_bytes: 1024,
             max_state_value_bytes: 1024 * 1024,
+            default_state_bytes: outpost_sdk::abi::limits::DEFAULT_STATE_QUOTA_BYTES,
+            max_state_bytes: 1 << 30,
+            default_state_keys: outpost_sdk::abi::limits::DEFAULT_STATE_QUOTA_KEYS,
+            max_state_keys: 10_000_000,
             cache_dir: None,
         }
     }
@@ -242,6 +258,24 @@ impl HostConfig {
                 "max_state_key_bytes must be between 1 and {} (the state store's limit), not {}",
                 crate::state::MAX_STATE_KEY_BYTES,
                 self.max_state_key_bytes
+            ));
+        }
+        if self.max_state_bytes == 0 {
+            return bad("max_state_bytes must be at least 1".into());
+        }
+        if self.default_state_bytes == 0 || self.default_state_bytes > self.max_state_bytes {
+            return bad(format!(
+                "default_state_bytes must be between 1 and max_state_bytes ({}), not {}",
+                self.max_state_bytes, self.default_state_bytes
+            ));
+        }
+        if self.max_state_keys == 0 {
+            return bad("max_state_keys must be at least 1".into());
+        }
+        if self.default_state_keys == 0 || self.default_state_keys > self.max_state_keys {
+            return bad(format!(
+                "default_state_keys must be between 1 and max_state_keys ({}), not {}",
+                self.max_state_keys, self.default_state_keys
             ));
         }
         if self.max_state_value_bytes > crate::state::MAX_STATE_VALUE_BYTES {
@@ -447,6 +481,7 @@ impl Host {
                     max_record_bytes: 0,
                     max_state_key_bytes: 0,
                     max_state_value_bytes: 0,
+                    state_quota: outpost_sdk::abi::StateQuota::default(),
                 }),
                 0,
                 Arc::new(GuestLog::new(Arc::from("(host)"))),

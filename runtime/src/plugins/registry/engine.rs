@@ -87,6 +87,10 @@ impl WasmEngine {
             default_deadline_ms: config.default_deadline_ms,
             max_module_bytes: config.max_module_bytes,
             max_record_bytes,
+            default_state_bytes: config.default_state_mib.saturating_mul(1 << 20),
+            max_state_bytes: config.max_state_mib.saturating_mul(1 << 20),
+            default_state_keys: config.default_state_keys,
+            max_state_keys: config.max_state_keys,
             cache_dir,
             ..defaults
         })?;
