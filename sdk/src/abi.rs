@@ -1,6 +1,7 @@
 //! The byte-level side of ABI v1 (see `ABI.md`): the version number, host status codes, the
 //! limits a v1 host enforces, the record and header encodings in both directions, and the rules
-//! by which a host refuses a call ([`Refusal`], [`CallBudget`]).
+//! by which a host refuses a call ([`Refusal`], [`CallBudget`], [`StateQuota`] over
+//! [`StateUsage`]).
 //!
 //! This module is the one home of the ABI's bytes and rules: Outpost's wasm host encodes the
 //! records it passes and decodes the header blocks it receives with these functions and decides
@@ -32,6 +33,9 @@ pub mod status {
     pub const INVALID: i32 = -4;
     /// The host failed; the current call will fail and the record is retried or dead-lettered.
     pub const INTERNAL: i32 = -5;
+    /// `state_put`: the plugin's state quota (bytes or keys, see [`StateQuota`]) would be
+    /// exceeded.
+    pub const QUOTA: i32 = -6;
 }
 
 /// The limits a v1 host enforces by default (a box may be configured lower, never higher than
@@ -53,6 +57,12 @@ pub mod limits {
     pub const MAX_STATE_BYTES_PER_CALL: usize = 8 << 20;
     /// Longest log or error message kept; the host truncates longer ones.
     pub const MAX_MESSAGE_LEN: usize = 4096;
+    /// State quota in bytes (keys + values) of a plugin whose manifest does not ask for one
+    /// (`limits.state_mib`); a box may configure another default and caps what a manifest asks.
+    pub const DEFAULT_STATE_QUOTA_BYTES: u64 = 64 << 20;
+    /// State quota in keys of a plugin whose manifest does not ask for one
+    /// (`limits.state_keys`); a box may configure another default and caps what a manifest asks.
+    pub const DEFAULT_STATE_QUOTA_KEYS: u64 = 1_000_000;
 }
 
 /// Header names starting with this prefix belong to the host; it drops them from emitted
@@ -322,6 +332,13 @@ pub enum Refusal {
     EmitBudget,
     /// This call would write more than [`limits::MAX_STATE_BYTES_PER_CALL`] bytes of state.
     StateBudget,
+    /// A `state_put` would take the plugin's state past its quota ([`StateQuota::check`]).
+    StateQuota {
+        /// The plugin's state (committed and pending) as the put would leave it.
+        usage: StateUsage,
+        /// The quota it would exceed.
+        quota: StateQuota,
+    },
 }
 
 impl Refusal {
@@ -335,6 +352,7 @@ impl Refusal {
             | Refusal::RecordTooLarge { .. }
             | Refusal::EmitBudget
             | Refusal::StateBudget => status::TOO_LARGE,
+            Refusal::StateQuota { .. } => status::QUOTA,
         }
     }
 }
@@ -413,6 +431,82 @@ impl CallBudget {
             return Err(Refusal::StateBudget);
         }
         self.state_bytes += bytes;
+        Ok(())
+    }
+}
+
+/// How much state a plugin holds: the sum over its keys of key bytes plus value bytes, and the
+/// number of keys (ABI section 10). The host counts its committed state this way, plus the
+/// writes of the calls not committed yet; the test harness counts the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct StateUsage {
+    /// Key bytes plus value bytes, over every key.
+    pub bytes: u64,
+    /// Keys.
+    pub keys: u64,
+}
+
+impl StateUsage {
+    /// The usage of one entry: `key_len + value_len` bytes and one key, or nothing when the key
+    /// has no value (`None`: absent or deleted).
+    pub fn entry(key_len: usize, value_len: Option<usize>) -> StateUsage {
+        match value_len {
+            Some(value_len) => StateUsage {
+                bytes: key_len as u64 + value_len as u64,
+                keys: 1,
+            },
+            None => StateUsage::default(),
+        }
+    }
+
+    /// This usage with the entry `old` replaced by `new` (see [`StateUsage::entry`]): a put
+    /// that replaces a value counts the difference, a delete frees the entry.
+    pub fn replace(self, old: StateUsage, new: StateUsage) -> StateUsage {
+        StateUsage {
+            bytes: self
+                .bytes
+                .saturating_sub(old.bytes)
+                .saturating_add(new.bytes),
+            keys: self.keys.saturating_sub(old.keys).saturating_add(new.keys),
+        }
+    }
+}
+
+/// A plugin's state quota: the most bytes (keys + values) and keys its state may hold. From the
+/// manifest's `limits.state_mib` and `limits.state_keys`, capped by the box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StateQuota {
+    /// Most key plus value bytes.
+    pub max_bytes: u64,
+    /// Most keys.
+    pub max_keys: u64,
+}
+
+impl Default for StateQuota {
+    /// The defaults of a v1 host ([`limits::DEFAULT_STATE_QUOTA_BYTES`],
+    /// [`limits::DEFAULT_STATE_QUOTA_KEYS`]).
+    fn default() -> Self {
+        StateQuota {
+            max_bytes: limits::DEFAULT_STATE_QUOTA_BYTES,
+            max_keys: limits::DEFAULT_STATE_QUOTA_KEYS,
+        }
+    }
+}
+
+impl StateQuota {
+    /// Checks a `state_put` that takes the plugin's usage (committed plus pending) from
+    /// `before` to `after`: refused when it grows the bytes past `max_bytes` or the keys past
+    /// `max_keys`. A put that grows neither (a value replaced by one no larger) is never
+    /// refused, even over a quota the box lowered since. Deletes are never refused.
+    pub fn check(&self, before: StateUsage, after: StateUsage) -> Result<(), Refusal> {
+        let bytes_over = after.bytes > before.bytes && after.bytes > self.max_bytes;
+        let keys_over = after.keys > before.keys && after.keys > self.max_keys;
+        if bytes_over || keys_over {
+            return Err(Refusal::StateQuota {
+                usage: after,
+                quota: *self,
+            });
+        }
         Ok(())
     }
 }
@@ -578,6 +672,61 @@ mod tests {
         assert_eq!(
             CallBudget::new().state_write(limits::MAX_STATE_BYTES_PER_CALL + 1),
             Err(Refusal::StateBudget)
+        );
+    }
+
+    #[test]
+    fn state_usage_counts_key_and_value_bytes_and_a_replacement_counts_the_difference() {
+        let entry = |k: usize, v: Option<usize>| StateUsage::entry(k, v);
+        assert_eq!(entry(3, Some(10)), StateUsage { bytes: 13, keys: 1 });
+        assert_eq!(entry(3, None), StateUsage::default());
+        let usage = StateUsage::default().replace(entry(1, None), entry(1, Some(99)));
+        assert_eq!(
+            usage,
+            StateUsage {
+                bytes: 100,
+                keys: 1
+            }
+        );
+        let replaced = usage.replace(entry(1, Some(99)), entry(1, Some(9)));
+        assert_eq!(replaced, StateUsage { bytes: 10, keys: 1 });
+        let deleted = replaced.replace(entry(1, Some(9)), entry(1, None));
+        assert_eq!(deleted, StateUsage::default());
+        assert_eq!(
+            deleted.replace(entry(5, Some(5)), entry(5, None)),
+            StateUsage::default(),
+            "never below zero"
+        );
+    }
+
+    #[test]
+    fn the_state_quota_refuses_only_growth_past_it() {
+        let quota = StateQuota {
+            max_bytes: 100,
+            max_keys: 2,
+        };
+        let at = |bytes, keys| StateUsage { bytes, keys };
+        assert_eq!(quota.check(at(50, 1), at(100, 2)), Ok(()));
+        let refused = quota.check(at(50, 1), at(101, 2));
+        assert_eq!(
+            refused,
+            Err(Refusal::StateQuota {
+                usage: at(101, 2),
+                quota
+            })
+        );
+        assert_eq!(refused.map_err(Refusal::status), Err(status::QUOTA));
+        assert!(quota.check(at(10, 2), at(20, 3)).is_err(), "a third key");
+        // Over a quota lowered since: what does not grow is still allowed.
+        assert_eq!(quota.check(at(500, 5), at(400, 5)), Ok(()));
+        assert_eq!(quota.check(at(500, 5), at(500, 4)), Ok(()));
+        assert!(quota.check(at(500, 5), at(501, 5)).is_err());
+        assert_eq!(
+            StateQuota::default(),
+            StateQuota {
+                max_bytes: limits::DEFAULT_STATE_QUOTA_BYTES,
+                max_keys: limits::DEFAULT_STATE_QUOTA_KEYS
+            }
         );
     }
 

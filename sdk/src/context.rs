@@ -78,9 +78,13 @@ pub trait Context {
     }
 
     /// Sets the state value of `key` (non-empty, at most 1 KiB) to `value` (at most 1 MiB).
+    /// Fails with [`QuotaExceeded`](crate::ErrorKind::QuotaExceeded), writing nothing, when
+    /// it would take the plugin's state past its quota of bytes (keys + values) or keys
+    /// (`limits.state_mib`, `limits.state_keys` in the manifest).
     fn state_put(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error>;
 
-    /// Deletes `key` from state; deleting a missing key is not an error.
+    /// Deletes `key` from state; deleting a missing key is not an error. Deletes free quota
+    /// and are never refused by it.
     fn state_delete(&mut self, key: &[u8]) -> Result<(), Error>;
 
     /// Writes `message` to the host log, tagged with the plugin's name. Logging never fails;

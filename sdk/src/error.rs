@@ -19,6 +19,9 @@ pub enum ErrorKind {
     TooLarge,
     /// The host rejected the arguments of a call (host status `INVALID`).
     InvalidArgument,
+    /// A `state_put` would take the plugin's state past its quota of bytes or keys (host
+    /// status `QUOTA`). Nothing was written; deleting keys frees quota.
+    QuotaExceeded,
     /// The host failed internally, or answered with a status this SDK does not know.
     Host,
 }
@@ -54,6 +57,10 @@ impl Error {
             status::DENIED => (ErrorKind::Denied, "denied by the manifest"),
             status::TOO_LARGE => (ErrorKind::TooLarge, "over the host's size limits"),
             status::INVALID => (ErrorKind::InvalidArgument, "invalid arguments"),
+            status::QUOTA => (
+                ErrorKind::QuotaExceeded,
+                "the plugin's state quota (bytes or keys) would be exceeded",
+            ),
             status::INTERNAL => (ErrorKind::Host, "host internal error"),
             _ => (ErrorKind::Host, "unknown host status"),
         };
@@ -132,6 +139,10 @@ mod tests {
         assert_eq!(
             Error::from_status("x", status::INVALID).kind(),
             ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            Error::from_status("x", status::QUOTA).kind(),
+            ErrorKind::QuotaExceeded
         );
         assert_eq!(Error::from_status("x", -99).kind(), ErrorKind::Host);
     }

@@ -1,6 +1,6 @@
 //! A native test harness: runs a plugin under plain `cargo test` with an in-memory context that
-//! behaves like the host (per-call transactions, dead letters, the v1 size limits, declared
-//! outputs, no writes during init) and a settable clock.
+//! behaves like the host (per-call transactions, dead letters, the v1 size limits, the state
+//! quota, declared outputs, no writes during init) and a settable clock.
 //!
 //! ```
 //! use outpost_sdk::{testing::Harness, Context, Error, Plugin, Record};
@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::abi::{self, limits, CallBudget, Refusal};
+use crate::abi::{self, limits, CallBudget, Refusal, StateQuota, StateUsage};
 use crate::config::Config;
 use crate::context::{Context, Level};
 use crate::error::{Error, ErrorKind};
@@ -102,6 +102,12 @@ struct MemoryContext {
     pending_emits: Vec<Emitted>,
     /// This call's emits and state writes against the per-call limits (the host's rule).
     budget: CallBudget,
+    /// The state quota (the host's rule, [`StateQuota::check`]).
+    quota: StateQuota,
+    /// Usage of the committed state.
+    usage: StateUsage,
+    /// Usage of the committed state with this call's writes applied.
+    pending_usage: StateUsage,
     emitted: Vec<Emitted>,
     keep_emitted: bool,
     emitted_count: u64,
@@ -119,6 +125,9 @@ impl MemoryContext {
             pending_state: BTreeMap::new(),
             pending_emits: Vec::new(),
             budget: CallBudget::new(),
+            quota: StateQuota::default(),
+            usage: StateUsage::default(),
+            pending_usage: StateUsage::default(),
             emitted: Vec::new(),
             keep_emitted: true,
             emitted_count: 0,
@@ -135,9 +144,11 @@ impl MemoryContext {
         self.pending_state.clear();
         self.pending_emits.clear();
         self.budget = CallBudget::new();
+        self.pending_usage = self.usage;
     }
 
     fn commit(&mut self) {
+        self.usage = self.pending_usage;
         for (key, value) in std::mem::take(&mut self.pending_state) {
             match value {
                 Some(value) => {
@@ -159,6 +170,16 @@ impl MemoryContext {
     fn rollback(&mut self) {
         self.pending_state.clear();
         self.pending_emits.clear();
+        self.pending_usage = self.usage;
+    }
+
+    /// The usage of `key`'s current entry, this call's writes included.
+    fn entry_usage(&self, key: &[u8]) -> StateUsage {
+        let value = match self.pending_state.get(key) {
+            Some(pending) => pending.as_ref(),
+            None => self.state.get(key),
+        };
+        StateUsage::entry(key.len(), value.map(Vec::len))
     }
 
     fn check_write(&self, op: &str) -> Result<(), Error> {
@@ -187,6 +208,7 @@ fn refused(op: &str, refusal: Refusal) -> Error {
     let kind = match refusal.status() {
         abi::status::DENIED => ErrorKind::Denied,
         abi::status::TOO_LARGE => ErrorKind::TooLarge,
+        abi::status::QUOTA => ErrorKind::QuotaExceeded,
         _ => ErrorKind::InvalidArgument,
     };
     let why = match refusal {
@@ -213,6 +235,11 @@ fn refused(op: &str, refusal: Refusal) -> Error {
         Refusal::StateBudget => format!(
             "this call wrote more than {} bytes of state",
             limits::MAX_STATE_BYTES_PER_CALL
+        ),
+        Refusal::StateQuota { usage, quota } => format!(
+            "the state quota of {} bytes and {} keys would be exceeded ({} bytes and {} keys \
+             with this write)",
+            quota.max_bytes, quota.max_keys, usage.bytes, usage.keys
         ),
     };
     Error::with_kind(kind, format!("{op} failed: {why}"))
@@ -292,7 +319,15 @@ impl Context for MemoryContext {
         self.check_state_key("state_put", key)?;
         abi::check_state_value(value, limits::MAX_STATE_VALUE_LEN)
             .map_err(|r| refused("state_put", r))?;
+        let old = self.entry_usage(key);
+        let after = self
+            .pending_usage
+            .replace(old, StateUsage::entry(key.len(), Some(value.len())));
+        self.quota
+            .check(self.pending_usage, after)
+            .map_err(|r| refused("state_put", r))?;
         self.add_state_bytes("state_put", key.len() + value.len())?;
+        self.pending_usage = after;
         match self.pending_state.get_mut(key) {
             Some(slot) => match slot {
                 Some(existing) => {
@@ -313,6 +348,8 @@ impl Context for MemoryContext {
         self.check_write("state_delete")?;
         self.check_state_key("state_delete", key)?;
         self.add_state_bytes("state_delete", key.len())?;
+        let old = self.entry_usage(key);
+        self.pending_usage = self.pending_usage.replace(old, StateUsage::default());
         self.pending_state.insert(key.to_vec(), None);
         Ok(())
     }
@@ -402,6 +439,17 @@ impl<P: Plugin> Harness<P> {
     /// Grants or refuses state, like the manifest's `state` (default: granted).
     pub fn allow_state(mut self, allowed: bool) -> Self {
         self.ctx.state_allowed = allowed;
+        self
+    }
+
+    /// Sets the state quota, like the manifest's `limits.state_mib` and `limits.state_keys`
+    /// (default: the host's defaults, [`StateQuota::default`]). A `state_put` that would take
+    /// the state past it fails with [`ErrorKind::QuotaExceeded`].
+    pub fn state_quota(mut self, max_bytes: u64, max_keys: u64) -> Self {
+        self.ctx.quota = StateQuota {
+            max_bytes,
+            max_keys,
+        };
         self
     }
 
@@ -557,9 +605,19 @@ impl<P: Plugin> Harness<P> {
         self.ctx.state.len()
     }
 
-    /// Sets a committed state value directly (seeding a test).
+    /// How much committed state the plugin holds, as the quota counts it.
+    pub fn state_usage(&self) -> StateUsage {
+        self.ctx.usage
+    }
+
+    /// Sets a committed state value directly (seeding a test; the quota is not checked).
     pub fn set_state(&mut self, key: &[u8], value: &[u8]) {
-        self.ctx.state.insert(key.to_vec(), value.to_vec());
+        let ctx = &mut self.ctx;
+        let new = StateUsage::entry(key.len(), Some(value.len()));
+        let old = ctx.state.insert(key.to_vec(), value.to_vec());
+        let old = StateUsage::entry(key.len(), old.as_ref().map(Vec::len));
+        ctx.usage = ctx.usage.replace(old, new);
+        ctx.pending_usage = ctx.usage;
     }
 
     /// Everything the plugin logged, in order.
@@ -728,6 +786,50 @@ mod tests {
             h.send("value", "", &too_big).unwrap_err().kind(),
             ErrorKind::TooLarge
         );
+    }
+
+    #[test]
+    fn state_past_the_quota_is_refused_and_deletes_free_it() {
+        /// Key `<op><key>`: `p` puts a 10-byte value, `d` deletes, `P` puts then fails.
+        #[derive(Default)]
+        struct Writer;
+        impl Plugin for Writer {
+            fn on_record(&mut self, ctx: &mut dyn Context, r: &Record<'_>) -> Result<(), Error> {
+                let key = r.key.ok_or("no key")?;
+                match key.split_first() {
+                    Some((b'p', k)) => ctx.state_put(k, &[7; 10]),
+                    Some((b'd', k)) => ctx.state_delete(k),
+                    Some((b'P', k)) => {
+                        ctx.state_put(k, &[7; 10])?;
+                        Err(Error::new("failed after the put"))
+                    }
+                    _ => Err(Error::new("bad op")),
+                }
+            }
+        }
+        // Two entries of 11 bytes fit 22 bytes; a third key does not fit 2 keys either.
+        let mut h = Harness::<Writer>::new().state_quota(22, 2);
+        h.send("in", "pa", "").unwrap();
+        h.send("in", "pb", "").unwrap();
+        assert_eq!(h.state_usage(), StateUsage { bytes: 22, keys: 2 });
+        let err = h.send("in", "pc", "").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::QuotaExceeded);
+        assert!(err.message().contains("quota"), "{err}");
+        h.send("in", "pa", "").unwrap(); // replacing a value with one as large fits
+                                         // A failed call's write does not count; a delete frees its entry.
+        assert!(h.send("in", "Pa", "").is_err());
+        h.send("in", "da", "").unwrap();
+        assert_eq!(h.state_usage(), StateUsage { bytes: 11, keys: 1 });
+        h.send("in", "pc", "").unwrap();
+        assert_eq!(h.state_len(), 2);
+        let mut keys = Harness::<Writer>::new().state_quota(1000, 1);
+        keys.send("in", "pa", "").unwrap();
+        assert_eq!(
+            keys.send("in", "pb", "").unwrap_err().kind(),
+            ErrorKind::QuotaExceeded
+        );
+        keys.set_state(b"seeded", b"x");
+        assert_eq!(keys.state_usage(), StateUsage { bytes: 18, keys: 2 });
     }
 
     #[test]

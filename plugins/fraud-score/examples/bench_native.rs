@@ -79,7 +79,10 @@ fn main() {
     for repeat in 0..repeats {
         let mut harness = Harness::<FraudScore>::start(&config)
             .unwrap_or_else(|e| fail(format!("init failed: {e}")))
-            .allow_outputs(&[SCORES_TOPIC, ALERTS_TOPIC]);
+            .allow_outputs(&[SCORES_TOPIC, ALERTS_TOPIC])
+            // As on the wasm side of `outpost bench plugins`: speed, not quotas, is measured,
+            // and a workload of many cards may hold more state than the default quota.
+            .state_quota(u64::MAX, u64::MAX);
         harness.keep_emitted(false);
         let mut failed = 0u64;
         let started = Instant::now();

@@ -21,6 +21,8 @@
 //! output_bytes_per_input = 65536    # bytes emitted by one call (ABI maximum 8 MiB)
 //! output_records_per_sec = 5000     # emitted records per second, over the last second
 //! output_bytes_per_sec = 1048576    # emitted bytes per second
+//! state_mib = 64                # state quota: key + value bytes, in MiB
+//! state_keys = 1000000          # state quota: keys
 //! ```
 //!
 //! Outputs are the plugin's to write, and only some topics can be: names starting with
@@ -100,6 +102,11 @@ pub struct ManifestLimits {
     pub memory_mib: Option<u64>,
     /// CPU deadline per call in milliseconds.
     pub deadline_ms: Option<u64>,
+    /// State quota in MiB: the most key plus value bytes, summed over the plugin's keys, its
+    /// state may hold; a `state_put` past it gets `QUOTA` (`sdk/ABI.md`, section 10).
+    pub state_mib: Option<u64>,
+    /// State quota in keys: the most keys the plugin's state may hold.
+    pub state_keys: Option<u64>,
     /// Most records one call (one input record) may emit; more are refused (`TOO_LARGE`).
     pub output_records_per_input: Option<u64>,
     /// Most bytes (key + value + header block) one call may emit; more are refused.
@@ -234,6 +241,8 @@ impl Manifest {
                 "limits.output_bytes_per_sec",
                 self.limits.output_bytes_per_sec,
             ),
+            ("limits.state_mib", self.limits.state_mib),
+            ("limits.state_keys", self.limits.state_keys),
         ] {
             if value == Some(0) {
                 return Err(invalid(
@@ -353,6 +362,8 @@ blocklisted = 100.0
 [limits]
 memory_mib = 32
 deadline_ms = 100
+state_mib = 16
+state_keys = 5000
 "#;
 
     fn with(replace: &str, by: &str) -> String {
@@ -376,6 +387,8 @@ deadline_ms = 100
         assert!(m.state);
         assert_eq!(m.limits.memory_mib, Some(32));
         assert_eq!(m.limits.deadline_ms, Some(100));
+        assert_eq!(m.limits.state_mib, Some(16));
+        assert_eq!(m.limits.state_keys, Some(5000));
         assert_eq!(m.dead_letter_topic(), "fraud-score.dlq");
     }
 
@@ -512,6 +525,14 @@ deadline_ms = 100
         assert_eq!(
             error_key(&with("deadline_ms = 100", "deadline_ms = 0")),
             "limits.deadline_ms"
+        );
+        assert_eq!(
+            error_key(&with("state_mib = 16", "state_mib = 0")),
+            "limits.state_mib"
+        );
+        assert_eq!(
+            error_key(&with("state_keys = 5000", "state_keys = 0")),
+            "limits.state_keys"
         );
         assert_eq!(
             error_key(&with("blocklisted = 100.0", "blocklisted = nan")),

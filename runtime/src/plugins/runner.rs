@@ -19,8 +19,10 @@
 //! stopped.
 //!
 //! A batch also ends early, after the record in progress, once its calls have run
-//! `max_batch_ms` or its pending outputs reach `max_pending_output_bytes`; the records read but
-//! not processed are read again by the next batch.
+//! `max_batch_ms`, its pending outputs reach `max_pending_output_bytes` or its pending state
+//! writes reach `max_pending_state_bytes` (so one commit stays a few MiB, however much state a
+//! plugin writes per record); the records read but not processed are read again by the next
+//! batch.
 //!
 //! For each record the guest is called. On success its emits join the batch's outputs and its
 //! state writes join the batch's state overlay (later records of the batch read them). On
@@ -95,8 +97,10 @@
 //! `outpost_plugin_records_total{plugin}`, `outpost_plugin_failures_total{plugin,kind}`,
 //! `outpost_plugin_dead_letters_total{plugin}`, `outpost_plugin_emitted_total{plugin}`,
 //! `outpost_plugin_call_seconds_total{plugin}` (time spent in guest calls),
-//! `outpost_plugin_rejected_total{plugin}`, `outpost_plugin_quarantined{plugin}` and
-//! `outpost_plugin_quarantines_total{plugin}`.
+//! `outpost_plugin_rejected_total{plugin}`, `outpost_plugin_quarantined{plugin}`,
+//! `outpost_plugin_quarantines_total{plugin}`, and the plugin's committed state against its
+//! quota: `outpost_plugin_state_bytes{plugin}`, `outpost_plugin_state_keys{plugin}`,
+//! `outpost_plugin_state_quota_bytes{plugin}` and `outpost_plugin_state_quota_keys{plugin}`.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -134,6 +138,10 @@ pub struct RunnerConfig {
     pub batch_bytes: usize,
     /// A batch ends early once its pending outputs reach this many bytes.
     pub max_pending_output_bytes: usize,
+    /// A batch ends early (after the record in progress) once its pending state writes (key
+    /// plus value bytes) reach this many bytes, so one commit writes at most this plus one
+    /// call's state (8 MiB, `sdk/ABI.md` section 10).
+    pub max_pending_state_bytes: usize,
     /// A batch ends early (after the record in progress) once its calls have run this long, in
     /// ms, so a slow plugin's outputs and commits are not held back by a large batch.
     pub max_batch_ms: u64,
@@ -163,6 +171,7 @@ impl Default for RunnerConfig {
             batch_records: 1024,
             batch_bytes: 4 * 1024 * 1024,
             max_pending_output_bytes: 64 * 1024 * 1024,
+            max_pending_state_bytes: 16 * 1024 * 1024,
             max_batch_ms: 100,
             idle_wait_ms: 1000,
             max_backoff_ms: 5000,
@@ -329,6 +338,13 @@ pub struct PluginStatus {
     /// Output quota in force: records and bytes per second.
     pub output_records_per_sec: u64,
     pub output_bytes_per_sec: u64,
+    /// Committed state: key plus value bytes over the plugin's keys, and its keys (as of the
+    /// last commit).
+    pub state_bytes: u64,
+    pub state_keys: u64,
+    /// The state quota in force, in bytes and keys.
+    pub state_quota_bytes: u64,
+    pub state_quota_keys: u64,
 }
 
 #[derive(Debug)]
@@ -358,6 +374,10 @@ struct Metrics {
     quarantines: Counter,
     rejected: Counter,
     paused: Gauge,
+    state_bytes: Gauge,
+    state_keys: Gauge,
+    state_quota_bytes: Gauge,
+    state_quota_keys: Gauge,
 }
 
 impl Metrics {
@@ -419,7 +439,33 @@ impl Metrics {
                  is retried, never dead-lettered.",
                 &labels,
             ),
+            state_bytes: r.gauge(
+                "outpost_plugin_state_bytes",
+                "Key plus value bytes of a plugin's committed state.",
+                &labels,
+            ),
+            state_keys: r.gauge(
+                "outpost_plugin_state_keys",
+                "Keys of a plugin's committed state.",
+                &labels,
+            ),
+            state_quota_bytes: r.gauge(
+                "outpost_plugin_state_quota_bytes",
+                "A plugin's state quota in key plus value bytes.",
+                &labels,
+            ),
+            state_quota_keys: r.gauge(
+                "outpost_plugin_state_quota_keys",
+                "A plugin's state quota in keys.",
+                &labels,
+            ),
         }
+    }
+
+    /// Shows the plugin's committed state usage.
+    fn set_state_usage(&self, usage: outpost_sdk::abi::StateUsage) {
+        self.state_bytes.set(usage.bytes as f64);
+        self.state_keys.set(usage.keys as f64);
     }
 }
 
@@ -683,7 +729,8 @@ impl RunnerHandle {
                 "max_consecutive_failures and batch_records must be at least 1".into(),
             ));
         }
-        let instance = host.instantiate_with_state(&manifest, &module, state.clone())?;
+        let mut instance = host.instantiate_with_state(&manifest, &module, state.clone())?;
+        let state_usage = instance.state_usage()?;
         let consumer = format!("plugin:{name}");
         let dlq_name = format!("{name}.dlq");
         let patterns: Vec<String> = manifest
@@ -710,6 +757,10 @@ impl RunnerHandle {
         let metrics = Metrics::new(&name);
         metrics.quarantined.set(0.0);
         let output_quota = cfg.output_quota(&manifest);
+        metrics.set_state_usage(state_usage);
+        let quota = instance.state_quota();
+        metrics.state_quota_bytes.set(quota.max_bytes as f64);
+        metrics.state_quota_keys.set(quota.max_keys as f64);
         let (done_tx, _) = tokio::sync::watch::channel(false);
         let (stop, stopping) = Shutdown::new();
         let shared = Arc::new(Shared {
@@ -827,6 +878,10 @@ impl RunnerHandle {
             deadline_ms: s.deadline_ms,
             output_records_per_sec: s.output_quota.0,
             output_bytes_per_sec: s.output_quota.1,
+            state_bytes: s.metrics.state_bytes.get() as u64,
+            state_keys: s.metrics.state_keys.get() as u64,
+            state_quota_bytes: s.metrics.state_quota_bytes.get() as u64,
+            state_quota_keys: s.metrics.state_quota_keys.get() as u64,
         }
     }
 
@@ -1318,6 +1373,7 @@ impl Worker {
             positions[i] = offset + 1;
             if stop.is_some()
                 || pending_bytes >= self.cfg.max_pending_output_bytes
+                || self.instance.pending_state_bytes() >= self.cfg.max_pending_state_bytes
                 || started.elapsed() >= max_batch
             {
                 break;
@@ -1374,7 +1430,13 @@ impl Worker {
         if let Err(e) = self.state.commit(&commit) {
             return Step::HostError(RunnerError::Commit(e));
         }
+        let wrote_state = !commit.ops.is_empty();
         self.instance.committed(commit.ops);
+        if wrote_state {
+            if let Ok(usage) = self.instance.state_usage() {
+                self.shared.metrics.set_state_usage(usage);
+            }
+        }
         {
             let mut shared_positions = self.shared.positions();
             for ((input, p), (_, shared_pos)) in self

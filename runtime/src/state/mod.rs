@@ -64,6 +64,14 @@
 //! not here, so re-processing may emit them again: state is exactly-once per input, emitted
 //! records are at-least-once. A consumer whose offset fell below the log start (retention
 //! removed records it never read) resumes at the start and says so ([`StateStore::resume`]).
+//!
+//! # State usage
+//!
+//! [`StateStore::usage`] tells how much state a namespace holds (key plus value bytes over its
+//! keys, and its keys), which plugin state quotas are checked against. It is kept in memory
+//! only: counted by one scan of the namespace when first asked, then kept exact by every
+//! commit (a sled put or delete hands back the value it replaced). A reopened store and a
+//! reset namespace are counted again.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -73,6 +81,8 @@ mod identity;
 mod keys;
 mod open_box;
 
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -214,6 +224,48 @@ pub struct Commit {
 /// One (key, value) of a namespace's state, as [`StateStore::state_iter`] yields it.
 pub type StateEntry = (Vec<u8>, Vec<u8>);
 
+/// How much state a namespace holds: the sum over its keys of key bytes plus value bytes (the
+/// namespace's own keys, without the store's prefix), and the number of keys. What a plugin's
+/// state quota counts (`sdk/ABI.md`, section 10).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateUsage {
+    /// Key bytes plus value bytes.
+    pub bytes: u64,
+    /// Keys.
+    pub keys: u64,
+}
+
+impl StateUsage {
+    /// The usage of one entry (`None`: no value, nothing).
+    fn entry(key_len: usize, value_len: Option<usize>) -> StateUsage {
+        match value_len {
+            Some(len) => StateUsage {
+                bytes: key_len as u64 + len as u64,
+                keys: 1,
+            },
+            None => StateUsage::default(),
+        }
+    }
+
+    fn add(self, other: StateUsage) -> StateUsage {
+        StateUsage {
+            bytes: self.bytes.saturating_add(other.bytes),
+            keys: self.keys.saturating_add(other.keys),
+        }
+    }
+
+    fn sub(self, other: StateUsage) -> StateUsage {
+        StateUsage {
+            bytes: self.bytes.saturating_sub(other.bytes),
+            keys: self.keys.saturating_sub(other.keys),
+        }
+    }
+}
+
+/// The known usage of one namespace (`None` until a scan counted it); its lock is held across
+/// a commit to the namespace, so a scan never counts a commit twice.
+type UsageSlot = Arc<Mutex<Option<StateUsage>>>;
+
 /// Where a consumer resumes on a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resume {
@@ -249,8 +301,8 @@ struct Inner {
     last_reopen: Mutex<Option<Instant>>,
     /// Reopens that succeeded; see [`StateStore::generation`].
     generation: AtomicU64,
-    /// Commits take it shared, `reset` exclusively, so a reset's scan and delete see no
-    /// concurrent commit.
+    /// Commits and usage scans take it shared, `reset` exclusively, so a reset's scan and
+    /// delete see no concurrent commit and a usage scan never sees half a reset.
     reset_lock: RwLock<()>,
     /// Serialises edge id reads and changes.
     edge_lock: Mutex<()>,
@@ -261,6 +313,10 @@ struct Inner {
     /// Where `sync()` writes the positions checkpoint (set for a box's store, see
     /// [`open_box`]).
     positions: Option<PathBuf>,
+    /// Per namespace, its usage: counted by a scan on first ask ([`StateStore::usage`]), then
+    /// kept by every commit (sled hands back the value a put or delete replaced). Cleared when
+    /// the store reopens (it may come back older) and for a namespace that is reset.
+    usage: Mutex<HashMap<String, UsageSlot>>,
     metrics: Metrics,
 }
 
@@ -468,6 +524,8 @@ impl StateStore {
         match Trees::open(&inner.dir) {
             Ok(opened) => {
                 *trees = Some(Arc::new(opened));
+                // The reopened store holds its last durable commits: count usage again.
+                lock(&inner.usage).clear();
                 inner.broken.store(false, Ordering::SeqCst);
                 inner.generation.fetch_add(1, Ordering::SeqCst);
                 tracing::warn!(
@@ -520,6 +578,7 @@ impl StateStore {
                 edge_synced: AtomicBool::new(false),
                 syncs: AtomicU64::new(0),
                 positions,
+                usage: Mutex::new(HashMap::new()),
                 metrics: Metrics::new(),
             }),
         })
@@ -839,25 +898,97 @@ impl StateStore {
         let namespace = commit.namespace.as_str();
         let inner = &self.inner;
         let _shared = read_lock(&inner.reset_lock);
+        // The namespace's usage is updated under its lock, with what the transaction replaced.
+        let slot = (!commit.ops.is_empty()).then(|| self.usage_slot(namespace));
+        let mut known = slot.as_deref().map(lock);
+        let grown = Cell::new(StateUsage::default());
+        let shrunk = Cell::new(StateUsage::default());
         let trees = self.trees()?;
         let result = (&trees.offsets, &trees.state).transaction(|(offsets_tx, state_tx)| {
+            // sled may run the closure again after a conflict: count from zero every time.
+            grown.set(StateUsage::default());
+            shrunk.set(StateUsage::default());
             for (key, value) in &offsets {
                 offsets_tx.insert(key.as_slice(), &value[..])?;
             }
             for op in &commit.ops {
                 check_op(namespace, op).map_err(ConflictableTransactionError::Abort)?;
-                match op {
+                let (key, old, new) = match op {
                     StateOp::Put { key, value } => {
-                        state_tx.insert(keys::state_key(namespace, key), value.as_slice())?;
+                        let old =
+                            state_tx.insert(keys::state_key(namespace, key), value.as_slice())?;
+                        (key, old, Some(value.len()))
                     }
                     StateOp::Delete { key } => {
-                        state_tx.remove(keys::state_key(namespace, key))?;
+                        (key, state_tx.remove(keys::state_key(namespace, key))?, None)
                     }
-                }
+                };
+                grown.set(grown.get().add(StateUsage::entry(key.len(), new)));
+                let old = StateUsage::entry(key.len(), old.as_ref().map(|v| v.len()));
+                shrunk.set(shrunk.get().add(old));
             }
             Ok(())
         });
-        result.map_err(from_transaction)
+        result.map_err(from_transaction)?;
+        if let Some(usage) = known.as_deref_mut().and_then(Option::as_mut) {
+            *usage = usage.add(grown.get()).sub(shrunk.get());
+        }
+        Ok(())
+    }
+
+    /// The usage slot of `namespace`.
+    fn usage_slot(&self, namespace: &str) -> UsageSlot {
+        let mut slots = lock(&self.inner.usage);
+        match slots.get(namespace) {
+            Some(slot) => Arc::clone(slot),
+            None => {
+                let slot = UsageSlot::default();
+                slots.insert(namespace.to_string(), Arc::clone(&slot));
+                slot
+            }
+        }
+    }
+
+    /// How much state `namespace` holds (key plus value bytes over its keys, and its keys).
+    ///
+    /// The first call for a namespace scans its entries; later calls return what commits kept
+    /// up to date, without touching sled. After the store reopened, or the namespace was
+    /// reset, the next call scans again.
+    pub fn usage(&self, namespace: &str) -> Result<StateUsage, StateError> {
+        keys::check_name("namespace", namespace)?;
+        let _shared = read_lock(&self.inner.reset_lock);
+        let slot = self.usage_slot(namespace);
+        let mut known = lock(&slot);
+        if let Some(usage) = *known {
+            return Ok(usage);
+        }
+        let started = Instant::now();
+        let counted = self.scan_usage(namespace);
+        if let Err(e) = &counted {
+            self.note_failure(e);
+        }
+        let usage = counted?;
+        tracing::debug!(
+            namespace,
+            bytes = usage.bytes,
+            keys = usage.keys,
+            seconds = started.elapsed().as_secs_f64(),
+            "Counted a namespace's state usage."
+        );
+        *known = Some(usage);
+        Ok(usage)
+    }
+
+    /// Counts a namespace's usage from its entries.
+    fn scan_usage(&self, namespace: &str) -> Result<StateUsage, StateError> {
+        let prefix = keys::namespace_prefix(namespace);
+        let mut usage = StateUsage::default();
+        for entry in self.trees()?.state.scan_prefix(&prefix) {
+            let (key, value) = entry?;
+            let key_len = key.len().saturating_sub(prefix.len());
+            usage = usage.add(StateUsage::entry(key_len, Some(value.len())));
+        }
+        Ok(usage)
     }
 
     /// Reads one key of a namespace's state.
@@ -923,6 +1054,8 @@ impl StateStore {
                 Ok::<(), ConflictableTransactionError<StateError>>(())
             });
             result.map_err(from_transaction)?;
+            // Counted again (an empty namespace) when next asked.
+            lock(&inner.usage).remove(namespace);
             tracing::info!(
                 namespace,
                 consumer,

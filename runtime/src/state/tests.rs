@@ -421,3 +421,88 @@ fn a_second_open_waits_for_a_stopping_holder_and_fails_clearly_on_one_that_stays
     );
     drop(second);
 }
+
+fn delete(key: &str) -> StateOp {
+    StateOp::Delete {
+        key: key.as_bytes().to_vec(),
+    }
+}
+
+fn usage(bytes: u64, keys: u64) -> StateUsage {
+    StateUsage { bytes, keys }
+}
+
+#[test]
+fn usage_counts_key_and_value_bytes_and_commits_keep_it_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    assert_eq!(store.usage("a").unwrap(), usage(0, 0));
+    store
+        .commit(&commit(
+            "plugin:a",
+            &[],
+            "a",
+            vec![put("k1", "12345"), put("k2", "")],
+        ))
+        .unwrap();
+    assert_eq!(store.usage("a").unwrap(), usage(2 + 5 + 2, 2));
+    // A replacement counts the difference, a delete frees its entry, deleting a missing key
+    // and a key put twice in one commit count what is stored in the end.
+    store
+        .commit(&commit(
+            "plugin:a",
+            &[],
+            "a",
+            vec![
+                put("k1", "1"),
+                delete("k2"),
+                delete("absent"),
+                put("k3", "xxxxxxxxxx"),
+                put("k3", "xx"),
+            ],
+        ))
+        .unwrap();
+    assert_eq!(store.usage("a").unwrap(), usage(3 + 4, 2));
+    // Another namespace, even one whose name is a prefix, is counted apart.
+    store
+        .commit(&commit("plugin:ab", &[], "ab", vec![put("k", "v")]))
+        .unwrap();
+    assert_eq!(store.usage("ab").unwrap(), usage(2, 1));
+    assert_eq!(store.usage("a").unwrap(), usage(7, 2));
+    drop(store);
+    let reopened = StateStore::open(dir.path()).unwrap();
+    assert_eq!(
+        reopened.usage("a").unwrap(),
+        usage(7, 2),
+        "counted again from the stored entries"
+    );
+}
+
+#[test]
+fn a_failed_commit_leaves_usage_unchanged_and_a_reset_empties_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StateStore::open(dir.path()).unwrap();
+    store
+        .commit(&commit("plugin:a", &[("t", 1)], "a", vec![put("k", "vv")]))
+        .unwrap();
+    assert_eq!(store.usage("a").unwrap(), usage(3, 1));
+    let too_long = StateOp::Put {
+        key: vec![b'k'; MAX_STATE_KEY_BYTES + 1],
+        value: Vec::new(),
+    };
+    assert!(store
+        .commit(&commit(
+            "plugin:a",
+            &[],
+            "a",
+            vec![put("k2", "v"), too_long]
+        ))
+        .is_err());
+    assert_eq!(store.usage("a").unwrap(), usage(3, 1));
+    store.reset("a", "plugin:a").unwrap();
+    assert_eq!(store.usage("a").unwrap(), usage(0, 0));
+    store
+        .commit(&commit("plugin:a", &[], "a", vec![put("k", "v")]))
+        .unwrap();
+    assert_eq!(store.usage("a").unwrap(), usage(2, 1));
+}

@@ -3,11 +3,12 @@
 //!
 //! Every guest pointer/length pair is checked against the guest's memory before use; a pair
 //! outside it gets `INVALID`, never a panic or a trap. A refused call (DENIED, TOO_LARGE,
-//! INVALID) changes nothing and is remembered, so that if the guest then fails the record, the
+//! INVALID, QUOTA) changes nothing and is remembered, so that if the guest then fails the record, the
 //! dead letter's error names the refusal. Emits and state writes of a call are buffered and only
-//! kept when the call returns 0 (see `Instance::call`).
+//! kept when the call returns 0 (see `Instance::call`). Puts and deletes keep the plugin's state
+//! usage (see `store.rs`); a put that would take it past the quota gets `QUOTA`.
 
-use outpost_sdk::abi::Refusal;
+use outpost_sdk::abi::{Refusal, StateQuota, StateUsage};
 use wasmtime::{Caller, Linker};
 
 use super::guest_log::{truncate_utf8, LogLevel, LogSource};
@@ -97,9 +98,28 @@ pub enum AbiError {
         limits::MAX_STATE_BYTES_PER_CALL
     )]
     StateBudget { call: &'static str },
+    /// A put that would take the plugin's state past its quota.
+    #[error(
+        "state_put: the plugin's state quota of {} bytes and {} keys would be exceeded: with \
+         this put its state would hold {} bytes in {} keys (delete keys to make room; \
+         `limits.state_mib` and `limits.state_keys` in plugin.toml, capped by the box's \
+         `plugins.max_state_mib` and `plugins.max_state_keys`)",
+        quota.max_bytes,
+        quota.max_keys,
+        usage.bytes,
+        usage.keys
+    )]
+    StateQuota {
+        usage: StateUsage,
+        quota: StateQuota,
+    },
     /// Reading committed state failed (INTERNAL: the call fails whatever the guest returns).
-    #[error("state_get: reading the state store failed: {0}")]
-    StateStore(#[source] StateError),
+    #[error("{call}: reading the state store failed: {source}")]
+    StateStore {
+        call: &'static str,
+        #[source]
+        source: StateError,
+    },
 }
 
 impl AbiError {
@@ -122,7 +142,8 @@ impl AbiError {
             | AbiError::StateValueTooLarge { .. }
             | AbiError::ValueOver2GiB
             | AbiError::StateBudget { .. } => status::TOO_LARGE,
-            AbiError::StateStore(_) => status::INTERNAL,
+            AbiError::StateQuota { .. } => status::QUOTA,
+            AbiError::StateStore { .. } => status::INTERNAL,
         }
     }
 
@@ -147,6 +168,7 @@ impl AbiError {
             Refusal::EmitBudget => AbiError::EmitBudget {
                 topic: topic.to_string(),
             },
+            Refusal::StateQuota { usage, quota } => AbiError::StateQuota { usage, quota },
             // `Refusal` is non-exhaustive; today the only one left is the state budget.
             _ => AbiError::StateBudget { call },
         }
@@ -332,20 +354,46 @@ fn known<'d>(data: &'d StoreData, key: &[u8]) -> Option<&'d Option<Vec<u8>>> {
     data.call
         .writes
         .get(key)
-        .or_else(|| data.batch.get(key))
+        .or_else(|| data.batch.writes.get(key))
         .or_else(|| data.cache.get(key))
 }
 
 /// Reads `key` from the state store (committed state) and remembers it in the cache.
-fn load(data: &mut StoreData, key: &[u8]) -> Result<Option<Vec<u8>>, AbiError> {
+fn load(data: &mut StoreData, call: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, AbiError> {
     match &data.state {
         Some(store) => {
-            let value = store.get(&data.plugin, key).map_err(AbiError::StateStore)?;
+            let value = store
+                .get(&data.plugin, key)
+                .map_err(|source| AbiError::StateStore { call, source })?;
             data.cache.insert(key.to_vec(), value.clone());
             Ok(value)
         }
         None => Ok(None),
     }
+}
+
+/// Fails the call as the host's fault (INTERNAL): the state store could not be read.
+fn internal(data: &mut StoreData, error: AbiError) -> i32 {
+    data.call.internal = Some(error.to_string());
+    refuse(data, error)
+}
+
+/// The plugin's state usage before a write of `key` (this call's and the batch's writes
+/// applied) and the usage of `key`'s entry in it, reading from the state store what is not in
+/// memory.
+fn usage_before_write(
+    data: &mut StoreData,
+    call: &'static str,
+    key: &[u8],
+) -> Result<(StateUsage, StateUsage), AbiError> {
+    let value_len = match known(data, key) {
+        Some(value) => value.as_ref().map(Vec::len),
+        None => load(data, call, key)?.map(|v| v.len()),
+    };
+    let usage = data
+        .pending_usage()
+        .map_err(|source| AbiError::StateStore { call, source })?;
+    Ok((usage, StateUsage::entry(key.len(), value_len)))
 }
 
 /// Writes `value` to the guest's buffer if it fits (returns its length), else keeps it for the
@@ -425,13 +473,10 @@ fn state_get_key(
             // Too large for the buffer, or a bad buffer: the slow path says which.
             v.clone()
         }
-        None => match load(data, key) {
+        None => match load(data, "state_get", key) {
             Ok(Some(v)) => v,
             Ok(None) => return status::NOT_FOUND,
-            Err(error) => {
-                data.call.internal = Some(error.to_string());
-                return refuse(data, error);
-            }
+            Err(error) => return internal(data, error),
         },
     };
     give(data, mem, key, &value, out_ptr, out_cap)
@@ -459,11 +504,25 @@ fn state_put(
             };
             return refuse(data, error);
         };
-        let rules = outpost_sdk::abi::check_state_value(value, data.grants.max_state_value_bytes)
+        if let Err(rule) =
+            outpost_sdk::abi::check_state_value(value, data.grants.max_state_value_bytes)
+        {
+            return refuse(data, AbiError::from_rule("state_put", "", rule));
+        }
+        let (before, old) = match usage_before_write(data, "state_put", key) {
+            Ok(found) => found,
+            Err(error) => return internal(data, error),
+        };
+        let after = before.replace(old, StateUsage::entry(key.len(), Some(value.len())));
+        let rules = data
+            .grants
+            .state_quota
+            .check(before, after)
             .and_then(|()| data.call.budget.state_write(key.len() + value.len()));
         if let Err(rule) = rules {
             return refuse(data, AbiError::from_rule("state_put", "", rule));
         }
+        data.call.usage = Some(after);
         data.call.last_get = None;
         match data.call.writes.get_mut(key) {
             Some(slot) => match slot {
@@ -495,9 +554,14 @@ fn state_delete(mut caller: Caller<'_, StoreData>, key_ptr: i32, key_len: i32) -
             Ok(k) => k,
             Err(code) => return code,
         };
+        let (before, old) = match usage_before_write(data, "state_delete", key) {
+            Ok(found) => found,
+            Err(error) => return internal(data, error),
+        };
         if let Err(rule) = data.call.budget.state_write(key.len()) {
             return refuse(data, AbiError::from_rule("state_delete", "", rule));
         }
+        data.call.usage = Some(before.replace(old, StateUsage::default()));
         data.call.last_get = None;
         data.call.writes.insert(key.to_vec(), None);
         0

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use wasmtime::{Memory, Store, Trap, TypedFunc};
 
+use outpost_sdk::abi::{StateQuota, StateUsage};
+
 use super::abi::{self, ABI_VERSION};
 use super::guest_log::{GuestLog, LogLevel, LogSource};
-use super::store::{Emitted, Grants, Phase, StoreData};
+use super::store::{Batch, Emitted, Grants, Phase, StoreData};
 use super::wasi::ProcExit;
 use super::{
     error_chain, CallFailure, CompiledModule, FailureKind, Host, PluginError, EPOCH_TICK_MS,
@@ -162,6 +164,18 @@ impl Instance {
             .deadline_ms
             .unwrap_or(cfg.default_deadline_ms)
             .clamp(1, cfg.max_deadline_ms);
+        let state_quota = StateQuota {
+            max_bytes: manifest
+                .limits
+                .state_mib
+                .map_or(cfg.default_state_bytes, |mib| mib.saturating_mul(1 << 20))
+                .clamp(1, cfg.max_state_bytes),
+            max_keys: manifest
+                .limits
+                .state_keys
+                .unwrap_or(cfg.default_state_keys)
+                .clamp(1, cfg.max_state_keys),
+        };
         let config_json = manifest.config_json();
         let settings = Arc::new(Settings {
             plugin: Arc::clone(&plugin),
@@ -179,6 +193,7 @@ impl Instance {
                     manifest.limits.output_bytes_per_input,
                     cfg.max_output_bytes_per_input,
                 ),
+                state_quota,
             }),
             memory_bytes: (memory_mib * 1024 * 1024) as usize,
             memory_mib,
@@ -205,7 +220,7 @@ impl Instance {
         module: &CompiledModule,
         settings: &Arc<Settings>,
         log: Arc<GuestLog>,
-        batch: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>,
+        batch: Batch,
         state: Option<StateStore>,
     ) -> Result<(Store<StoreData>, Entry), PluginError> {
         let plugin = &*settings.plugin;
@@ -464,9 +479,7 @@ impl Instance {
                 message: host_failure.unwrap_or_default(),
             }),
             Ok(0) => {
-                if !data.call.writes.is_empty() {
-                    data.batch.extend(data.call.writes.drain());
-                }
+                data.batch.absorb(&mut data.call);
                 return Ok(());
             }
             Ok(rc) => {
@@ -508,38 +521,67 @@ impl Instance {
 
     /// Whether successful calls left state writes that are not committed yet.
     pub fn has_pending_state(&self) -> bool {
-        !self.store.data().batch.is_empty()
+        !self.store.data().batch.writes.is_empty()
     }
 
-    /// Forgets every committed state value read so far, so the next reads go to the state
-    /// store (after a host failure the store may hold older values than were read).
+    /// Key plus value bytes of the state writes not committed yet (a delete counts its key):
+    /// about what the batch's commit will write.
+    pub fn pending_state_bytes(&self) -> usize {
+        self.store.data().batch.bytes
+    }
+
+    /// The plugin's state quota (its manifest's, capped by the box).
+    pub fn state_quota(&self) -> StateQuota {
+        self.settings.grants.state_quota
+    }
+
+    /// How much committed state the plugin holds (read from the state store when not known
+    /// yet; without a store, nothing).
+    pub fn state_usage(&mut self) -> Result<StateUsage, PluginError> {
+        Ok(self.store.data_mut().committed_usage()?)
+    }
+
+    /// Forgets every committed state value read so far, and the committed usage, so the next
+    /// reads go to the state store (after a host failure the store may hold older values than
+    /// were read).
     pub fn forget_committed(&mut self) {
-        self.store.data_mut().cache.clear();
+        let data = self.store.data_mut();
+        data.cache.clear();
+        data.committed_usage = None;
+        data.batch.usage = None;
     }
 
     /// Takes the batch's state writes as ops (one per key, its final value) for a commit.
     pub fn take_state_ops(&mut self) -> Vec<StateOp> {
-        self.store
-            .data_mut()
-            .batch
+        let batch = &mut self.store.data_mut().batch;
+        let ops = batch
+            .writes
             .drain()
             .map(|(key, value)| match value {
                 Some(value) => StateOp::Put { key, value },
                 None => StateOp::Delete { key },
             })
-            .collect()
+            .collect();
+        batch.clear();
+        ops
     }
 
     /// Tells the instance that `ops` (from [`Instance::take_state_ops`]) are committed, so its
-    /// cache of committed state serves them without reading the store.
+    /// cache of committed state serves them without reading the store, and its committed usage
+    /// is the store's again.
     pub fn committed(&mut self, ops: Vec<StateOp>) {
-        let cache = &mut self.store.data_mut().cache;
+        let data = self.store.data_mut();
+        let cache = &mut data.cache;
         for op in ops {
             match op {
                 StateOp::Put { key, value } => cache.insert(key, Some(value)),
                 StateOp::Delete { key } => cache.insert(key, None),
             }
         }
+        // The store kept the namespace's usage through the commit (usually without reading
+        // sled); if it cannot say now, the next write asks again.
+        data.committed_usage = None;
+        let _ = data.committed_usage();
     }
 
     /// Replaces the store with a fresh instantiation (after a trap), keeping the batch's
@@ -549,6 +591,7 @@ impl Instance {
         data.flush_output();
         let batch = std::mem::take(&mut data.batch);
         let cache = std::mem::take(&mut data.cache);
+        let committed_usage = data.committed_usage;
         let state = data.state.clone();
         let log = Arc::clone(&data.log);
         log.push(
@@ -566,6 +609,7 @@ impl Instance {
         ) {
             Ok((mut store, entry)) => {
                 store.data_mut().cache = cache;
+                store.data_mut().committed_usage = committed_usage;
                 self.store = store;
                 self.entry = entry;
                 Ok(())

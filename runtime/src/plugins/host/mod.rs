@@ -12,6 +12,10 @@
 //! - **Memory:** the manifest's `memory_mib` (or the box default), capped by the box maximum.
 //!   A `memory.grow` past it returns -1 (as the spec says); a call that then fails is reported
 //!   as out of memory. A module whose initial memory is already larger fails to instantiate.
+//! - **State:** the manifest's `state_mib` and `state_keys` (or the box defaults), capped by
+//!   the box maximums: a `state_put` that would take the plugin's state (key plus value bytes,
+//!   keys; committed plus not yet committed) past either gets `QUOTA` and writes nothing
+//!   (`store.rs` keeps the usage, the state store counts the committed part).
 //! - **Stack:** [`MAX_WASM_STACK_BYTES`] of wasm stack; deeper recursion traps.
 //! - **Store:** one instance, one memory, one table of at most 200 000 elements.
 //! - **Module size:** `max_module_bytes`, checked before anything is parsed.
@@ -183,6 +187,14 @@ pub struct HostConfig {
     /// Most bytes one call may emit (default and cap of `output_bytes_per_input`); at most the
     /// ABI's 8 MiB.
     pub max_output_bytes_per_input: usize,
+    /// State quota in bytes (keys + values) of a plugin whose manifest does not ask for one.
+    pub default_state_bytes: u64,
+    /// Largest state quota in bytes any plugin may get; larger manifest requests are capped.
+    pub max_state_bytes: u64,
+    /// State quota in keys of a plugin whose manifest does not ask for one.
+    pub default_state_keys: u64,
+    /// Largest state quota in keys any plugin may get; larger manifest requests are capped.
+    pub max_state_keys: u64,
     /// Where compiled modules are cached; `None` = no cache.
     pub cache_dir: Option<PathBuf>,
 }
@@ -200,6 +212,10 @@ impl Default for HostConfig {
             max_state_value_bytes: 1024 * 1024,
             max_output_records_per_input: outpost_sdk::abi::limits::MAX_EMITS_PER_CALL,
             max_output_bytes_per_input: outpost_sdk::abi::limits::MAX_EMIT_BYTES_PER_CALL,
+            default_state_bytes: outpost_sdk::abi::limits::DEFAULT_STATE_QUOTA_BYTES,
+            max_state_bytes: 1 << 30,
+            default_state_keys: outpost_sdk::abi::limits::DEFAULT_STATE_QUOTA_KEYS,
+            max_state_keys: 10_000_000,
             cache_dir: None,
         }
     }
@@ -267,6 +283,24 @@ impl HostConfig {
             return bad(format!(
                 "max_output_bytes_per_input must be between 1 and {max_emit_bytes} (the ABI's limit), not {}",
                 self.max_output_bytes_per_input
+            ));
+        }
+        if self.max_state_bytes == 0 {
+            return bad("max_state_bytes must be at least 1".into());
+        }
+        if self.default_state_bytes == 0 || self.default_state_bytes > self.max_state_bytes {
+            return bad(format!(
+                "default_state_bytes must be between 1 and max_state_bytes ({}), not {}",
+                self.max_state_bytes, self.default_state_bytes
+            ));
+        }
+        if self.max_state_keys == 0 {
+            return bad("max_state_keys must be at least 1".into());
+        }
+        if self.default_state_keys == 0 || self.default_state_keys > self.max_state_keys {
+            return bad(format!(
+                "default_state_keys must be between 1 and max_state_keys ({}), not {}",
+                self.max_state_keys, self.default_state_keys
             ));
         }
         if self.max_state_value_bytes > crate::state::MAX_STATE_VALUE_BYTES {
@@ -474,6 +508,7 @@ impl Host {
                     max_state_value_bytes: 0,
                     output_records_per_input: 0,
                     output_bytes_per_input: 0,
+                    state_quota: outpost_sdk::abi::StateQuota::default(),
                 }),
                 0,
                 Arc::new(GuestLog::new(Arc::from("(host)"))),

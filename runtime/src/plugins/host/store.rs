@@ -1,12 +1,20 @@
 //! What one plugin instance's wasmtime `Store` carries: its grants and limits, the resource
 //! limiter, the buffers of the call in progress (emits, state writes, error message) and of the
 //! batch in progress (state writes of successful calls, not yet committed), a cache of committed
-//! state, and its stdout/stderr line buffers.
+//! state, the plugin's state usage against its quota, and its stdout/stderr line buffers.
+//!
+//! # State usage
+//! The quota (`sdk/ABI.md`, section 10) is checked against the committed usage (read from the
+//! state store, which keeps it per namespace) with the batch's and the call's writes applied:
+//! [`Batch::usage`] and [`CallState::usage`] are those totals, kept as each put and delete
+//! replaces an entry of known size (a put of a key whose value is not in memory reads it from
+//! the store first, as `state_get` would).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use outpost_sdk::abi::{StateQuota, StateUsage};
 use wasmtime::{Memory, ResourceLimiter};
 
 use super::guest_log::{GuestLog, LineBuffer, LogSource};
@@ -36,6 +44,8 @@ pub(crate) struct Grants {
     /// `output_records_per_input` / `output_bytes_per_input`, capped by the box.
     pub output_records_per_input: usize,
     pub output_bytes_per_input: usize,
+    /// The plugin's state quota (its manifest's, capped by the box).
+    pub state_quota: StateQuota,
 }
 
 /// One record the guest emitted during the current call.
@@ -84,6 +94,9 @@ pub(crate) struct CallState {
     /// The last value `state_get` found but could not write because the guest's buffer was
     /// too small: the SDK asks again at once with a larger buffer.
     pub last_get: Option<(Vec<u8>, Vec<u8>)>,
+    /// The plugin's state usage with this call's writes applied; `None` while the call wrote
+    /// nothing (then it is the batch's).
+    pub usage: Option<StateUsage>,
 }
 
 impl CallState {
@@ -100,6 +113,44 @@ impl CallState {
         self.internal = None;
         self.provenance_bytes = provenance_bytes;
         self.last_get = None;
+        self.usage = None;
+    }
+}
+
+/// The state writes of the batch's successful calls, not yet committed.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// Key → new value (`None` = deleted); reads see them.
+    pub writes: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Key plus value bytes of `writes` (a delete counts its key): what the commit will write.
+    pub bytes: usize,
+    /// The plugin's state usage with the batch's writes applied; `None` while the batch wrote
+    /// nothing (then it is the committed usage).
+    pub usage: Option<StateUsage>,
+}
+
+impl Batch {
+    /// Adds the writes of a successful call (later writes of a key replace earlier ones).
+    pub(crate) fn absorb(&mut self, call: &mut CallState) {
+        for (key, value) in call.writes.drain() {
+            let key_len = key.len();
+            self.bytes += key_len + value.as_ref().map_or(0, Vec::len);
+            if let Some(old) = self.writes.insert(key, value) {
+                self.bytes = self
+                    .bytes
+                    .saturating_sub(key_len + old.as_ref().map_or(0, Vec::len));
+            }
+        }
+        if let Some(usage) = call.usage.take() {
+            self.usage = Some(usage);
+        }
+    }
+
+    /// Forgets every write (committed, or dropped after a host failure).
+    pub(crate) fn clear(&mut self) {
+        self.writes.clear();
+        self.bytes = 0;
+        self.usage = None;
     }
 }
 
@@ -196,11 +247,15 @@ pub(crate) struct StoreData {
     pub phase: Phase,
     pub call: CallState,
     /// State writes of this batch's successful calls, not yet committed; reads see them.
-    pub batch: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    pub batch: Batch,
     /// Committed state; `None` when the instance runs without a store (reads find nothing).
     pub state: Option<StateStore>,
     /// Cache of committed state in front of `state`.
     pub cache: StateCache,
+    /// Usage of the committed state, as the state store counts it; `None` until it is read
+    /// (at the first write, or when the runner asks), and again once the store may have
+    /// changed under the instance (see `Instance::forget_committed`).
+    pub committed_usage: Option<StateUsage>,
     pub log: Arc<GuestLog>,
     pub stdout: LineBuffer,
     pub stderr: LineBuffer,
@@ -228,9 +283,10 @@ impl StoreData {
             memory: None,
             phase: Phase::Init,
             call: CallState::default(),
-            batch: HashMap::new(),
+            batch: Batch::default(),
             state: None,
             cache: StateCache::default(),
+            committed_usage: None,
             log,
             stdout: LineBuffer::new(LogSource::Stdout),
             stderr: LineBuffer::new(LogSource::Stderr),
@@ -244,6 +300,34 @@ impl StoreData {
         self.call.reset(provenance_bytes);
         self.call.deadline_ms = deadline_ms;
         self.call.start_tick = self.ticks.load(Ordering::Relaxed);
+    }
+
+    /// Usage of the committed state, read from the state store when not known yet (no store:
+    /// nothing).
+    pub(crate) fn committed_usage(&mut self) -> Result<StateUsage, crate::state::StateError> {
+        if let Some(usage) = self.committed_usage {
+            return Ok(usage);
+        }
+        let usage = match &self.state {
+            Some(store) => {
+                let u = store.usage(&self.plugin)?;
+                StateUsage {
+                    bytes: u.bytes,
+                    keys: u.keys,
+                }
+            }
+            None => StateUsage::default(),
+        };
+        self.committed_usage = Some(usage);
+        Ok(usage)
+    }
+
+    /// The plugin's state usage with the batch's and this call's writes applied.
+    pub(crate) fn pending_usage(&mut self) -> Result<StateUsage, crate::state::StateError> {
+        match self.call.usage.or(self.batch.usage) {
+            Some(usage) => Ok(usage),
+            None => self.committed_usage(),
+        }
     }
 
     /// Sends partial stdout/stderr lines to the log.
@@ -310,6 +394,34 @@ mod tests {
             "len 0: pointer unused"
         );
         assert!(read_u32(&mem, 13).is_none());
+    }
+
+    #[test]
+    fn a_batch_counts_the_bytes_it_will_write_and_keeps_the_last_calls_usage() {
+        let mut batch = Batch::default();
+        let mut call = CallState::default();
+        call.writes.insert(b"a".to_vec(), Some(vec![0; 100]));
+        call.writes.insert(b"b".to_vec(), None);
+        call.usage = Some(StateUsage {
+            bytes: 101,
+            keys: 1,
+        });
+        batch.absorb(&mut call);
+        assert_eq!(batch.bytes, 101 + 1, "a delete counts its key");
+        assert!(call.writes.is_empty() && call.usage.is_none());
+        call.writes.insert(b"a".to_vec(), Some(vec![0; 10]));
+        batch.absorb(&mut call);
+        assert_eq!(batch.bytes, 11 + 1, "a replaced write counts once");
+        assert_eq!(
+            batch.usage,
+            Some(StateUsage {
+                bytes: 101,
+                keys: 1
+            }),
+            "a call that did not count keeps the batch's usage"
+        );
+        batch.clear();
+        assert_eq!((batch.bytes, batch.usage, batch.writes.len()), (0, None, 0));
     }
 
     #[test]

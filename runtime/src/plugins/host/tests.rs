@@ -277,3 +277,158 @@ fn value_larger_than_the_guests_buffer_is_handed_over_on_the_second_ask() {
     kv.committed(ops);
     assert_eq!(send(&mut kv, b"x"), vec![big]);
 }
+
+/// The `state_hog` fixture (see `tests/fixtures/wat/README.md`) as plugin `hog` with `limits`.
+fn hog(host: &Host, store: &crate::state::StateStore, limits: &str) -> Instance {
+    let wat = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/wat/state_hog.wat"
+    ))
+    .unwrap();
+    let manifest = crate::plugins::manifest::Manifest::parse(&format!(
+        "name = \"hog\"\nversion = \"1\"\ninputs = [\"hog.in\"]\noutputs = [\"hog.out\"]\n\
+         state = true\n[limits]\n{limits}\n"
+    ))
+    .unwrap();
+    let module = host.compile_named("hog", &wat).unwrap();
+    host.instantiate_with_state(&manifest, &module, store.clone())
+        .unwrap()
+}
+
+/// Calls the hog with record key `command`; the statuses it emitted, or its failure.
+fn hog_call(hog: &mut Instance, command: &str) -> Result<Vec<i32>, CallFailure> {
+    let record = crate::log::Record {
+        offset: 0,
+        timestamp_ms: 0,
+        key: Some(command.as_bytes().to_vec()),
+        value: Vec::new(),
+        headers: Vec::new(),
+    };
+    hog.call("hog.in", &record)?;
+    let emitted: Vec<Emitted> = hog.drain_emits().collect();
+    Ok(emitted[0]
+        .value
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// Commits the hog's pending state as its runner would.
+fn hog_commit(hog: &mut Instance, store: &crate::state::StateStore) {
+    let commit = crate::state::Commit {
+        consumer: "plugin:hog".into(),
+        offsets: vec![],
+        namespace: "hog".into(),
+        ops: hog.take_state_ops(),
+    };
+    store.commit(&commit).unwrap();
+    hog.committed(commit.ops);
+}
+
+const QUOTA: i32 = outpost_sdk::abi::status::QUOTA;
+
+#[test]
+fn the_key_quota_counts_committed_keys_and_the_uncommitted_ones_of_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::state::StateStore::open(dir.path()).unwrap();
+    let host = Host::new(HostConfig::default()).unwrap();
+    let mut hog = hog(&host, &store, "state_keys = 3");
+    assert_eq!(hog_call(&mut hog, "s2a").unwrap(), [0, 0]);
+    // Two keys wait in the batch, uncommitted: the third fits, the fourth does not.
+    assert_eq!(hog_call(&mut hog, "s2b").unwrap(), [0, QUOTA]);
+    hog_commit(&mut hog, &store);
+    assert_eq!(store.usage("hog").unwrap().keys, 3);
+    assert_eq!(hog.state_usage().unwrap().keys, 3);
+    // Replacing a key is no new key; a key deleted in the batch frees its place.
+    assert_eq!(hog_call(&mut hog, "s1a").unwrap(), [0]);
+    assert_eq!(hog_call(&mut hog, "s1c").unwrap(), [QUOTA]);
+    assert_eq!(hog_call(&mut hog, "d1a").unwrap(), [0]);
+    assert_eq!(hog_call(&mut hog, "s1c").unwrap(), [0]);
+    assert_eq!(hog_call(&mut hog, "s1a").unwrap(), [QUOTA]);
+    // A failed call's writes do not count.
+    assert_eq!(hog_call(&mut hog, "d1c").unwrap(), [0]);
+    assert!(
+        hog_call(&mut hog, "S2x").is_err(),
+        "x0 fits, x1 is refused, so the call fails"
+    );
+    assert_eq!(hog_call(&mut hog, "s1y").unwrap(), [0]);
+    hog_commit(&mut hog, &store);
+    let usage = store.usage("hog").unwrap();
+    assert_eq!((usage.bytes, usage.keys), (3 * 3, 3), "a1, b0 and y0");
+    assert_eq!(hog.state_usage().unwrap(), hog_usage(usage));
+}
+
+fn hog_usage(u: crate::state::StateUsage) -> outpost_sdk::abi::StateUsage {
+    outpost_sdk::abi::StateUsage {
+        bytes: u.bytes,
+        keys: u.keys,
+    }
+}
+
+#[test]
+fn the_byte_quota_counts_replacements_by_their_difference_and_deletes_free_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::state::StateStore::open(dir.path()).unwrap();
+    let host = Host::new(HostConfig::default()).unwrap();
+    let mut hog = hog(&host, &store, "state_mib = 2");
+    let entry = (1 << 20) + 2; // a 2-byte key and a 1 MiB value
+    assert_eq!(hog_call(&mut hog, "p1a").unwrap(), [0]);
+    assert_eq!(
+        hog_call(&mut hog, "p1b").unwrap(),
+        [QUOTA],
+        "2 MiB + 4 bytes"
+    );
+    assert_eq!(hog_call(&mut hog, "p1a").unwrap(), [0], "a replacement");
+    assert_eq!(hog_call(&mut hog, "s1b").unwrap(), [0], "3 bytes fit");
+    hog_commit(&mut hog, &store);
+    assert_eq!(store.usage("hog").unwrap().bytes, entry + 3);
+    // Growing a small value to 1 MiB counts the difference, and does not fit...
+    assert_eq!(hog_call(&mut hog, "p1b").unwrap(), [QUOTA]);
+    // ...until the other entry is deleted (in the same batch, not yet committed).
+    assert_eq!(hog_call(&mut hog, "d1a").unwrap(), [0]);
+    assert_eq!(hog_call(&mut hog, "p1b").unwrap(), [0]);
+    assert_eq!(hog_call(&mut hog, "p1a").unwrap(), [QUOTA]);
+    // A restart after a trap keeps the batch and what it counts.
+    hog.restart().unwrap();
+    assert_eq!(hog_call(&mut hog, "p1a").unwrap(), [QUOTA]);
+    hog_commit(&mut hog, &store);
+    assert_eq!(store.usage("hog").unwrap().bytes, entry);
+    assert_eq!(store.usage("hog").unwrap().keys, 1);
+    assert_eq!(hog.pending_state_bytes(), 0);
+}
+
+#[test]
+fn a_new_instance_counts_the_stored_state_against_its_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::state::StateStore::open(dir.path()).unwrap();
+    let host = Host::new(HostConfig::default()).unwrap();
+    let mut first = hog(&host, &store, "state_mib = 2");
+    assert_eq!(hog_call(&mut first, "p1a").unwrap(), [0]);
+    assert_eq!(first.pending_state_bytes(), (1 << 20) + 2);
+    hog_commit(&mut first, &store);
+    drop(first);
+    let mut second = hog(&host, &store, "state_mib = 2");
+    assert_eq!(hog_call(&mut second, "p1b").unwrap(), [QUOTA]);
+    assert_eq!(second.state_quota().max_bytes, 2 << 20);
+    assert_eq!(second.state_quota().max_keys, 1_000_000, "the default");
+}
+
+#[test]
+fn the_state_quota_of_a_manifest_is_capped_by_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::state::StateStore::open(dir.path()).unwrap();
+    let host = Host::new(HostConfig {
+        max_state_bytes: 3 << 20,
+        max_state_keys: 10,
+        default_state_bytes: 1 << 20,
+        default_state_keys: 5,
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let asks_much = hog(&host, &store, "state_mib = 100\nstate_keys = 100");
+    assert_eq!(asks_much.state_quota().max_bytes, 3 << 20);
+    assert_eq!(asks_much.state_quota().max_keys, 10);
+    let asks_nothing = hog(&host, &store, "");
+    assert_eq!(asks_nothing.state_quota().max_bytes, 1 << 20);
+    assert_eq!(asks_nothing.state_quota().max_keys, 5);
+}

@@ -1,6 +1,6 @@
-//! The `[plugins]` config section: what a box lets plugins do (memory, CPU deadline, output
-//! quotas, failures before quarantine and the back-off after it, bundle and module sizes,
-//! topics a plugin may write although others do) and which signatures it trusts.
+//! The `[plugins]` config section: what a box lets plugins do (memory, CPU deadline, state
+//! and output quotas, failures before quarantine and the back-off after it, bundle and module
+//! sizes, topics a plugin may write although others do) and which signatures it trusts.
 
 use std::collections::BTreeMap;
 
@@ -39,6 +39,20 @@ pub struct PluginsConfig {
     /// requests are capped. A call past it is stopped and counts as a failure.
     #[serde(default = "default_deadline_ms")]
     pub max_deadline_ms: u64,
+    /// State quota of a plugin whose manifest has no `limits.state_mib`, in MiB: the most key
+    /// plus value bytes (summed over its keys) its state may hold. A `state_put` past it gets
+    /// the status `QUOTA` and writes nothing (`sdk/ABI.md`, section 10).
+    #[serde(default = "default_state_mib")]
+    pub default_state_mib: u64,
+    /// Largest state quota any plugin gets, in MiB; larger manifest requests are capped.
+    #[serde(default = "default_max_state_mib")]
+    pub max_state_mib: u64,
+    /// State quota of a plugin whose manifest has no `limits.state_keys`, in keys.
+    #[serde(default = "default_state_keys")]
+    pub default_state_keys: u64,
+    /// Largest state quota any plugin gets, in keys; larger manifest requests are capped.
+    #[serde(default = "default_max_state_keys")]
+    pub max_state_keys: u64,
     /// Failures of the plugin's own in a row (trap, deadline, out of memory, stack overflow,
     /// `proc_exit`, host-call abuse) after which it is quarantined. A record the plugin rejects
     /// (non-zero return) is dead-lettered and does not count.
@@ -105,6 +119,18 @@ fn default_memory_mib() -> u64 {
 fn default_deadline_ms() -> u64 {
     100
 }
+fn default_state_mib() -> u64 {
+    outpost_sdk::abi::limits::DEFAULT_STATE_QUOTA_BYTES >> 20
+}
+fn default_max_state_mib() -> u64 {
+    1024
+}
+fn default_state_keys() -> u64 {
+    outpost_sdk::abi::limits::DEFAULT_STATE_QUOTA_KEYS
+}
+fn default_max_state_keys() -> u64 {
+    10_000_000
+}
 fn default_max_consecutive_failures() -> u32 {
     5
 }
@@ -156,6 +182,10 @@ impl Default for PluginsConfig {
             max_memory_mib: default_memory_mib(),
             default_deadline_ms: default_deadline_ms(),
             max_deadline_ms: default_deadline_ms(),
+            default_state_mib: default_state_mib(),
+            max_state_mib: default_max_state_mib(),
+            default_state_keys: default_state_keys(),
+            max_state_keys: default_max_state_keys(),
             max_consecutive_failures: default_max_consecutive_failures(),
             quarantine_backoff_ms: default_quarantine_backoff_ms(),
             max_quarantine_backoff_ms: default_max_quarantine_backoff_ms(),
@@ -200,6 +230,20 @@ impl PluginsConfig {
             self.default_deadline_ms,
             1,
             self.max_deadline_ms,
+        )?;
+        range("max_state_mib", self.max_state_mib, 1, 1 << 20)?;
+        range(
+            "default_state_mib",
+            self.default_state_mib,
+            1,
+            self.max_state_mib,
+        )?;
+        range("max_state_keys", self.max_state_keys, 1, 1 << 32)?;
+        range(
+            "default_state_keys",
+            self.default_state_keys,
+            1,
+            self.max_state_keys,
         )?;
         range(
             "max_consecutive_failures",
@@ -376,6 +420,27 @@ mod tests {
             (
                 |c| c.trusted_keys = vec!["ed25519:nope".into()],
                 "plugins.trusted_keys[0]",
+            ),
+        ];
+        for (change, key) in cases {
+            let mut c = PluginsConfig::default();
+            change(&mut c);
+            let (got, problem) = c.validate().unwrap_err();
+            assert_eq!(got, key, "{problem}");
+        }
+    }
+
+    #[test]
+    fn state_quota_settings_are_validated_naming_the_key() {
+        // Apart from the test above, so that its cases and these change separately.
+        type Case = (fn(&mut PluginsConfig), &'static str);
+        let cases: [Case; 4] = [
+            (|c| c.max_state_mib = 0, "plugins.max_state_mib"),
+            (|c| c.default_state_mib = 1025, "plugins.default_state_mib"),
+            (|c| c.max_state_keys = 0, "plugins.max_state_keys"),
+            (
+                |c| c.default_state_keys = 10_000_001,
+                "plugins.default_state_keys",
             ),
         ];
         for (change, key) in cases {

@@ -89,6 +89,10 @@ impl WasmEngine {
             max_record_bytes,
             max_output_records_per_input: config.max_output_records_per_input,
             max_output_bytes_per_input: config.max_output_bytes_per_input,
+            default_state_bytes: config.default_state_mib.saturating_mul(1 << 20),
+            max_state_bytes: config.max_state_mib.saturating_mul(1 << 20),
+            default_state_keys: config.default_state_keys,
+            max_state_keys: config.max_state_keys,
             cache_dir,
             ..defaults
         })?;
