@@ -135,6 +135,20 @@ impl Env {
             .unwrap();
     }
 
+    /// Appends a contract-complete payment `p-1` of card `c-1` to `pos.payments`.
+    fn append_payment(&self) {
+        let payment = crate::common::events::payment("p-1", "c-1");
+        self.log
+            .topic_or_create("pos.payments")
+            .unwrap()
+            .append(vec![NewRecord {
+                key: Some(b"c-1".to_vec()),
+                value: serde_json::to_vec(&payment).unwrap(),
+                ..NewRecord::default()
+            }])
+            .unwrap();
+    }
+
     fn records(&self, topic: &str) -> Vec<Record> {
         let Ok(t) = self.log.topic(topic) else {
             return Vec::new();
@@ -1033,18 +1047,7 @@ fn malformed_payments_do_not_switch_fraud_scoring_off() {
         })
         .collect();
     payments.append(garbage).unwrap();
-    let payment = serde_json::json!({
-        "payment_id": "p-1", "ts_ms": 1_700_000_000_000u64, "store_id": "s-1",
-        "terminal_id": "t-1", "card_id": "c-1", "amount": 12.5, "currency": "EUR",
-        "channel": "card_present", "kind": "sale"
-    });
-    payments
-        .append(vec![NewRecord {
-            key: Some(b"c-1".to_vec()),
-            value: serde_json::to_vec(&payment).unwrap(),
-            ..NewRecord::default()
-        }])
-        .unwrap();
+    env.append_payment();
     let out = env.wait_records("fraud.scores", 1);
     let score: serde_json::Value = serde_json::from_slice(&out[0].value).unwrap();
     assert_eq!(score["payment_id"], "p-1", "{score}");
@@ -1681,20 +1684,7 @@ fn fraud_score_guest_scores_a_payment() {
     };
     let env = Env::new();
     let fraud = env.start(&wasm, &manifest);
-    let payment = serde_json::json!({
-        "payment_id": "p-1", "ts_ms": 1_700_000_000_000u64, "store_id": "s-1",
-        "terminal_id": "t-1", "card_id": "c-1", "amount": 12.5, "currency": "EUR",
-        "channel": "card_present", "kind": "sale"
-    });
-    env.log
-        .topic_or_create("pos.payments")
-        .unwrap()
-        .append(vec![NewRecord {
-            key: Some(b"c-1".to_vec()),
-            value: serde_json::to_vec(&payment).unwrap(),
-            ..NewRecord::default()
-        }])
-        .unwrap();
+    env.append_payment();
     let out = env.wait_records("fraud.scores", 1);
     let score: serde_json::Value = serde_json::from_slice(&out[0].value).unwrap();
     assert_eq!(score["payment_id"], "p-1", "{score}");

@@ -536,25 +536,13 @@ pub const DEVICE_TOPICS: &[&str] = &[
 /// The topics sources feed on this box (names or `prefix*` patterns): the device topics and
 /// every configured Modbus device's, OPC-UA server's and mirrored topic.
 fn source_topics(config: &Config) -> Vec<String> {
-    let mut topics: Vec<String> = DEVICE_TOPICS.iter().map(|t| t.to_string()).collect();
-    for device in &config.modbus.devices {
-        topics.push(
-            device
-                .topic
-                .clone()
-                .unwrap_or_else(|| format!("sensors.{}", device.name)),
-        );
-    }
-    for server in &config.opcua.servers {
-        topics.push(
-            server
-                .topic
-                .clone()
-                .unwrap_or_else(|| format!("opcua.{}", server.name)),
-        );
-    }
-    topics.extend(config.mirror.topics.iter().map(|t| t.local.clone()));
-    topics
+    DEVICE_TOPICS
+        .iter()
+        .map(|t| t.to_string())
+        .chain(config.modbus.devices.iter().map(|d| d.topic_name()))
+        .chain(config.opcua.servers.iter().map(|s| s.topic_name()))
+        .chain(config.mirror.topics.iter().map(|t| t.local.clone()))
+        .collect()
 }
 
 /// Installs the bundled plugins on first run and starts every installed plugin; stops them all

@@ -1309,9 +1309,10 @@ impl Worker {
                             headers,
                             timestamp_ms: None,
                         };
-                        pending_bytes += r.payload_size();
+                        let size = r.payload_size();
+                        pending_bytes += size;
                         call_records += 1;
-                        call_bytes += r.payload_size() as u64;
+                        call_bytes += size as u64;
                         emitted += 1;
                         if let Some(out) = outputs.get_mut(e.output) {
                             out.push(r);
@@ -1480,12 +1481,12 @@ impl Worker {
         if let Some((state, reason)) = stop {
             c.state = state;
             c.last_error = Some(reason.clone());
-            drop(c);
             if state == RunState::Quarantined {
+                c.quarantines += 1;
                 m.quarantined.set(1.0);
                 m.quarantines.inc();
-                self.shared.counters().quarantines += 1;
             }
+            drop(c);
             tracing::error!(plugin = %plugin, state = state.as_str(), error = %reason, "A plugin stopped after failed records or over its quota.");
             self.shared
                 .log

@@ -3,8 +3,8 @@
 //!
 //! Every guest pointer/length pair is checked against the guest's memory before use; a pair
 //! outside it gets `INVALID`, never a panic or a trap. A refused call (DENIED, TOO_LARGE,
-//! INVALID, QUOTA) changes nothing and is remembered, so that if the guest then fails the record, the
-//! dead letter's error names the refusal. Emits and state writes of a call are buffered and only
+//! INVALID, QUOTA) changes nothing and is remembered, so that if the guest then fails the
+//! record, the dead letter's error names the refusal. Emits and state writes of a call are buffered and only
 //! kept when the call returns 0 (see `Instance::call`). Puts and deletes keep the plugin's state
 //! usage (see `store.rs`); a put that would take it past the quota gets `QUOTA`.
 

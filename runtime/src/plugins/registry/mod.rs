@@ -513,8 +513,7 @@ impl<E: PluginEngine> Registry<E> {
             self.inner.policy.check(&bundle)?
         };
         let manifest = bundle.manifest().clone();
-        self.check_budget(&manifest, None)?;
-        self.check_graph(&manifest, None)?;
+        self.check_fits(&manifest, None)?;
         let module = self.compile(&bundle).await?;
         let runner = self.start_runner(&manifest, module.clone()).await?;
         tracing::info!(plugin = name, version = %manifest.version, signer = %signer, "Started a plugin.");
@@ -545,21 +544,29 @@ impl<E: PluginEngine> Registry<E> {
         }
     }
 
-    /// Refuses `manifest` when, next to every other loaded plugin (all but `replacing`), it
-    /// would go above `plugins.max_total_memory_mib` or `plugins.max_plugins`.
-    fn check_budget(
+    /// Refuses `manifest` when it does not fit next to every other loaded plugin (all but
+    /// `replacing`): the box's plugin budget, then the plugin graph.
+    fn check_fits(
         &self,
         manifest: &Manifest,
         replacing: Option<&str>,
     ) -> Result<(), RegistryError> {
-        let config = &self.inner.config;
-        let (count, used) = read_lock(&self.inner.slots)
+        let slots = read_lock(&self.inner.slots);
+        let others: Vec<&Manifest> = slots
             .iter()
             .filter(|(name, _)| Some(name.as_str()) != replacing && **name != manifest.name)
             .filter_map(|(_, slot)| slot.manifest.as_ref())
-            .fold((0usize, 0u64), |(n, mib), m| {
-                (n + 1, mib + config.memory_of(m))
-            });
+            .collect();
+        self.check_budget(manifest, &others)?;
+        self.check_graph(manifest, &others)
+    }
+
+    /// Refuses `manifest` when, next to `others`, it would go above
+    /// `plugins.max_total_memory_mib` or `plugins.max_plugins`.
+    fn check_budget(&self, manifest: &Manifest, others: &[&Manifest]) -> Result<(), RegistryError> {
+        let config = &self.inner.config;
+        let count = others.len();
+        let used: u64 = others.iter().map(|m| config.memory_of(m)).sum();
         let wants = config.memory_of(manifest);
         let over = |problem: String| RegistryError::OverBudget {
             name: manifest.name.clone(),
@@ -580,20 +587,10 @@ impl<E: PluginEngine> Registry<E> {
         Ok(())
     }
 
-    /// Refuses `manifest` when, next to every other loaded plugin (all but `replacing`), it would
-    /// close a cycle or write a topic another plugin or a source writes (see [`graph`]).
-    fn check_graph(
-        &self,
-        manifest: &Manifest,
-        replacing: Option<&str>,
-    ) -> Result<(), RegistryError> {
-        let slots = read_lock(&self.inner.slots);
-        let others: Vec<&Manifest> = slots
-            .iter()
-            .filter(|(name, _)| Some(name.as_str()) != replacing && **name != manifest.name)
-            .filter_map(|(_, slot)| slot.manifest.as_ref())
-            .collect();
-        if let Some(cycle) = graph::cycle_through(manifest, &others) {
+    /// Refuses `manifest` when, next to `others`, it would close a cycle or write a topic
+    /// another plugin or a source writes (see [`graph`]).
+    fn check_graph(&self, manifest: &Manifest, others: &[&Manifest]) -> Result<(), RegistryError> {
+        if let Some(cycle) = graph::cycle_through(manifest, others) {
             return Err(RegistryError::Cycle {
                 name: manifest.name.clone(),
                 cycle,
@@ -601,7 +598,7 @@ impl<E: PluginEngine> Registry<E> {
         }
         let sources = read_lock(&self.inner.source_topics);
         let config = &self.inner.config;
-        if let Some((topic, writer)) = graph::taken_output(manifest, &others, &sources, |t| {
+        if let Some((topic, writer)) = graph::taken_output(manifest, others, &sources, |t| {
             config.grants_output(&manifest.name, t)
         }) {
             let writer = match writer {
@@ -708,8 +705,7 @@ impl<E: PluginEngine> Registry<E> {
                 bundle.manifest().name.clone(),
             ));
         }
-        self.check_budget(bundle.manifest(), None)?;
-        self.check_graph(bundle.manifest(), None)?;
+        self.check_fits(bundle.manifest(), None)?;
         let (bundle, signer, module) = self.prepare(bundle).await?;
         let name = bundle.manifest().name.clone();
         let meta = self.new_meta(&bundle, Source::Operator, &signer, None);
@@ -757,8 +753,7 @@ impl<E: PluginEngine> Registry<E> {
                 found: bundle.manifest().name.clone(),
             });
         }
-        self.check_budget(bundle.manifest(), Some(name))?;
-        self.check_graph(bundle.manifest(), Some(name))?;
+        self.check_fits(bundle.manifest(), Some(name))?;
         let (bundle, signer, module) = self.prepare(bundle).await?;
         let manifest = bundle.manifest().clone();
         let meta = self.new_meta(&bundle, Source::Operator, &signer, Some(&old_meta));
