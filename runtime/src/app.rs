@@ -350,7 +350,12 @@ impl App {
         }
         if let Some(registry) = plugins {
             registry.set_source_topics(source_topics(&config));
-            components.spawn(run_plugins(registry, ctx.shutdown.clone()));
+            ctx.ready.wait_for(PLUGINS_STARTED);
+            components.spawn(run_plugins(
+                registry,
+                ctx.ready.clone(),
+                ctx.shutdown.clone(),
+            ));
         }
         // Demo traffic (`run --simulate`): POS events over the box's own MQTT listener.
         if config.simulate.enabled {
@@ -372,6 +377,7 @@ impl App {
             version = env!("CARGO_PKG_VERSION"),
             "Outpost is running."
         );
+        ctx.ready.done(crate::kernel::ready::START_UP);
         Ok(App {
             local_addr,
             data_dir,
@@ -545,10 +551,15 @@ fn source_topics(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// Installs the bundled plugins on first run and starts every installed plugin; stops them all
-/// at shutdown (each finishes and commits its current batch before the log closes).
+/// What readiness waits for until every enabled plugin is running or has failed visibly.
+const PLUGINS_STARTED: &str = "plugins";
+
+/// Installs the bundled plugins on first run and starts every installed plugin, then tells
+/// `ready` (each one is running or shows why not); stops them all at shutdown (each finishes
+/// and commits its current batch before the log closes).
 async fn run_plugins(
     registry: crate::plugins::registry::PluginRegistry,
+    ready: crate::kernel::Readiness,
     shutdown: Shutdown,
 ) -> ComponentResult {
     // A registry error (e.g. the bundled plugins could not be written) must not take ingestion
@@ -565,6 +576,7 @@ async fn run_plugins(
             .count(),
         "Plugins started."
     );
+    ready.done(PLUGINS_STARTED);
     shutdown.requested().await;
     registry.stop_all().await;
     ("plugins", Ok(()))

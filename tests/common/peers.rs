@@ -290,9 +290,24 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, Value)> {
     )
 }
 
+/// `GET path`: the status code and the body as the box sent it, or `None` when the box did
+/// not answer.
+pub fn http_get_text(port: u16, path: &str) -> Option<(u16, String)> {
+    http_exchange_text(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: outpost\r\nConnection: close\r\n\r\n"),
+    )
+}
+
 /// Sends one whole request (with `Connection: close`) to 127.0.0.1:`port`; the status code
 /// and the body as JSON (`null` when it is not JSON), or `None` when the box did not answer.
 fn http_exchange(port: u16, request: &str) -> Option<(u16, Value)> {
+    let (code, body) = http_exchange_text(port, request)?;
+    Some((code, serde_json::from_str(&body).unwrap_or(Value::Null)))
+}
+
+/// [`http_exchange`] with the body as text.
+fn http_exchange_text(port: u16, request: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     s.write_all(request.as_bytes()).ok()?;
@@ -300,7 +315,7 @@ fn http_exchange(port: u16, request: &str) -> Option<(u16, Value)> {
     s.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, serde_json::from_str(body).unwrap_or(Value::Null)))
+    Some((code, body.to_string()))
 }
 
 /// `POST path` with a JSON body, returning the status code.
@@ -344,17 +359,41 @@ pub struct Outpost {
     child: Option<Child>,
     stderr: Arc<Mutex<Vec<String>>>,
     starts: u32,
+    /// The endpoint whose 200 means started (`/ready` or `/health`).
+    up: &'static str,
 }
 
 impl Outpost {
-    /// Starts `outpost run` and waits until `/health` answers.
+    /// Starts `outpost run` and waits until `/ready` answers 200 (the log is open, the
+    /// listeners are bound, every enabled plugin is running or has failed visibly).
     pub fn start(
         data_dir: &Path,
         config: Option<&Path>,
         http_port: u16,
         mqtt_port: u16,
     ) -> Outpost {
+        Outpost::start_until(data_dir, config, http_port, mqtt_port, "/ready")
+    }
+
+    /// Starts `outpost run` and waits only until `/health` answers (alive, maybe not ready).
+    pub fn start_alive(
+        data_dir: &Path,
+        config: Option<&Path>,
+        http_port: u16,
+        mqtt_port: u16,
+    ) -> Outpost {
+        Outpost::start_until(data_dir, config, http_port, mqtt_port, "/health")
+    }
+
+    fn start_until(
+        data_dir: &Path,
+        config: Option<&Path>,
+        http_port: u16,
+        mqtt_port: u16,
+        up: &'static str,
+    ) -> Outpost {
         let mut o = Outpost {
+            up,
             data_dir: data_dir.to_path_buf(),
             config: config.map(Path::to_path_buf),
             http_port,
@@ -407,7 +446,7 @@ impl Outpost {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Some((200, _)) = http_get(self.http_port, "/health") {
+            if let Some((200, _)) = http_get(self.http_port, self.up) {
                 break;
             }
             if let Some(status) = self
@@ -422,7 +461,8 @@ impl Outpost {
             }
             assert!(
                 Instant::now() < deadline,
-                "`outpost run` did not answer /health within 90 s:\n{}",
+                "`outpost run` did not answer {} with 200 within 90 s:\n{}",
+                self.up,
                 self.stderr_text()
             );
             std::thread::sleep(Duration::from_millis(25));
@@ -442,7 +482,7 @@ impl Outpost {
         }
     }
 
-    /// Starts it again on the same data directory, config and ports.
+    /// Starts it again on the same data directory, config and ports (and waits as `start` did).
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
@@ -470,6 +510,26 @@ impl Outpost {
     /// Everything the process (all its runs) wrote to stderr.
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Runs the client command `outpost <args>` against this box; its stdout (panics when it
+    /// fails).
+    pub fn client(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(args)
+            .env(
+                "OUTPOST_SERVER",
+                format!("http://127.0.0.1:{}", self.http_port),
+            )
+            .env_remove("OUTPOST_TOKEN")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "outpost {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 
     /// `GET path` as JSON; panics on a transport error or a status other than 200.
@@ -578,11 +638,15 @@ impl Rng {
         eprintln!("{test}: OUTPOST_TEST_SEED={seed}");
         Rng(seed | 1)
     }
-    /// A number in `lo..hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+    /// 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        lo + self.0 % (hi - lo).max(1)
+        self.0
+    }
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo).max(1)
     }
 }

@@ -89,6 +89,52 @@ impl RawDevice {
         self.stream.write_all(&packet(0x32, &body)).unwrap();
     }
 
+    /// Subscribes to `filter` at QoS 0 (packet id 1) and waits for the SUBACK; panics unless
+    /// it grants the subscription.
+    pub fn subscribe_qos0(&mut self, filter: &str) {
+        let mut body = vec![0, 1];
+        if self.level == 5 {
+            body.push(0);
+        }
+        string(filter.as_bytes(), &mut body);
+        body.push(0);
+        self.stream.write_all(&packet(0x82, &body)).unwrap();
+        let ack = self.read_packet().expect("a SUBACK");
+        assert_eq!(ack.0, 0x90, "SUBACK expected, got {ack:02x?}");
+        assert!(ack.1.last() < Some(&0x80), "the SUBACK refused: {ack:02x?}");
+    }
+
+    /// The payload of the next PUBLISH (QoS 0, as `subscribe_qos0` asks for; other packets are
+    /// skipped), or `None` once the connection is closed or quiet for the read timeout.
+    pub fn next_publish_payload(&mut self) -> Option<Vec<u8>> {
+        loop {
+            let (first, body) = self.read_packet()?;
+            if first & 0xf0 != 0x30 {
+                continue;
+            }
+            let topic_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let mut at = 2 + topic_len;
+            if first & 0x06 != 0 {
+                at += 2; // packet id of QoS 1/2
+            }
+            if self.level == 5 {
+                let mut props = 0usize;
+                let mut shift = 0;
+                loop {
+                    let b = body[at];
+                    at += 1;
+                    props |= ((b & 0x7f) as usize) << shift;
+                    shift += 7;
+                    if b & 0x80 == 0 {
+                        break;
+                    }
+                }
+                at += props;
+            }
+            return Some(body[at..].to_vec());
+        }
+    }
+
     /// The next packet (type byte, body), or `None` once the box closed the connection.
     pub fn read_packet(&mut self) -> Option<(u8, Vec<u8>)> {
         let mut first = [0u8; 1];

@@ -1,5 +1,5 @@
 //! Optional bearer-token authentication: when `http.auth_token` is set, every endpoint except
-//! `/health` needs `Authorization: Bearer <token>`; the comparison takes the same time wherever
+//! `/health` and `/ready` need `Authorization: Bearer <token>`; the comparison takes the same time wherever
 //! the tokens differ.
 
 use axum::extract::{Request, State};

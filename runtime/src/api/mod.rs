@@ -2,7 +2,8 @@
 //!
 //! | endpoint | answer |
 //! |---|---|
-//! | `GET /health` | `{"status":"ok","edge_id":…,"store_id":…,"uptime_s":…,"version":…}`; never needs a token |
+//! | `GET /health` | liveness: `{"status":"ok","edge_id":…,"store_id":…,"uptime_s":…,"version":…}`; never needs a token |
+//! | `GET /ready` | readiness: 200 `{"ready":true,"waiting_for":[]}` once the log is open, the listeners are bound and every enabled plugin is running or has failed visibly; else 503 with what it waits for (`start-up`, `plugins`, `mqtt listener`, `stopping`); never needs a token |
 //! | `GET /metrics` | the metrics registry as Prometheus text (`text/plain; version=0.0.4`) |
 //! | `GET /topics` | `{"topics":[{name, first_offset, next_offset, bytes, segments, records_per_sec, forward?}], "sources":[…], "sinks":[…], "forward":{…}}` |
 //! | `POST /topics/{topic}` | Confluent REST Proxy v2 produce, see [`produce`] |
@@ -14,7 +15,7 @@
 //! without one it is `{"enabled": false}`. `/metrics` refreshes the debt gauges at scrape time.
 //!
 //! Errors are JSON `{"error_code":…,"message":…}`, see [`error`]. When `http.auth_token` is
-//! set, everything but `/health` needs `Authorization: Bearer <token>` ([`auth`]).
+//! set, everything but `/health` and `/ready` needs `Authorization: Bearer <token>` ([`auth`]).
 //!
 //! **Under load** ([`serve`], `budget.rs`): the socket side closes slow-header, idle and
 //! stalled connections and caps open connections (evicting the quietest, so `/health` always
@@ -36,7 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -117,6 +118,7 @@ pub fn router(state: ApiState) -> Router {
         ));
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .merge(protected)
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
@@ -132,6 +134,27 @@ async fn health(State(api): State<ApiState>) -> Json<Value> {
         "uptime_s": api.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
+}
+
+/// Readiness, for supervisors and load balancers: 200 once the box is ready (log open,
+/// listeners bound, every enabled plugin running or failed visibly), else 503 naming what it
+/// still waits for; 503 `stopping` once shutdown began.
+async fn ready(State(api): State<ApiState>) -> Response {
+    let ready = &api.ctx.ready;
+    let (status, answer) = if api.ctx.shutdown.is_requested() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "ready": false, "waiting_for": ["stopping"] }),
+        )
+    } else if ready.is_ready() {
+        (StatusCode::OK, json!({ "ready": true, "waiting_for": [] }))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "ready": false, "waiting_for": ready.pending() }),
+        )
+    };
+    (status, Json(answer)).into_response()
 }
 
 /// The forwarder's status as JSON, `{"enabled": false}` without a cloud (see

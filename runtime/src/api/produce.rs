@@ -3,7 +3,9 @@
 //! Body: `{"records":[{"key":…,"value":…,"partition":0,"headers":{"name":"value"}}]}`.
 //! The `Content-Type` picks how keys, values and header values are read:
 //! - `application/vnd.kafka.json.v2+json` or `application/json` (JSON embedded): a value is
-//!   stored as its compact JSON serialization; a string key is stored as the string's bytes,
+//!   stored as its compact JSON serialization, numbers with their exact value (every double,
+//!   i64 and u64 comes back bit-for-bit; an integer beyond 64 bits is stored as the nearest
+//!   double: send such numbers as strings, or use the binary format); a string key is stored as the string's bytes,
 //!   any other key as its JSON serialization; header values are strings stored as UTF-8.
 //! - `application/vnd.kafka.binary.v2+json`: keys, values and header values are base64
 //!   strings (standard alphabet, padded); a `null` value is stored as zero bytes.

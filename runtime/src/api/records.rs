@@ -13,9 +13,12 @@
 //!   "reason"}`: offsets `from_offset..next_offset` cannot be read (`reason` `lost` or
 //!   `damaged`) and the next readable offset is `next_offset` (see `api/error.rs`).
 //!
-//! Encoding of each record, so that what the JSON produce format stored comes back as sent:
-//! - `value`: the stored bytes as JSON when they parse as JSON; otherwise a base64 string and
-//!   the record carries `"value_encoding":"base64"`.
+//! Encoding of each record, so that what was stored comes back exactly:
+//! - `value`: the stored bytes themselves, unchanged, when they are exactly one JSON value
+//!   (no whitespace around it): numbers keep their text, so a double comes back bit-for-bit and
+//!   an integer past 2^64 keeps every digit. Anything else (not JSON, or JSON with surrounding
+//!   whitespace such as a trailing newline) is a base64 string of the exact bytes, and the
+//!   record carries `"value_encoding":"base64"`.
 //! - `key`: `null` when absent; the stored bytes as a string when they are UTF-8 (a key
 //!   produced as a JSON string comes back as that string); otherwise base64 with
 //!   `"key_encoding":"base64"`.
@@ -27,10 +30,12 @@ use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse as _, Response};
 use axum::Json;
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 use super::{ApiError, ApiState};
 use crate::log::{validate_topic_name, Record};
@@ -44,44 +49,62 @@ pub(super) struct FetchParams {
     wait_ms: Option<u64>,
 }
 
+/// One stored record as the fetch answer shows it (see the module doc). Serializing it writes
+/// a JSON value's stored text through unchanged.
+#[derive(Debug, Serialize)]
+pub struct RecordJson<'a> {
+    offset: u64,
+    ts_ms: u64,
+    key: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_encoding: Option<&'static str>,
+    value: RecordValue<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_encoding: Option<&'static str>,
+    headers: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers_encoding: Option<&'static str>,
+}
+
+/// A record's value in a fetch answer: its stored JSON text, or base64 of its bytes.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum RecordValue<'a> {
+    Json(&'a RawValue),
+    Base64(String),
+}
+
+/// The stored bytes as one JSON value, when they are exactly that (the raw text covers every
+/// byte: no whitespace around it, nothing after it).
+fn exact_json(bytes: &[u8]) -> Option<&RawValue> {
+    let raw: &RawValue = serde_json::from_slice(bytes).ok()?;
+    (raw.get().len() == bytes.len()).then_some(raw)
+}
+
 /// Renders one stored record as the fetch answer shows it (see the module doc).
-pub fn record_to_json(record: &Record) -> Value {
-    let b64 = |bytes: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
-    let mut out = Map::new();
-    out.insert("offset".into(), json!(record.offset));
-    out.insert("ts_ms".into(), json!(record.timestamp_ms));
-    let key = match &record.key {
-        None => Value::Null,
+pub fn record_to_json(record: &Record) -> RecordJson<'_> {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let (key, key_encoding) = match &record.key {
+        None => (Value::Null, None),
         Some(bytes) => match std::str::from_utf8(bytes) {
-            Ok(s) => Value::String(s.to_string()),
-            Err(_) => {
-                out.insert("key_encoding".into(), json!("base64"));
-                b64(bytes)
-            }
+            Ok(s) => (Value::String(s.to_string()), None),
+            Err(_) => (Value::String(b64(bytes)), Some("base64")),
         },
     };
-    out.insert("key".into(), key);
-    let value = match serde_json::from_slice::<Value>(&record.value) {
-        Ok(v) => v,
-        Err(_) => {
-            out.insert("value_encoding".into(), json!("base64"));
-            b64(&record.value)
-        }
+    let (value, value_encoding) = match exact_json(&record.value) {
+        Some(raw) => (RecordValue::Json(raw), None),
+        None => (RecordValue::Base64(b64(&record.value)), Some("base64")),
     };
-    out.insert("value".into(), value);
     let all_utf8 = record
         .headers
         .iter()
         .all(|(_, v)| std::str::from_utf8(v).is_ok());
-    if !all_utf8 {
-        out.insert("headers_encoding".into(), json!("base64"));
-    }
     let mut headers = Map::new();
     for (name, bytes) in &record.headers {
         let v = if all_utf8 {
             Value::String(String::from_utf8_lossy(bytes).into_owned())
         } else {
-            b64(bytes)
+            Value::String(b64(bytes))
         };
         match headers.get_mut(name) {
             None => {
@@ -94,8 +117,23 @@ pub fn record_to_json(record: &Record) -> Value {
             }
         }
     }
-    out.insert("headers".into(), Value::Object(headers));
-    Value::Object(out)
+    RecordJson {
+        offset: record.offset,
+        ts_ms: record.timestamp_ms,
+        key,
+        key_encoding,
+        value,
+        value_encoding,
+        headers,
+        headers_encoding: (!all_utf8).then_some("base64"),
+    }
+}
+
+/// The fetch answer.
+#[derive(Debug, Serialize)]
+pub(super) struct FetchAnswer<'a> {
+    records: Vec<RecordJson<'a>>,
+    next_offset: u64,
 }
 
 /// The handler.
@@ -103,7 +141,7 @@ pub(super) async fn fetch(
     State(api): State<ApiState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<FetchParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(|e| ApiError::InvalidTopic(e.body_text()))?;
     validate_topic_name(&name).map_err(|e| ApiError::InvalidTopic(e.to_string()))?;
     let Query(params) = query.map_err(|e| ApiError::BadQuery(e.body_text()))?;
@@ -144,8 +182,10 @@ pub(super) async fn fetch(
         }
         fetched = read(fetched.next_offset).await?;
     }
-    let records: Vec<Value> = fetched.records.iter().map(record_to_json).collect();
-    Ok(Json(
-        json!({ "records": records, "next_offset": fetched.next_offset }),
-    ))
+    let records = fetched.records.iter().map(record_to_json).collect();
+    Ok(Json(FetchAnswer {
+        records,
+        next_offset: fetched.next_offset,
+    })
+    .into_response())
 }

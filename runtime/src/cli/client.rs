@@ -9,6 +9,7 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{header, Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// How long connecting may take.
@@ -226,12 +227,25 @@ impl Client {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Value, ClientError> {
+        self.json_as(method, path_and_query, content_type, body, timeout)
+            .await
+    }
+
+    /// [`Client::json`] into a type of the caller's (e.g. one that keeps parts of the answer as
+    /// their raw JSON text).
+    pub async fn json_as<T: DeserializeOwned>(
+        &mut self,
+        method: Method,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         let (status, body) = self
             .send(method, path_and_query, content_type, body, timeout)
             .await?;
-        let parsed: Result<Value, _> = serde_json::from_slice(&body);
         if !status.is_success() {
-            let parsed = parsed.ok();
+            let parsed: Option<Value> = serde_json::from_slice(&body).ok();
             let message = parsed
                 .as_ref()
                 .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
@@ -246,7 +260,7 @@ impl Client {
                 next_offset,
             });
         }
-        parsed.map_err(|e| ClientError::BadAnswer {
+        serde_json::from_slice(&body).map_err(|e| ClientError::BadAnswer {
             server: self.server.clone(),
             detail: format!("not JSON ({e})"),
         })

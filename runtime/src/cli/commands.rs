@@ -5,6 +5,8 @@ use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use hyper::Method;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::client::{Client, ClientError};
@@ -224,6 +226,14 @@ pub struct TailOptions {
     pub limit: Option<u64>,
 }
 
+/// A page of a fetch answer as `tail` reads it: each record kept as the server's text, so a
+/// value's numbers are printed exactly as stored, never re-serialized.
+#[derive(Deserialize)]
+struct TailPage {
+    records: Vec<Box<RawValue>>,
+    next_offset: u64,
+}
+
 /// `outpost tail`: prints one JSON record per line (the fetch answer's record objects). Without
 /// `--follow` it stops at the end of the topic; with it, it long-polls for new records. A range
 /// the box's log lost or found damaged (HTTP 410 with the next readable offset) is named in a
@@ -253,7 +263,10 @@ pub async fn tail(
             query.push_str(&format!("&wait_ms={FOLLOW_WAIT_MS}"));
             timeout += Duration::from_millis(FOLLOW_WAIT_MS);
         }
-        let page = match client.get_json(&query, timeout).await {
+        let page: TailPage = match client
+            .json_as(Method::GET, &query, None, Vec::new(), timeout)
+            .await
+        {
             Ok(page) => page,
             Err(ClientError::Server {
                 status: 410,
@@ -267,24 +280,41 @@ pub async fn tail(
             }
             Err(e) => return Err(e.into()),
         };
-        let records = page
-            .get("records")
-            .and_then(Value::as_array)
-            .ok_or_else(|| client.bad_answer("no `records` array"))?;
-        for record in records {
-            writeln!(out, "{record}")?;
+        for record in &page.records {
+            writeln!(out, "{}", record.get())?;
             printed += 1;
         }
         out.flush()?;
-        offset = Some(field_u64(client, &page, "next_offset")?);
-        if records.is_empty() && !options.follow {
+        offset = Some(page.next_offset);
+        if page.records.is_empty() && !options.follow {
             break;
         }
     }
     Ok(())
 }
 
-/// `outpost status`: health and a summary of the topics.
+/// The box's readiness in words: `yes`, `no (waiting for plugins)`, or `unknown` from a box
+/// without `GET /ready`.
+async fn readiness(client: &mut Client) -> Result<String, CliError> {
+    let (_, body) = client
+        .send(Method::GET, "/ready", None, Vec::new(), REQUEST_TIMEOUT)
+        .await?;
+    let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Ok(match answer.get("ready").and_then(Value::as_bool) {
+        Some(true) => "yes".to_string(),
+        Some(false) => {
+            let waiting: Vec<&str> = answer
+                .get("waiting_for")
+                .and_then(Value::as_array)
+                .map(|list| list.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            format!("no (waiting for {})", waiting.join(", "))
+        }
+        None => "unknown".to_string(),
+    })
+}
+
+/// `outpost status`: health, readiness and a summary of the topics.
 pub async fn status(client: &mut Client, out: &mut dyn Write) -> Result<(), CliError> {
     let health = client.get_json("/health", REQUEST_TIMEOUT).await?;
     let listing = client.get_json("/topics", REQUEST_TIMEOUT).await?;
@@ -315,6 +345,7 @@ pub async fn status(client: &mut Client, out: &mut dyn Write) -> Result<(), CliE
     let uptime = field_u64(client, &health, "uptime_s")?;
     writeln!(out, "server:   {}", client.server())?;
     writeln!(out, "status:   {}", text("status"))?;
+    writeln!(out, "ready:    {}", readiness(client).await?)?;
     writeln!(out, "edge id:  {}", text("edge_id"))?;
     writeln!(out, "store id: {}", text("store_id"))?;
     writeln!(out, "version:  {}", text("version"))?;

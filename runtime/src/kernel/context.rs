@@ -3,8 +3,8 @@
 //! way).
 //!
 //! A component takes `&Context` (or a clone: it is cheap) and finds everything shared there:
-//! the open log and state store, the box's identity, the shutdown signal, the status boards of
-//! sources and sinks. It never needs `config::Config`, the HTTP API or
+//! the open log and state store, the box's identity, the shutdown signal, the readiness, the
+//! status boards of sources and sinks. It never needs `config::Config`, the HTTP API or
 //! another component to run.
 //!
 //! The kernel's primitives (shutdown, backoff, clock, lock, status) depend on nothing but the
@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::kernel::{Shutdown, StatusBoard};
+use crate::kernel::{Readiness, Shutdown, StatusBoard};
 use crate::log::Log;
 use crate::state::StateStore;
 
@@ -57,6 +57,8 @@ pub struct Context {
     pub identity: Identity,
     /// Fires when the box stops.
     pub shutdown: Shutdown,
+    /// What the box still waits for before it is ready (`GET /ready`).
+    pub ready: Readiness,
     /// Status of every source (MQTT listener and sources, Modbus devices, OPC-UA servers).
     pub sources: StatusBoard,
     /// Status of every sink (MQTT sinks).
@@ -80,6 +82,7 @@ impl Context {
             state,
             identity,
             shutdown,
+            ready: Readiness::new(crate::metrics::global()),
             sources: StatusBoard::sources(),
             sinks: StatusBoard::sinks(),
             data_dir: data_dir.to_path_buf(),

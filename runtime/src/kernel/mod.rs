@@ -8,8 +8,9 @@
 //! - [`status`] — the boards of sources and sinks, every number a metric handle.
 //! - [`limits`] — the open-file limit, raised at start and budgeted against.
 //! - [`log_limit`] — repeated log lines, rate-limited per call site.
+//! - [`ready`] — readiness: the start-up conditions a box still waits for (`GET /ready`).
 //! - [`Context`] — what `app.rs` builds once per box and hands to every component: the log,
-//!   the state store, the identity, the shutdown signal, the status boards.
+//!   the state store, the identity, the shutdown signal, the readiness, the status boards.
 //!
 //! The primitives depend on nothing else in the crate but the metrics registry, so every room,
 //! `log/` and `state/` included, may use them. [`Context`] bundles the open storage with them;
@@ -21,6 +22,7 @@ pub mod context;
 pub mod limits;
 pub mod lock;
 pub mod log_limit;
+pub mod ready;
 pub mod shutdown;
 pub mod status;
 
@@ -28,5 +30,6 @@ pub use backoff::Backoff;
 pub use clock::{now_ms, Clock, ManualClock, SystemClock};
 pub use context::{Context, Identity};
 pub use lock::{lock, read_lock, write_lock};
+pub use ready::Readiness;
 pub use shutdown::{Shutdown, ShutdownTrigger};
 pub use status::{Link, Role, Status, StatusBoard, StatusEntry};

@@ -91,9 +91,12 @@ use super::route::{Mapped, Routes, HEADER_WILL};
 use super::source::{KEY_MISSING, KEY_MISSING_HELP};
 use super::MqttError;
 use crate::contracts::Contracts;
-use crate::kernel::{Backoff, Shutdown};
+use crate::kernel::{Backoff, Readiness, Shutdown};
 use crate::kernel::{Link, StatusBoard};
 use crate::log::{Log, LogError, NewRecord};
+
+/// What the box's readiness waits for while the listener's port is not bound.
+pub const READY_CONDITION: &str = "mqtt listener";
 
 /// The listener's name on the status board.
 pub const STATUS_NAME: &str = "mqtt:listener";
@@ -256,12 +259,15 @@ impl Listener {
 
     /// Binds `listen` (unless `bound` already is) and accepts device connections until
     /// shutdown; then closes them all. A port in use is not fatal: the rest of the box keeps
-    /// working, the status shows `retrying` with the error, and binding is retried with backoff.
+    /// working, the status shows `retrying` with the error, and binding is retried with backoff;
+    /// until it binds, the box is not ready (the caller names [`READY_CONDITION`] in `ready`
+    /// when it could not bind at once; `run` clears it once bound).
     pub async fn run(
         self: Arc<Self>,
         listen: String,
         bound: Option<TcpListener>,
         shutdown: Shutdown,
+        ready: Readiness,
     ) -> Result<(), MqttError> {
         self.board.register(STATUS_NAME, "mqtt-listener", |s| {
             s.set_info("listen", listen.clone());
@@ -311,6 +317,7 @@ impl Listener {
             }
         };
         let local = listener.local_addr()?;
+        ready.done(READY_CONDITION);
         self.board.update(STATUS_NAME, |s| {
             s.set_link(Link::Connected);
             s.set_info("listen", local.to_string());

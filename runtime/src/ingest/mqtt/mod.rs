@@ -104,6 +104,7 @@ pub async fn start(
             Ok(listener) => Some(listener),
             Err(e) => {
                 tracing::error!(mqtt_listen = %b.listen, error = %e, "The MQTT listener cannot bind its port; retrying in the background.");
+                ctx.ready.wait_for(listener::READY_CONDITION);
                 None
             }
         };
@@ -152,7 +153,12 @@ pub async fn start(
         ));
         tasks.push((
             "mqtt-listener",
-            Box::pin(shared.run(b.listen.clone(), listener, shutdown.clone())),
+            Box::pin(shared.run(
+                b.listen.clone(),
+                listener,
+                shutdown.clone(),
+                ctx.ready.clone(),
+            )),
         ));
         let watch_shutdown = shutdown.clone();
         tasks.push((
