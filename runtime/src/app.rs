@@ -115,12 +115,23 @@ pub struct App {
     edge_id: String,
     shutdown: ShutdownTrigger,
     components: JoinSet<ComponentResult>,
+    /// The plugin registry, when plugins are enabled (settings are reloaded into it).
+    plugins: Option<crate::plugins::registry::PluginRegistry>,
 }
 
-/// Runs Outpost until SIGTERM or SIGINT, then shuts down cleanly.
-pub async fn run(config: Config) -> Result<(), AppError> {
+/// Reads the config again as `outpost run` first did (file, overrides, validation), for a
+/// reload on SIGHUP.
+pub type Reloader = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
+/// Runs Outpost until SIGTERM or SIGINT, then shuts down cleanly. With `reload`, SIGHUP
+/// re-reads the config and applies what can change while running (see
+/// [`App::reload_on_sighup`]).
+pub async fn run(config: Config, reload: Option<Reloader>) -> Result<(), AppError> {
     let signal = shutdown_signal()?;
-    let app = App::start(config).await?;
+    let mut app = App::start(config).await?;
+    if let Some(reload) = reload {
+        app.reload_on_sighup(reload)?;
+    }
     app.run_until(signal).await
 }
 
@@ -348,7 +359,7 @@ impl App {
             );
             spawn_component(&mut components, "mirror", fut);
         }
-        if let Some(registry) = plugins {
+        if let Some(registry) = plugins.clone() {
             registry.set_source_topics(source_topics(&config));
             ctx.ready.wait_for(PLUGINS_STARTED);
             components.spawn(run_plugins(
@@ -386,6 +397,7 @@ impl App {
             edge_id,
             shutdown,
             components,
+            plugins,
         })
     }
 
@@ -402,6 +414,49 @@ impl App {
     /// The open log.
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// On every SIGHUP from now on, reads the config with `reload` and applies the plugins'
+    /// settings (`[plugins.<name>.config]`): each plugin whose settings changed is
+    /// re-initialised on them, or keeps its old ones if it refuses the new (logged with the
+    /// plugin's error). Other changes take effect at the next start (logged). A config that
+    /// does not load is logged and changes nothing.
+    pub fn reload_on_sighup(&mut self, reload: Reloader) -> Result<(), AppError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
+        let shutdown = self.shutdown.subscribe();
+        let plugins = self.plugins.clone();
+        self.components.spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.requested() => return ("reload", Ok(())),
+                    _ = hup.recv() => {}
+                }
+                let config = match reload() {
+                    Ok(config) => config,
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: the config does not load; nothing changed.");
+                        continue;
+                    }
+                };
+                let Some(registry) = &plugins else {
+                    tracing::info!("SIGHUP: plugins are disabled; only a restart applies config changes.");
+                    continue;
+                };
+                let outcomes = registry.apply_settings(config.plugins.settings()).await;
+                for (plugin, outcome) in &outcomes {
+                    if let Err(e) = outcome {
+                        tracing::error!(plugin = %plugin, error = %e, "SIGHUP: the plugin refused its new settings and runs on its old ones.");
+                    }
+                }
+                tracing::info!(
+                    changed = outcomes.len(),
+                    "SIGHUP: plugin settings reloaded; other config changes take effect at the next start."
+                );
+            }
+        });
+        Ok(())
     }
 
     /// Runs until `signal` resolves or a component stops, then shuts down.

@@ -270,8 +270,18 @@ pub fn execute(
             if args.rebuild_state {
                 config.edge.rebuild_state = true;
             }
+            let (file, flags) = (
+                args.config.clone(),
+                (args.allow_unsigned_plugins, args.simulate),
+            );
+            let reload: crate::app::Reloader = Box::new(move || {
+                let mut config = Config::load(file.as_deref(), &overrides)?;
+                config.plugins.allow_unsigned |= flags.0;
+                config.simulate.enabled |= flags.1;
+                Ok(config)
+            });
             let rt = runtime()?;
-            let result = rt.block_on(crate::app::run(config));
+            let result = rt.block_on(crate::app::run(config, Some(reload)));
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             result.map_err(CliError::from)
         }

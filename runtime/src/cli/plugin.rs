@@ -1,6 +1,6 @@
 //! `outpost plugin …`: manage the plugins of a running box (`install`, `upgrade`, `remove`,
-//! `list`, `logs`, over the HTTP API at `--server`) and make signed bundles offline (`keygen`,
-//! `sign`).
+//! `list`, `logs`, over the HTTP API at `--server`), make signed bundles offline (`keygen`,
+//! `sign`) and write out the plugins bundled in this binary (`export`).
 //!
 //! A typical release of a plugin:
 //! ```text
@@ -81,6 +81,16 @@ pub enum PluginCommand {
     },
     /// Make a bundle (.opb) of a manifest and a module, signed with a secret key (offline).
     Sign(SignArgs),
+    /// Write a plugin bundled in this binary (fraud-score, recommend, sensor-watch) to
+    /// DIR/<name>/plugin.toml and plugin.wasm (offline), for partners to study, re-sign or
+    /// rebuild; its source is in the SDK's repository under plugins/<name>/.
+    Export {
+        /// The bundled plugin's name.
+        name: String,
+        /// Directory to write `<name>/` into (created if missing; existing files are replaced).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 /// Arguments of `outpost plugin sign`.
@@ -122,6 +132,7 @@ pub fn execute(command: PluginCommand, out: &mut dyn Write) -> Result<(), CliErr
     match command {
         PluginCommand::Keygen { out: dir } => keygen(&dir, out),
         PluginCommand::Sign(args) => sign(&args, out),
+        PluginCommand::Export { name, out: dir } => export(&name, &dir, out),
         PluginCommand::Install { file, client } => {
             let bytes = read_bundle(&file)?;
             let mut client = connect(client)?;
@@ -231,6 +242,41 @@ fn sign(args: &SignArgs, out: &mut dyn Write) -> Result<(), CliError> {
         bundle.manifest().version,
         bundle.wasm().len(),
         bundle.digest_hex(),
+    )?;
+    Ok(())
+}
+
+/// `outpost plugin export`: a bundled plugin's manifest and module, as `sign` reads them.
+fn export(name: &str, dir: &Path, out: &mut dyn Write) -> Result<(), CliError> {
+    let embedded = crate::plugins::registry::bundled::embedded();
+    let plugin = embedded.iter().find(|p| p.name == name).ok_or_else(|| {
+        let names: Vec<&str> = embedded.iter().map(|p| p.name).collect();
+        CliError::Usage(format!(
+            "{name:?} is not bundled in this binary; the bundled plugins are {}",
+            names.join(", ")
+        ))
+    })?;
+    let folder = dir.join(name);
+    let io = |what: &Path, e: std::io::Error| {
+        CliError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot write {}: {e}", what.display()),
+        ))
+    };
+    std::fs::create_dir_all(&folder).map_err(|e| io(&folder, e))?;
+    for (file, bytes) in [
+        ("plugin.toml", plugin.manifest.as_bytes()),
+        ("plugin.wasm", plugin.wasm),
+    ] {
+        let path = folder.join(file);
+        bundle::write_atomic(&path, bytes).map_err(|e| io(&path, e))?;
+    }
+    writeln!(
+        out,
+        "wrote {}/plugin.toml and plugin.wasm ({} bytes of wasm); settings go in the box config \
+         as [plugins.{name}.config], or sign a rebuilt copy with `outpost plugin sign`",
+        folder.display(),
+        plugin.wasm.len()
     )?;
     Ok(())
 }

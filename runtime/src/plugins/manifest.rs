@@ -275,6 +275,24 @@ impl Manifest {
         self.outputs.iter().any(|o| o == topic)
     }
 
+    /// This manifest with the box's settings for the plugin (`[plugins.<name>.config]`) laid
+    /// over its `[config]`: tables merge key by key, any other value replaces the manifest's.
+    pub fn with_settings(&self, settings: &toml::Table) -> Manifest {
+        fn merge(base: &mut toml::Table, over: &toml::Table) {
+            for (key, value) in over {
+                match (base.get_mut(key), value) {
+                    (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+                    _ => {
+                        base.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        let mut effective = self.clone();
+        merge(&mut effective.config, settings);
+        effective
+    }
+
     /// The `[config]` table as JSON bytes for `outpost_init` (`{}` when there is none).
     /// TOML datetimes become their RFC 3339 strings.
     pub fn config_json(&self) -> Vec<u8> {
@@ -412,6 +430,30 @@ state_keys = 5000
                 "when": "1979-05-27T07:32:00Z",
                 "weights": {"blocklisted": 100.0}
             })
+        );
+    }
+
+    #[test]
+    fn box_settings_override_the_manifest_config_key_by_key_and_merge_tables() {
+        let m = Manifest::parse(GOOD).unwrap();
+        let settings: toml::Table =
+            toml::from_str("alert_threshold = 85\nnew_key = [1, 2]\n[weights]\nvelocity = 30.0\n")
+                .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&m.with_settings(&settings).config_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "alert_threshold": 85,
+                "when": "1979-05-27T07:32:00Z",
+                "weights": {"blocklisted": 100.0, "velocity": 30.0},
+                "new_key": [1, 2]
+            })
+        );
+        assert_eq!(
+            m.config["alert_threshold"].as_integer(),
+            Some(70),
+            "the signed manifest is untouched"
         );
     }
 

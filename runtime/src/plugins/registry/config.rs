@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::plugins::bundle::{BundleError, TrustPolicy};
 
-/// The `[plugins]` section.
+/// The `[plugins]` section. Besides the keys below, `[plugins.<name>.config]` holds one
+/// plugin's settings (see [`PluginsConfig::settings`]); any other key is refused by
+/// [`PluginsConfig::validate`], naming it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Run plugins at all. When false no plugin starts and the `/plugins` endpoints answer 503.
     #[serde(default = "default_true")]
@@ -108,6 +109,16 @@ pub struct PluginsConfig {
     /// Plugins installed at once, at most (each runs one instance).
     #[serde(default = "default_max_plugins")]
     pub max_plugins: usize,
+    /// Plugin settings: `[plugins.<name>.config]`, a table laid over the `[config]` of the
+    /// plugin's manifest before `outpost_init` (tables merge key by key, any other value
+    /// replaces the manifest's). The bundle's signature covers code and declared capabilities,
+    /// not tuning, so changing a setting needs no new bundle. SIGHUP re-reads them and
+    /// re-initialises each plugin whose settings changed (a plugin that refuses its new
+    /// settings keeps running on the old ones and the error names the plugin and the key).
+    /// Kept here as read; [`PluginsConfig::validate`] checks the shape,
+    /// [`PluginsConfig::settings`] gives the tables.
+    #[serde(flatten)]
+    pub per_plugin: BTreeMap<String, toml::Value>,
 }
 
 fn default_true() -> bool {
@@ -200,13 +211,68 @@ impl Default for PluginsConfig {
             max_module_bytes: default_max_module_bytes(),
             max_total_memory_mib: default_max_total_memory_mib(),
             max_plugins: default_max_plugins(),
+            per_plugin: BTreeMap::new(),
         }
     }
 }
 
 impl PluginsConfig {
+    /// Each plugin's settings (`[plugins.<name>.config]`), by plugin name; call after
+    /// [`PluginsConfig::validate`] (a malformed entry is left out).
+    pub fn settings(&self) -> BTreeMap<String, toml::Table> {
+        self.per_plugin
+            .iter()
+            .filter_map(|(name, v)| match v.get("config") {
+                Some(toml::Value::Table(t)) => Some((name.clone(), t.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Checks that every key of `[plugins]` that is not a setting of the section is a
+    /// plugin's `[plugins.<name>.config]` table.
+    fn validate_per_plugin(&self) -> Result<(), (String, String)> {
+        for (name, value) in &self.per_plugin {
+            let key = format!("plugins.{name}");
+            if let Some(problem) = crate::plugins::manifest::name_problem(name) {
+                return Err((
+                    key,
+                    format!(
+                        "is not a key of [plugins], nor a plugin name (a plugin name {problem})"
+                    ),
+                ));
+            }
+            let shape = || {
+                (
+                    key.clone(),
+                    format!(
+                        "is not a key of [plugins]; a plugin's settings go in a table \
+                         `[plugins.{name}.config]`"
+                    ),
+                )
+            };
+            let table = value.as_table().ok_or_else(shape)?;
+            for (k, v) in table {
+                if k != "config" {
+                    return Err((
+                        format!("{key}.{k}"),
+                        format!("is unknown; a plugin's settings go in `[plugins.{name}.config]`"),
+                    ));
+                }
+                if !v.is_table() {
+                    return Err((
+                        format!("{key}.config"),
+                        "must be a table of the plugin's settings".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the section; the error is `(dotted key, problem and fix)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        self.validate_per_plugin()?;
         let range = |key: &str, value: u64, min: u64, max: u64| {
             if value < min || value > max {
                 Err((

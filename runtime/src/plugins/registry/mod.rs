@@ -38,7 +38,7 @@
 //! embedded in the binary: a plugin recorded as bundled is trusted only while its digest
 //! equals the embedded one.
 
-mod bundled;
+pub mod bundled;
 mod config;
 mod engine;
 mod graph;
@@ -198,6 +198,9 @@ pub struct PluginInfo {
     pub inputs: Vec<String>,
     /// Output topics.
     pub outputs: Vec<String>,
+    /// The settings it runs on: the manifest's `[config]` with the box's
+    /// `[plugins.<name>.config]` over it, as `outpost_init` gets them.
+    pub config: Value,
     /// `starting`, `running`, `quarantined`, `stopped` or `failed`.
     pub state: PluginState,
     /// Why it is not running, if it is not.
@@ -290,6 +293,9 @@ struct Inner<E: PluginEngine> {
     slots: RwLock<BTreeMap<String, Slot<E>>>,
     /// Topics (names or `prefix*` patterns) sources feed: no plugin writes them without a grant.
     source_topics: RwLock<Vec<String>>,
+    /// The box's settings per plugin (`[plugins.<name>.config]`), laid over each manifest's
+    /// `[config]` when the plugin is initialised.
+    settings: RwLock<BTreeMap<String, toml::Table>>,
     /// Serialises install, upgrade, remove, start and stop.
     ops: tokio::sync::Mutex<()>,
 }
@@ -344,6 +350,7 @@ impl<E: PluginEngine> Registry<E> {
         bundled: &[BundledPlugin],
     ) -> Result<Registry<E>, RegistryError> {
         let policy = config.trust_policy()?;
+        let settings = config.settings();
         let store = Store::open(dir)?;
         let mut embedded = Vec::new();
         for plugin in bundled {
@@ -397,6 +404,7 @@ impl<E: PluginEngine> Registry<E> {
                 bundled: embedded,
                 slots: RwLock::new(slots),
                 source_topics: RwLock::new(Vec::new()),
+                settings: RwLock::new(settings),
                 ops: tokio::sync::Mutex::new(()),
             }),
         })
@@ -416,6 +424,96 @@ impl<E: PluginEngine> Registry<E> {
     /// no plugin may declare one as an output unless `plugins.output_grants` grants it.
     pub fn set_source_topics(&self, topics: Vec<String>) {
         *write_lock(&self.inner.source_topics) = topics;
+    }
+
+    /// `manifest` as the plugin runs it: with the box's settings for it over its `[config]`.
+    fn effective(&self, manifest: &Manifest) -> Manifest {
+        match read_lock(&self.inner.settings).get(&manifest.name) {
+            Some(settings) => manifest.with_settings(settings),
+            None => manifest.clone(),
+        }
+    }
+
+    /// Takes new settings per plugin (`[plugins.<name>.config]`, e.g. re-read from the config
+    /// file on SIGHUP) and re-initialises every running plugin whose settings changed: the new
+    /// settings are tried on a throwaway instance first, and a plugin that refuses them keeps
+    /// running on its old ones (its entry in the answer holds the error, which names the plugin
+    /// and, from the plugin's own message, the key). A plugin that is not running takes its new
+    /// settings when it next starts. Returns one entry per plugin whose settings changed.
+    pub async fn apply_settings(
+        &self,
+        new: BTreeMap<String, toml::Table>,
+    ) -> Vec<(String, Result<(), RegistryError>)> {
+        let _op = self.inner.ops.lock().await;
+        let old = read_lock(&self.inner.settings).clone();
+        let mut names: Vec<&String> = old.keys().chain(new.keys()).collect();
+        names.sort();
+        names.dedup();
+        let mut outcomes = Vec::new();
+        for name in names {
+            if old.get(name) == new.get(name) {
+                continue;
+            }
+            let outcome = self.reinitialise(name, new.get(name)).await;
+            outcomes.push((name.clone(), outcome));
+        }
+        outcomes
+    }
+
+    /// Sets one plugin's settings and restarts it on them if it runs (see `apply_settings`).
+    async fn reinitialise(
+        &self,
+        name: &str,
+        settings: Option<&toml::Table>,
+    ) -> Result<(), RegistryError> {
+        let set = |settings: Option<&toml::Table>| {
+            let mut all = write_lock(&self.inner.settings);
+            match settings {
+                Some(t) => all.insert(name.to_string(), t.clone()),
+                None => all.remove(name),
+            }
+        };
+        let running = {
+            let slots = read_lock(&self.inner.slots);
+            slots.get(name).and_then(|slot| {
+                let runner = slot.runner.clone()?;
+                Some((slot.manifest.clone()?, slot.module.clone()?, runner))
+            })
+        };
+        let Some((manifest, module, runner)) = running else {
+            set(settings);
+            return Ok(());
+        };
+        let previous = set(settings);
+        let engine = self.inner.engine.clone();
+        let (trial, checked) = (self.effective(&manifest), module.clone());
+        let tried = blocking(move || engine.check_init(&trial, &checked)).await?;
+        if let Err(source) = tried {
+            set(previous.as_ref());
+            return Err(RegistryError::Init {
+                name: name.to_string(),
+                source,
+            });
+        }
+        runner.stop().await;
+        match self.start_runner(&manifest, module).await {
+            Ok(runner) => {
+                if let Some(slot) = write_lock(&self.inner.slots).get_mut(name) {
+                    slot.set_runner(runner);
+                }
+                tracing::info!(
+                    plugin = name,
+                    "Re-initialised a plugin on its new settings."
+                );
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(slot) = write_lock(&self.inner.slots).get_mut(name) {
+                    slot.set_failed(e.to_string());
+                }
+                Err(e)
+            }
+        }
     }
 
     fn embedded(&self, name: &str) -> Option<&Bundle> {
@@ -619,7 +717,7 @@ impl<E: PluginEngine> Registry<E> {
         let signer = self.inner.policy.check(&bundle)?;
         let module = self.compile(&bundle).await?;
         let engine = self.inner.engine.clone();
-        let manifest = bundle.manifest().clone();
+        let manifest = self.effective(bundle.manifest());
         let checked = module.clone();
         blocking(move || engine.check_init(&manifest, &checked))
             .await?
@@ -648,7 +746,7 @@ impl<E: PluginEngine> Registry<E> {
         module: E::Module,
     ) -> Result<E::Runner, RegistryError> {
         let engine = self.inner.engine.clone();
-        let m = manifest.clone();
+        let m = self.effective(manifest);
         blocking(move || engine.start(&m, module))
             .await?
             .map_err(|source| RegistryError::Start {
@@ -892,8 +990,13 @@ impl<E: PluginEngine> Registry<E> {
             Some(r) => (PluginState::from(r.state), r.last_error.clone()),
             None => (slot.idle_state, slot.error.clone()),
         };
-        let (description, inputs, outputs) = match &slot.manifest {
-            Some(m) => (m.description.clone(), m.inputs.clone(), m.outputs.clone()),
+        let (description, inputs, outputs, config) = match &slot.manifest {
+            Some(m) => (
+                m.description.clone(),
+                m.inputs.clone(),
+                m.outputs.clone(),
+                serde_json::from_slice(&self.effective(m).config_json()).unwrap_or_default(),
+            ),
             None => Default::default(),
         };
         Some(PluginInfo {
@@ -907,6 +1010,7 @@ impl<E: PluginEngine> Registry<E> {
             updated_at_ms: slot.meta.updated_at_ms,
             inputs,
             outputs,
+            config,
             state,
             error,
             runner: report.map(|r| r.detail),
