@@ -4,17 +4,27 @@
 //! and `cart.events` record with `recommendations`: the top-N in-stock items not already in
 //! the basket or cart.
 //!
-//! Scoring: for a seed item `a` (in the basket or cart) and a neighbour `c`, `P(c | a)` is the
-//! decayed share of `a`'s baskets that also held `c`; several seeds combine as a noisy-or,
-//! `1 - Π(1 - P(c | a))`, so the score is in 0–1 and grows with every supporting item. With no
-//! seeds (an empty scan or cart) the seeds are the member's recent purchases; items still
-//! missing are filled from the store's most popular items, scored by their share of baskets.
+//! Scoring: a seed item `a` (in the basket or cart) and a neighbour `c` are associated when
+//! they were bought together in at least `min_support_baskets` (decayed) baskets and their
+//! lift, shrunk toward 1 by that support, is above 1 (see [`measure`]). Several seeds combine
+//! as a product of lifts (a sum of PMI); the `score` is `1 - 1 / lift` of that product, in 0–1,
+//! and the item carries the combined `lift`. With no seeds (an empty scan or cart) the seeds are
+//! the member's recent purchases; items still missing are filled from the store's most
+//! popular items, scored below every associated item by their share of baskets.
 //!
-//! State keys: `n/<sku>` neighbours, `pop` popular items (weighted lists), `s/<sku>` stock
-//! (f64 on hand), `c/<session_id>` cart and `l/<loyalty_id>` recent purchases (SKU lists).
+//! The association report: when an item is bought, its top associations by lift are emitted
+//! to `recommend.associations` (key = sku) if they changed materially since the last report,
+//! or the last one is older than `report_max_interval_ms`; each item is recomputed at most once
+//! per `report_min_interval_ms` and one basket emits at most `max_reports_per_basket` reports.
+//!
+//! State keys: `n/<sku>` neighbours (their total is the item's basket count), `pop` popular
+//! items (its total is the store's basket count), `s/<sku>` stock (f64 on hand),
+//! `c/<session_id>` cart, `l/<loyalty_id>` recent purchases and `r/<sku>` the last association
+//! report (see [`lists`]).
 
 pub mod config;
 pub mod lists;
+pub mod measure;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -23,10 +33,13 @@ use outpost_sdk::{export_plugin, Config, Context, Error, Level, Plugin, Record};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RecommendConfig;
-use crate::lists::{SkuList, WeightedList, MAX_SKU_LEN};
+use crate::lists::{ReportMemo, SkuList, WeightedList, MAX_SKU_LEN};
+use crate::measure::{measure, Counts, Measure};
 
-/// Output topic.
+/// Output topic of the answers to scans and cart events.
 pub const RECOMMENDATIONS_TOPIC: &str = "recommendations";
+/// Output topic of the merchandiser's report: each item's top associations.
+pub const ASSOCIATIONS_TOPIC: &str = "recommend.associations";
 
 /// State key of the store's popular items.
 const POPULAR_KEY: &[u8] = b"pop";
@@ -97,7 +110,49 @@ struct CartEvent<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Scored {
     pub sku: String,
+    /// 0–1, best first.
     pub score: f64,
+    /// The combined lift over the seeds; absent for popular fill-ins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lift: Option<f64>,
+}
+
+/// One association of the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct AssociationOut<'a> {
+    sku: &'a str,
+    lift: f64,
+    raw_lift: f64,
+    confidence: f64,
+    support: f64,
+    baskets: f64,
+}
+
+/// A `recommend.associations` value.
+#[derive(Debug, Serialize)]
+struct ReportOut<'a> {
+    sku: &'a str,
+    ts_ms: u64,
+    baskets: f64,
+    associations: Vec<AssociationOut<'a>>,
+}
+
+/// The associations of one seed item, as of the store's latest basket.
+#[derive(Debug, Clone, Default)]
+struct Associations {
+    /// The seed's decayed basket count.
+    baskets: f64,
+    /// Associated SKUs (lift above 1), best first.
+    pairs: Vec<(String, Measure)>,
+}
+
+/// Basket counts read during one call: the store's, and each item's (`n/<sku>` totals), decayed
+/// to the store's latest basket so they compare.
+#[derive(Debug, Default)]
+struct Totals {
+    t_ref_ms: u64,
+    baskets: f64,
+    items: BTreeMap<String, f64>,
 }
 
 /// A `recommendations` value.
@@ -248,7 +303,162 @@ impl Recommend {
             recent.skus = merged;
             self.store_skus(ctx, &recent)?;
         }
+        self.report(ctx, ts_ms, &skus)
+    }
+
+    /// The association report for the basket's items that are due (module doc), at most
+    /// `max_reports_per_basket` of them.
+    fn report(&mut self, ctx: &mut dyn Context, ts_ms: u64, skus: &[&str]) -> Result<(), Error> {
+        let budget = self.config.max_reports_per_basket;
+        if budget == 0 {
+            return Ok(());
+        }
+        // The due items, those checked longest ago first, so none starves behind the others.
+        let mut due: Vec<(&str, Option<ReportMemo>)> = Vec::new();
+        for &sku in skus {
+            self.set_key(b"r/", sku);
+            let memo = if ctx.state_get_into(&self.key, &mut self.buf)? {
+                ReportMemo::decode(&self.buf)
+            } else {
+                None
+            };
+            let next_check = memo.as_ref().map_or(0, |m| {
+                m.checked_ms
+                    .saturating_add(self.config.report_min_interval_ms)
+            });
+            if ts_ms >= next_check {
+                due.push((sku, memo));
+            }
+        }
+        due.sort_by_key(|(_, memo)| memo.as_ref().map_or(0, |m| m.checked_ms));
+        due.truncate(budget);
+        let mut totals = self.load_totals(ctx)?;
+        for (sku, memo) in due {
+            let mut found = self.associations_of(ctx, sku, &mut totals)?;
+            found.pairs.truncate(self.config.report_items);
+            let lifts: Vec<(String, f32)> = found
+                .pairs
+                .iter()
+                .map(|(c, m)| (c.clone(), m.lift as f32))
+                .collect();
+            let emit = match &memo {
+                None => !lifts.is_empty(),
+                Some(memo) => {
+                    let refresh = self.config.report_max_interval_ms;
+                    materially_changed(&memo.lifts, &lifts, self.config.report_lift_change)
+                        || (refresh != 0
+                            && ts_ms >= memo.emitted_ms.saturating_add(refresh)
+                            && !lifts.is_empty())
+                }
+            };
+            let mut next = memo.unwrap_or_default();
+            next.checked_ms = ts_ms;
+            if emit {
+                let out = ReportOut {
+                    sku,
+                    ts_ms,
+                    baskets: round(found.baskets, 1000.0),
+                    associations: found
+                        .pairs
+                        .iter()
+                        .map(|(c, m)| AssociationOut {
+                            sku: c,
+                            lift: round(m.lift, 10_000.0),
+                            raw_lift: round(m.raw_lift, 10_000.0),
+                            confidence: round(m.confidence, 10_000.0),
+                            support: round(m.support, 1_000_000.0),
+                            baskets: round(m.together, 1000.0),
+                        })
+                        .collect(),
+                };
+                ctx.emit_json(ASSOCIATIONS_TOPIC, Some(sku.as_bytes()), &out)?;
+                next.emitted_ms = ts_ms;
+                next.lifts = lifts;
+            }
+            self.set_key(b"r/", sku);
+            next.encode(&mut self.buf);
+            ctx.state_put(&self.key, &self.buf)?;
+        }
         Ok(())
+    }
+
+    /// The store's basket count, as of its latest basket.
+    fn load_totals(&mut self, ctx: &mut dyn Context) -> Result<Totals, Error> {
+        self.key.clear();
+        self.key.extend_from_slice(POPULAR_KEY);
+        let popular = self.load_weighted(ctx)?;
+        Ok(Totals {
+            t_ref_ms: popular.t_ref_ms,
+            baskets: f64::from(popular.total),
+            items: BTreeMap::new(),
+        })
+    }
+
+    /// An item's neighbour list, decayed to `t_ms`.
+    fn load_neighbours(
+        &mut self,
+        ctx: &mut dyn Context,
+        sku: &str,
+        t_ms: u64,
+    ) -> Result<WeightedList, Error> {
+        self.set_key(b"n/", sku);
+        let mut list = self.load_weighted(ctx)?;
+        list.decay_to(t_ms, self.config.half_life_ms);
+        Ok(list)
+    }
+
+    /// How many (decayed) baskets held `sku`, read once per call.
+    fn item_baskets(
+        &mut self,
+        ctx: &mut dyn Context,
+        sku: &str,
+        totals: &mut Totals,
+    ) -> Result<f64, Error> {
+        if let Some(n) = totals.items.get(sku) {
+            return Ok(*n);
+        }
+        let n = f64::from(self.load_neighbours(ctx, sku, totals.t_ref_ms)?.total);
+        totals.items.insert(sku.to_owned(), n);
+        Ok(n)
+    }
+
+    /// The items associated with `seed` (lift above 1 at the minimum support), best first.
+    fn associations_of(
+        &mut self,
+        ctx: &mut dyn Context,
+        seed: &str,
+        totals: &mut Totals,
+    ) -> Result<Associations, Error> {
+        let list = self.load_neighbours(ctx, seed, totals.t_ref_ms)?;
+        let mut found = Associations {
+            baskets: f64::from(list.total),
+            pairs: Vec::new(),
+        };
+        if list.total <= 0.0 || totals.baskets <= 0.0 {
+            return Ok(found);
+        }
+        for entry in &list.entries {
+            let counts = Counts {
+                together: f64::from(entry.lower_bound()),
+                seed: found.baskets,
+                candidate: self.item_baskets(ctx, &entry.sku, totals)?,
+                baskets: totals.baskets,
+            };
+            let (min_support, shrinkage) = (
+                self.config.min_support_baskets,
+                self.config.shrinkage_baskets,
+            );
+            if let Some(m) = measure(counts, min_support, shrinkage).filter(|m| m.lift > 1.0) {
+                found.pairs.push((entry.sku.clone(), m));
+            }
+        }
+        found.pairs.sort_by(|(a, x), (b, y)| {
+            y.lift
+                .partial_cmp(&x.lift)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| a.cmp(b))
+        });
+        Ok(found)
     }
 
     fn inventory(&mut self, ctx: &mut dyn Context, record: &Record<'_>) -> Result<(), Error> {
@@ -373,28 +583,27 @@ impl Recommend {
                 exclude.extend(seeds.iter().cloned());
             }
         }
+        // A cart may hold many items; the most recent ones (listed last) speak for it.
+        let keep = self.config.max_basket_items;
+        if seeds.len() > keep {
+            seeds.drain(..seeds.len() - keep);
+        }
 
-        // Noisy-or over the seeds: keep Π(1 - P(c | a)) per candidate.
-        let mut miss: BTreeMap<String, f64> = BTreeMap::new();
+        // Product of the seeds' lifts, kept as a sum of logarithms (PMI).
+        let mut totals = self.load_totals(ctx)?;
+        let mut pmi: BTreeMap<String, f64> = BTreeMap::new();
         for seed in &seeds {
-            self.set_key(b"n/", seed);
-            let list = self.load_weighted(ctx)?;
-            if list.total <= 0.0 {
-                continue;
-            }
-            for (sku, weight) in &list.entries {
-                let p = (f64::from(*weight) / f64::from(list.total)).clamp(0.0, 1.0);
-                let slot = miss.entry(sku.clone()).or_insert(1.0);
-                *slot *= 1.0 - p;
+            for (sku, m) in self.associations_of(ctx, seed, &mut totals)?.pairs {
+                *pmi.entry(sku).or_insert(0.0) += m.lift.ln();
             }
         }
-        let mut candidates: Vec<Scored> = miss
+        let mut candidates: Vec<Scored> = pmi
             .into_iter()
-            .map(|(sku, m)| Scored {
+            .map(|(sku, sum)| Scored {
                 sku,
-                score: 1.0 - m,
+                score: 1.0 - (-sum).exp(),
+                lift: Some(sum.exp()),
             })
-            .filter(|c| c.score > 0.0)
             .collect();
         sort_scored(&mut candidates);
 
@@ -409,8 +618,15 @@ impl Recommend {
             }
             picked.push(candidate);
         }
+        for p in &mut picked {
+            p.score = round(p.score, 10_000.0).max(MIN_SCORE);
+            p.lift = p.lift.map(|l| round(l, 10_000.0));
+        }
 
         if picked.len() < top_n {
+            // Fill-ins score below every associated item: their share of baskets, scaled
+            // under the weakest association picked.
+            let ceiling = picked.last().map_or(1.0, |p| p.score);
             self.key.clear();
             self.key.extend_from_slice(POPULAR_KEY);
             let popular = self.load_weighted(ctx)?;
@@ -418,13 +634,14 @@ impl Recommend {
                 .entries
                 .iter()
                 .filter(|_| popular.total > 0.0)
-                .map(|(sku, w)| Scored {
-                    sku: sku.clone(),
-                    score: (f64::from(*w) / f64::from(popular.total)).clamp(0.0, 1.0),
+                .map(|e| Scored {
+                    sku: e.sku.clone(),
+                    score: (f64::from(e.weight) / f64::from(popular.total)).clamp(0.0, 1.0),
+                    lift: None,
                 })
                 .collect();
             sort_scored(&mut fill);
-            for candidate in fill {
+            for mut candidate in fill {
                 if picked.len() == top_n {
                     break;
                 }
@@ -434,16 +651,38 @@ impl Recommend {
                 {
                     continue;
                 }
+                candidate.score =
+                    round(candidate.score * ceiling, 10_000.0).clamp(MIN_SCORE, ceiling);
                 picked.push(candidate);
             }
         }
-        for p in &mut picked {
-            p.score = (p.score * 10_000.0).round() / 10_000.0;
-        }
-        // Popular fill-ins can outscore weak co-purchases; the list goes out best first.
-        sort_scored(&mut picked);
         Ok(picked)
     }
+}
+
+/// The lowest score an item goes out with (scores are rounded to four decimals; a listed item
+/// never scores 0).
+const MIN_SCORE: f64 = 0.0001;
+
+/// `x` rounded to `1 / scale`.
+fn round(x: f64, scale: f64) -> f64 {
+    (x * scale).round() / scale
+}
+
+/// Whether a newly computed association list differs materially from the one last reported:
+/// another set of SKUs, or a lift that moved by more than `change` of its reported value.
+fn materially_changed(old: &[(String, f32)], new: &[(String, f32)], change: f64) -> bool {
+    if old.len() != new.len() {
+        return true;
+    }
+    new.iter()
+        .any(|(sku, lift)| match old.iter().find(|(s, _)| s == sku) {
+            None => true,
+            Some((_, before)) => {
+                let (before, lift) = (f64::from(*before), f64::from(*lift));
+                (lift - before).abs() > change * before.abs()
+            }
+        })
 }
 
 /// Best first; ties by SKU so the output is deterministic.
@@ -471,7 +710,7 @@ mod tests {
     fn harness(config: &str) -> Harness<Recommend> {
         Harness::<Recommend>::start(config)
             .unwrap()
-            .allow_outputs(&[RECOMMENDATIONS_TOPIC])
+            .allow_outputs(&[RECOMMENDATIONS_TOPIC, ASSOCIATIONS_TOPIC])
     }
 
     fn basket(h: &mut Harness<Recommend>, ts_ms: u64, loyalty: Option<&str>, skus: &[&str]) {
@@ -523,6 +762,36 @@ mod tests {
         out.json().unwrap()
     }
 
+    /// The recommended SKUs that came from associations (they carry a lift).
+    fn associated(v: &Value) -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i.get("lift").is_some())
+            .map(|i| i["sku"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn score_of(v: &Value, sku: &str) -> f64 {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["sku"] == sku)
+            .unwrap_or_else(|| panic!("{sku} not in {v}"))["score"]
+            .as_f64()
+            .unwrap()
+    }
+
+    fn reports(h: &Harness<Recommend>, sku: &str) -> Vec<Value> {
+        h.emitted_to(ASSOCIATIONS_TOPIC)
+            .iter()
+            .filter(|e| e.key_str() == Some(sku))
+            .map(|e| e.json().unwrap())
+            .collect()
+    }
+
     fn skus(v: &Value) -> Vec<String> {
         v["items"]
             .as_array()
@@ -558,13 +827,29 @@ mod tests {
         assert!(v.get("session_id").is_none());
         let items = skus(&v);
         assert_eq!(&items[..2], ["sauce", "parmesan"]);
-        // P(sauce | pasta) = 6/9; the other items come from popularity and score lower.
+        assert_eq!(associated(&v), ["sauce", "parmesan"]);
+        // Both have a raw lift of (6/9) / (6/13) = 13/9; sauce, seen twice as often, keeps
+        // more of it: 1 + 4/9 · 6/11.
+        let lift = 1.0 + 4.0 / 9.0 * 6.0 / 11.0;
         assert!(
-            (v["items"][0]["score"].as_f64().unwrap() - 0.6667).abs() < 1e-3,
+            (v["items"][0]["lift"].as_f64().unwrap() - lift).abs() < 1e-3,
             "{v}"
         );
+        assert!((v["items"][0]["score"].as_f64().unwrap() - (1.0 - 1.0 / lift)).abs() < 1e-3);
+        let scores: Vec<f64> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["score"].as_f64().unwrap())
+            .collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {v}");
+        assert!(scores.iter().all(|s| *s > 0.0 && *s <= 1.0), "{v}");
         assert!(!items.contains(&"pasta".to_owned()));
-        assert_eq!(h.emitted().len(), 1, "baskets and stock emit nothing");
+        assert!(
+            h.emitted_to(RECOMMENDATIONS_TOPIC).len() == 1
+                && h.emitted_to(ASSOCIATIONS_TOPIC).is_empty(),
+            "baskets and stock answer nothing, and no report is due a few ms after the first"
+        );
     }
 
     #[test]
@@ -595,10 +880,19 @@ mod tests {
             basket(&mut h, T0 + 10 + i, None, &["b", "x"]);
             basket(&mut h, T0 + 20 + i, None, &["a", "y"]);
         }
+        for i in 0..12 {
+            basket(&mut h, T0 + 30 + i, None, &["z"]);
+        }
+        // Alone, x (raw lift 1.5 with a, 3 with b) and y (3 with a) shrink to 11/9 · 17/9 and
+        // 17/9; together a and b multiply their lifts for x.
         let v = scan(&mut h, "L1", Some(&["a", "b"]));
-        assert_eq!(skus(&v)[0], "x");
-        // 1 - (1 - 4/8)(1 - 4/4) = 1
-        assert_eq!(v["items"][0]["score"], 1.0);
+        assert_eq!(skus(&v)[..2], ["x", "y"]);
+        let lift = (1.0 + 0.5 * 4.0 / 9.0) * (1.0 + 2.0 * 4.0 / 9.0);
+        assert!(
+            (v["items"][0]["lift"].as_f64().unwrap() - lift).abs() < 1e-3,
+            "{v}"
+        );
+        assert!(score_of(&v, "x") > score_of(&v, "y"));
     }
 
     #[test]
@@ -656,15 +950,20 @@ mod tests {
     #[test]
     fn old_co_purchases_fade_with_the_half_life() {
         let mut h = harness(r#"{"half_life_ms": 86400000}"#);
-        for i in 0..8 {
+        for i in 0..24 {
             basket(&mut h, T0 + i, None, &["tea", "lemon"]);
         }
+        for i in 0..12 {
+            basket(&mut h, T0 + 30 + i, None, &["coffee"]);
+        }
+        assert_eq!(associated(&scan(&mut h, "L1", Some(&["tea"]))), ["lemon"]);
         for i in 0..4 {
             basket(&mut h, T0 + 5 * DAY + i, None, &["tea", "honey"]);
+            basket(&mut h, T0 + 5 * DAY + 10 + i, None, &["coffee"]);
         }
-        // Five half-lives later the eight lemon baskets weigh 8/32 = 0.25 against honey's 4.
-        let items = skus(&scan(&mut h, "L1", Some(&["tea"])));
-        assert_eq!(&items[..2], ["honey", "lemon"]);
+        // Five half-lives later the 24 lemon baskets weigh 24/32 = 0.75: under the minimum
+        // support of 3, while honey's four recent ones are a fresh association.
+        assert_eq!(associated(&scan(&mut h, "L1", Some(&["tea"]))), ["honey"]);
     }
 
     #[test]
@@ -675,6 +974,184 @@ mod tests {
         basket(&mut h, T0, None, &refs);
         let list = WeightedList::decode(h.state(b"n/sku-0").unwrap()).unwrap();
         assert_eq!(list.entries.len(), 4);
+    }
+
+    #[test]
+    fn a_genuinely_associated_item_outranks_a_popular_one() {
+        let mut h = harness("{}");
+        // 20 baskets; milk is in 16 of them (80 %), and in 8 of the 10 pasta baskets: no more
+        // than chance. Sauce is in 6 baskets, all with pasta.
+        let mut ts = T0;
+        let mut add = |h: &mut Harness<Recommend>, n: usize, skus: &[&str]| {
+            for _ in 0..n {
+                basket(h, ts, None, skus);
+                ts += 1;
+            }
+        };
+        add(&mut h, 5, &["pasta", "sauce", "milk"]);
+        add(&mut h, 1, &["pasta", "sauce"]);
+        add(&mut h, 3, &["pasta", "milk"]);
+        add(&mut h, 1, &["pasta"]);
+        add(&mut h, 8, &["milk", "bread"]);
+        add(&mut h, 2, &["eggs"]);
+        // By co-occurrence share milk (8/10) would beat sauce (6/10); by lift sauce is
+        // 0.6 / 0.3 = 2 (shrunk to 1 + 6/11) and milk 0.8 / 0.8 = 1, no association.
+        let v = scan(&mut h, "L1", Some(&["pasta"]));
+        assert_eq!(skus(&v)[0], "sauce", "{v}");
+        assert_eq!(associated(&v), ["sauce"]);
+        assert!(
+            (v["items"][0]["lift"].as_f64().unwrap() - (1.0 + 6.0 / 11.0)).abs() < 1e-3,
+            "{v}"
+        );
+        assert!(score_of(&v, "milk") < score_of(&v, "sauce"), "{v}");
+    }
+
+    #[test]
+    fn pairs_below_minimum_support_are_not_recommended() {
+        let train = |config: &str| {
+            let mut h = harness(config);
+            for i in 0..10 {
+                basket(&mut h, T0 + i, None, &["pasta", "sauce"]);
+                basket(&mut h, T0 + 20 + i, None, &["bread"]);
+            }
+            // Truffle oil: bought twice, both times with pasta (a raw lift of 22/12 · 11).
+            basket(&mut h, T0 + 40, None, &["pasta", "truffle-oil"]);
+            basket(&mut h, T0 + 41, None, &["pasta", "truffle-oil"]);
+            h
+        };
+        let mut h = train(r#"{"min_support_baskets": 3}"#);
+        let v = scan(&mut h, "L1", Some(&["pasta"]));
+        assert_eq!(associated(&v), ["sauce"], "{v}");
+        // With a minimum support of 2 the pair counts, and shrinkage still keeps it below the
+        // well-supported sauce although its raw lift is higher.
+        let mut h = train(r#"{"min_support_baskets": 2}"#);
+        let v = scan(&mut h, "L1", Some(&["pasta"]));
+        assert_eq!(associated(&v), ["sauce", "truffle-oil"], "{v}");
+    }
+
+    #[test]
+    fn in_basket_and_out_of_stock_items_are_never_recommended() {
+        let mut h = trained();
+        stock(&mut h, "sauce", 0.0);
+        stock(&mut h, "bread", -1.0);
+        // Neither from associations nor from the popular fill-ins.
+        for basket in [&["pasta"][..], &["pasta", "parmesan"], &[]] {
+            let items = skus(&scan(&mut h, "L1", Some(basket)));
+            for sku in basket.iter().chain(&["sauce", "bread"]) {
+                assert!(!items.contains(&(*sku).to_owned()), "{sku} in {items:?}");
+            }
+        }
+        let v = cart(&mut h, "sess-1", "add", "pasta", T0 + DAY);
+        assert!(
+            !skus(&v).iter().any(|s| s == "pasta" || s == "sauce"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn the_association_report_appears_and_is_ranked_by_lift() {
+        let mut h = harness(r#"{"report_min_interval_ms": 0}"#);
+        for i in 0..12 {
+            basket(&mut h, T0 + i, None, &["pasta", "sauce"]);
+            basket(&mut h, T0 + 20 + i, None, &["bread", "butter"]);
+        }
+        for i in 0..4 {
+            basket(&mut h, T0 + 40 + i, None, &["pasta", "parmesan", "bread"]);
+        }
+        let report = reports(&h, "pasta");
+        assert!(!report.is_empty());
+        let last = report.last().unwrap();
+        assert_eq!(last["sku"], "pasta");
+        // Reported when parmesan reached the minimum support (its third basket, 27 in all);
+        // the fourth basket changed no lift by 20 %.
+        assert_eq!(last["ts_ms"], T0 + 42);
+        let assoc = last["associations"].as_array().unwrap();
+        let names: Vec<&str> = assoc.iter().map(|a| a["sku"].as_str().unwrap()).collect();
+        // Parmesan: 3/15 of pasta's baskets, 3/27 of all: raw lift 1.8, shrunk by 3/8; sauce:
+        // 12/15 against 12/27 (1.8 too), shrunk by only 12/17. Bread goes below chance.
+        assert_eq!(names, ["sauce", "parmesan"], "{last}");
+        let lifts: Vec<f64> = assoc.iter().map(|a| a["lift"].as_f64().unwrap()).collect();
+        assert!(
+            lifts.windows(2).all(|w| w[0] >= w[1]) && lifts[1] > 1.0,
+            "{last}"
+        );
+        let sauce = &assoc[0];
+        assert!(
+            (sauce["confidence"].as_f64().unwrap() - 0.8).abs() < 1e-3,
+            "{sauce}"
+        );
+        assert!((sauce["support"].as_f64().unwrap() - 12.0 / 27.0).abs() < 1e-3);
+        assert!((sauce["raw_lift"].as_f64().unwrap() - 1.8).abs() < 1e-3);
+        assert!((sauce["lift"].as_f64().unwrap() - (1.0 + 0.8 * 12.0 / 17.0)).abs() < 1e-3);
+        assert!((sauce["baskets"].as_f64().unwrap() - 12.0).abs() < 1e-2);
+        assert_eq!(h.emitted_to(ASSOCIATIONS_TOPIC)[0].key_str(), Some("pasta"));
+    }
+
+    #[test]
+    fn the_report_is_emitted_on_material_change_at_a_bounded_rate() {
+        let mut h = harness("{}");
+        for i in 0..10 {
+            basket(&mut h, T0 + i, None, &["pasta", "sauce"]);
+            basket(&mut h, T0 + 20 + i, None, &["bread"]);
+        }
+        for i in 0..6 {
+            basket(&mut h, T0 + 40 + i, None, &["pasta", "parmesan"]);
+        }
+        // Each item was checked on its first basket, with nothing to report yet.
+        assert!(h.emitted_to(ASSOCIATIONS_TOPIC).is_empty());
+        let minute = 60_000;
+        basket(&mut h, T0 + 11 * minute, None, &["pasta", "sauce"]);
+        assert_eq!(
+            reports(&h, "pasta").len(),
+            1,
+            "due after report_min_interval_ms"
+        );
+        assert_eq!(reports(&h, "sauce").len(), 1);
+        basket(&mut h, T0 + 12 * minute, None, &["pasta", "sauce"]);
+        assert_eq!(reports(&h, "pasta").len(), 1, "checked a minute ago");
+        basket(&mut h, T0 + 25 * minute, None, &["pasta", "sauce"]);
+        assert_eq!(reports(&h, "pasta").len(), 1, "no material change");
+        // A day later the unchanged report is repeated once.
+        basket(&mut h, T0 + 11 * minute + DAY, None, &["pasta", "sauce"]);
+        assert_eq!(reports(&h, "pasta").len(), 2);
+        // One basket emits at most max_reports_per_basket reports.
+        let mut h = harness(
+            r#"{"report_min_interval_ms": 0, "max_reports_per_basket": 2, "min_support_baskets": 1}"#,
+        );
+        basket(&mut h, T0, None, &["a", "b", "c", "d", "e"]);
+        assert!(
+            h.emitted_to(ASSOCIATIONS_TOPIC).is_empty(),
+            "one basket: no lift yet"
+        );
+        basket(&mut h, T0 + 1, None, &["x"]);
+        basket(&mut h, T0 + 2, None, &["a", "b", "c", "d", "e"]);
+        let keys: Vec<_> = h
+            .emitted_to(ASSOCIATIONS_TOPIC)
+            .iter()
+            .map(|e| e.key_str().unwrap().to_owned())
+            .collect();
+        // The first basket checked a and b (nothing to report); the others go first now.
+        assert_eq!(keys, ["c", "d"], "five items due, two reported");
+        basket(&mut h, T0 + 3, None, &["a", "b", "c", "d", "e"]);
+        let keys: Vec<_> = h
+            .emitted_to(ASSOCIATIONS_TOPIC)
+            .iter()
+            .map(|e| e.key_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            keys,
+            ["c", "d", "e", "a"],
+            "then the ones checked longest ago"
+        );
+        let mut h = harness(r#"{"max_reports_per_basket": 0}"#);
+        for i in 0..20 {
+            basket(&mut h, T0 + i * DAY, None, &["pasta", "sauce"]);
+            basket(&mut h, T0 + i * DAY + 1, None, &["bread"]);
+        }
+        assert!(
+            h.emitted_to(ASSOCIATIONS_TOPIC).is_empty(),
+            "0 turns it off"
+        );
     }
 
     #[test]

@@ -4,14 +4,20 @@
 //!
 //! For every numeric (or boolean, read as 1/0) value it keeps per-minute min/mean/max/count,
 //! emitted to `sensor.1m` when a reading of a later minute arrives for the same device and
-//! metric (event time, so replays give the same windows), and checks the configured min/max
-//! rules with hysteresis and a minimum duration, emitting `sensor.alerts` with `state`
-//! `raised` or `cleared`. Text values are ignored; `bad`-quality records are skipped unless
-//! configured otherwise. State: one 56-byte value per (device, metric) under
-//! `m/<device>\0<metric>` (see [`track`]).
+//! metric (event time, so replays give the same windows), and checks the min/max rule of the
+//! device's class (fridge, freezer, ambient, door, energy, or one the config defines),
+//! overridable per class, metric and device, with hysteresis and a minimum duration, emitting
+//! `sensor.alerts` with `state` `raised` or `cleared` and the device's `class`. How a device
+//! gets its class and a metric its rule: [`config`]. Text values are ignored; `bad`-quality
+//! records are skipped unless configured otherwise. State: one 80-byte value per (device,
+//! metric) under `m/<device>\0<metric>` (see [`track`]).
 //!
-//! Durations are judged when readings arrive: a sensor that stops reporting neither raises
-//! nor closes its last window until it reports again.
+//! When the rule a raised alert was raised under changes (config, class or a device
+//! override), the device's next reading clears it first (`state: cleared`,
+//! `reason: rule_changed`) and is then judged under the new rule.
+//!
+//! Durations and rule changes are judged when readings arrive: a sensor that stops reporting
+//! neither raises, clears nor closes its last window until it reports again.
 
 pub mod config;
 pub mod track;
@@ -97,6 +103,9 @@ struct SensorRecord<'a> {
     device: Option<Cow<'a, str>>,
     values: BTreeMap<String, Reading>,
     quality: Option<Quality>,
+    /// Optional: the device's class, for sources that know it.
+    #[serde(borrow, default)]
+    class: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,6 +116,9 @@ struct AlertOut<'a> {
     value: f64,
     threshold: f64,
     state: &'static str,
+    class: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -150,9 +162,23 @@ impl Plugin for SensorWatch {
             return Err(Error::new("device names must not contain NUL"));
         }
         let ts_ms = reading.ts_ms.unwrap_or(record.timestamp_ms);
+        let own_class = reading.class.as_deref().filter(|c| !c.is_empty());
+        if let Some(class) = own_class.filter(|c| !self.config.knows_class(c)) {
+            ctx.log(
+                Level::Warn,
+                &format!(
+                    "device {device} says it is of class {class:?}, which is not configured; \
+                     classifying it by name, topic or default"
+                ),
+            );
+        }
+        let class = self
+            .config
+            .class_of(own_class, &device, record.topic)
+            .to_owned();
         for (metric, value) in &reading.values {
             if let Some(value) = value.0 {
-                self.observe(ctx, &device, metric, ts_ms, value)?;
+                self.observe(ctx, &device, &class, metric, ts_ms, value)?;
             }
         }
         Ok(())
@@ -164,6 +190,7 @@ impl SensorWatch {
         &mut self,
         ctx: &mut dyn Context,
         device: &str,
+        class: &str,
         metric: &str,
         ts_ms: u64,
         value: f64,
@@ -185,7 +212,7 @@ impl SensorWatch {
         } else {
             Track::default()
         };
-        let rule = self.config.rule(device, metric);
+        let rule = self.config.rule(device, class, metric);
         let outcome = track.observe(ts_ms, value, self.config.window_ms, rule.as_ref());
         ctx.state_put(&self.key, &track.encode())?;
 
@@ -216,6 +243,8 @@ impl SensorWatch {
                 value,
                 threshold: t.threshold,
                 state: if t.raised { "raised" } else { "cleared" },
+                class,
+                reason: t.reason,
             };
             ctx.emit_json(ALERTS_TOPIC, key, &out)?;
         }
@@ -236,9 +265,9 @@ mod tests {
     const SEC: u64 = 1000;
     const MIN: u64 = 60 * SEC;
 
+    /// Fridges alarm after two minutes instead of one; freezer-1 has a rule of its own.
     const FRIDGE: &str = r#"{
-        "min_duration_ms": 120000,
-        "metrics": {"temperature": {"min": 0.0, "max": 5.0}, "door_open": {"max": 0.5, "min_duration_ms": 300000}},
+        "class_rules": {"fridge": {"temperature": {"min": 0.0, "max": 5.0, "min_duration_ms": 120000}}},
         "devices": {"freezer-1": {"temperature": {"max": -15.0, "hysteresis": 1.0, "min_duration_ms": 0}}}
     }"#;
 
@@ -249,8 +278,33 @@ mod tests {
     }
 
     fn read(h: &mut Harness<SensorWatch>, device: &str, ts_ms: u64, values: Value) {
+        read_on(h, "sensors.fridge", device, ts_ms, values);
+    }
+
+    fn read_on(h: &mut Harness<SensorWatch>, topic: &str, device: &str, ts_ms: u64, values: Value) {
         let value = json!({"ts_ms": ts_ms, "device": device, "values": values, "quality": "good"});
-        h.send_json("sensors.fridge", device, &value).unwrap();
+        h.send_json(topic, device, &value).unwrap();
+    }
+
+    /// Readings of `temperature` on `topic` every `step_ms` from `from_ms` to `to_ms`.
+    fn hold(
+        h: &mut Harness<SensorWatch>,
+        topic: &str,
+        device: &str,
+        temperature: f64,
+        (from_ms, to_ms, step_ms): (u64, u64, u64),
+    ) {
+        let mut ts = from_ms;
+        while ts <= to_ms {
+            read_on(h, topic, device, ts, json!({ "temperature": temperature }));
+            ts += step_ms;
+        }
+    }
+
+    fn start(config: &str) -> Harness<SensorWatch> {
+        Harness::<SensorWatch>::start(config)
+            .unwrap()
+            .allow_outputs(&[ALERTS_TOPIC, AGGREGATES_TOPIC])
     }
 
     fn alerts(h: &Harness<SensorWatch>) -> Vec<Value> {
@@ -290,7 +344,7 @@ mod tests {
         assert_eq!(
             a[0],
             json!({"ts_ms": T0 + 3 * MIN, "device": "fridge-1", "metric": "temperature",
-                   "value": 7.0, "threshold": 5.0, "state": "raised"})
+                   "value": 7.0, "threshold": 5.0, "state": "raised", "class": "fridge"})
         );
         assert_eq!(h.emitted_to(ALERTS_TOPIC)[0].key_str(), Some("fridge-1"));
         read(
@@ -368,7 +422,7 @@ mod tests {
     #[test]
     fn too_cold_raises_against_the_minimum() {
         let mut h = Harness::<SensorWatch>::start(
-            r#"{"min_duration_ms": 0, "metrics": {"temperature": {"min": 0.0}}}"#,
+            r#"{"class_rules": {"fridge": {"temperature": {"min": 0.0, "min_duration_ms": 0}}}}"#,
         )
         .unwrap();
         read(&mut h, "fridge-2", T0, json!({"temperature": -2.0}));
@@ -482,6 +536,313 @@ mod tests {
             )
             .is_err());
         assert_eq!(h.dead_letters().len(), 4);
+    }
+
+    #[test]
+    fn a_freezer_at_minus_18_does_not_alarm() {
+        let mut h = start("{}");
+        hold(
+            &mut h,
+            "sensors.freezer",
+            "freezer-1",
+            -18.0,
+            (T0, T0 + 60 * MIN, MIN),
+        );
+        assert!(alerts(&h).is_empty(), "{:?}", alerts(&h));
+        // The same reading from a fridge is too cold.
+        hold(
+            &mut h,
+            "sensors.fridge",
+            "fridge-1",
+            -18.0,
+            (T0, T0 + 2 * MIN, MIN),
+        );
+        assert_eq!(alerts(&h)[0]["threshold"], 0.0);
+    }
+
+    #[test]
+    fn a_fridge_at_9_degrees_for_the_duration_alarms() {
+        let mut h = start("{}");
+        hold(
+            &mut h,
+            "sensors.fridge",
+            "fridge-1",
+            9.0,
+            (T0, T0 + 50 * SEC, 10 * SEC),
+        );
+        assert!(alerts(&h).is_empty(), "under a minute");
+        read(&mut h, "fridge-1", T0 + MIN, json!({"temperature": 9.0}));
+        assert_eq!(
+            alerts(&h),
+            vec![
+                json!({"ts_ms": T0 + MIN, "device": "fridge-1", "metric": "temperature",
+                        "value": 9.0, "threshold": 5.0, "state": "raised", "class": "fridge"})
+            ]
+        );
+    }
+
+    #[test]
+    fn the_class_comes_from_the_record_first() {
+        let mut h = start("{}");
+        let value = |ts_ms: u64, t: f64| {
+            json!({"ts_ms": ts_ms, "device": "cab-3", "class": "freezer",
+                   "values": {"temperature": t}, "quality": "good"})
+        };
+        for i in 0..=20 {
+            h.send_json("sensors.fridge", "cab-3", &value(T0 + i * MIN, -18.0))
+                .unwrap();
+        }
+        assert!(alerts(&h).is_empty(), "a freezer, whatever the topic says");
+        for i in 21..=31 {
+            h.send_json("sensors.fridge", "cab-3", &value(T0 + i * MIN, -5.0))
+                .unwrap();
+        }
+        let a = alerts(&h);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(
+            (a[0]["threshold"].as_f64(), a[0]["class"].as_str()),
+            (Some(-15.0), Some("freezer"))
+        );
+        // A class nobody configured is logged and passed over: the topic decides.
+        let odd = json!({"ts_ms": T0, "device": "cab-4", "class": "cryo",
+                         "values": {"temperature": -18.0}, "quality": "good"});
+        h.send_json("sensors.freezer", "cab-4", &odd).unwrap();
+        assert!(h.logs().iter().any(|(_, m)| m.contains("cryo")));
+    }
+
+    #[test]
+    fn the_class_comes_from_a_naming_rule_before_the_topic() {
+        let mut h = start(r#"{"classes": {"frz-*": "freezer"}}"#);
+        hold(
+            &mut h,
+            "sensors.fridge",
+            "frz-2",
+            -18.0,
+            (T0, T0 + 20 * MIN, MIN),
+        );
+        assert!(alerts(&h).is_empty());
+        hold(
+            &mut h,
+            "sensors.fridge",
+            "cab-2",
+            -18.0,
+            (T0, T0 + 2 * MIN, MIN),
+        );
+        assert_eq!(alerts(&h)[0]["class"], "fridge", "the topic's class");
+    }
+
+    #[test]
+    fn the_class_comes_from_the_topic_then_the_default() {
+        let mut h = start(r#"{"default_class": "ambient"}"#);
+        hold(
+            &mut h,
+            "sensors.freezer-aisle-2",
+            "d-1",
+            -18.0,
+            (T0, T0 + 20 * MIN, MIN),
+        );
+        assert!(alerts(&h).is_empty(), "sensors.freezer* is freezers");
+        hold(&mut h, "sensors.misc", "d-2", 5.0, (T0, T0 + 15 * MIN, MIN));
+        let a = alerts(&h);
+        assert_eq!(
+            (a[0]["class"].as_str(), a[0]["threshold"].as_f64()),
+            (Some("ambient"), Some(10.0))
+        );
+    }
+
+    #[test]
+    fn hysteresis_and_duration_are_per_class() {
+        let mut h = start("{}");
+        // Freezer: above -15 °C for ten minutes; clears at -16 (hysteresis 1).
+        hold(
+            &mut h,
+            "sensors.freezer",
+            "f",
+            -13.0,
+            (T0, T0 + 9 * MIN, MIN),
+        );
+        assert!(alerts(&h).is_empty());
+        read_on(
+            &mut h,
+            "sensors.freezer",
+            "f",
+            T0 + 10 * MIN,
+            json!({"temperature": -13.0}),
+        );
+        assert_eq!(alerts(&h).len(), 1);
+        read_on(
+            &mut h,
+            "sensors.freezer",
+            "f",
+            T0 + 11 * MIN,
+            json!({"temperature": -15.5}),
+        );
+        assert_eq!(alerts(&h).len(), 1, "inside the 1 °C hysteresis");
+        read_on(
+            &mut h,
+            "sensors.freezer",
+            "f",
+            T0 + 12 * MIN,
+            json!({"temperature": -16.5}),
+        );
+        assert_eq!(alerts(&h)[1]["state"], "cleared");
+        // Ambient: above 30 °C for fifteen minutes; clears at 29.
+        hold(
+            &mut h,
+            "sensors.ambient",
+            "a",
+            31.0,
+            (T0, T0 + 14 * MIN, MIN),
+        );
+        assert_eq!(alerts(&h).len(), 2);
+        read_on(
+            &mut h,
+            "sensors.ambient",
+            "a",
+            T0 + 15 * MIN,
+            json!({"temperature": 31.0}),
+        );
+        read_on(
+            &mut h,
+            "sensors.ambient",
+            "a",
+            T0 + 16 * MIN,
+            json!({"temperature": 29.5}),
+        );
+        assert_eq!(alerts(&h).len(), 3);
+        read_on(
+            &mut h,
+            "sensors.ambient",
+            "a",
+            T0 + 17 * MIN,
+            json!({"temperature": 28.9}),
+        );
+        assert_eq!(alerts(&h)[3]["state"], "cleared");
+        // Energy: above 3.5 kW for five minutes; clears at 3.25 kW.
+        for i in 0..=5 {
+            read_on(
+                &mut h,
+                "sensors.energy",
+                "e",
+                T0 + i * MIN,
+                json!({"power_w": 4000}),
+            );
+        }
+        read_on(
+            &mut h,
+            "sensors.energy",
+            "e",
+            T0 + 6 * MIN,
+            json!({"power_w": 3300}),
+        );
+        read_on(
+            &mut h,
+            "sensors.energy",
+            "e",
+            T0 + 7 * MIN,
+            json!({"power_w": 3200}),
+        );
+        let energy: Vec<Value> = alerts(&h)
+            .into_iter()
+            .filter(|a| a["device"] == "e")
+            .collect();
+        assert_eq!(energy.len(), 2, "{energy:?}");
+        assert_eq!(
+            (energy[0]["ts_ms"].as_u64(), energy[0]["threshold"].as_f64()),
+            (Some(T0 + 5 * MIN), Some(3500.0))
+        );
+        assert_eq!(
+            (energy[1]["ts_ms"].as_u64(), energy[1]["state"].as_str()),
+            (Some(T0 + 7 * MIN), Some("cleared"))
+        );
+    }
+
+    #[test]
+    fn an_alert_raised_under_an_old_rule_is_cleared_after_the_rule_changes() {
+        // The freezer reports on a generic topic: the default class (fridge) calls it too cold.
+        let mut h = start("{}");
+        hold(
+            &mut h,
+            "sensors.misc",
+            "freezer-1",
+            -18.0,
+            (T0, T0 + MIN, MIN),
+        );
+        assert_eq!(alerts(&h)[0]["state"], "raised");
+        // The operator adds a naming rule; the plugin is initialised again, state kept.
+        h.init(r#"{"classes": {"freezer-*": "freezer"}}"#).unwrap();
+        hold(
+            &mut h,
+            "sensors.misc",
+            "freezer-1",
+            -18.0,
+            (T0 + 2 * MIN, T0 + 30 * MIN, MIN),
+        );
+        let a = alerts(&h);
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(
+            a[1],
+            json!({"ts_ms": T0 + 2 * MIN, "device": "freezer-1", "metric": "temperature",
+                   "value": -18.0, "threshold": 0.0, "state": "cleared", "class": "freezer",
+                   "reason": "rule_changed"})
+        );
+        // A device override that moves the bound clears too, then raises under the new rule.
+        h.init(
+            r#"{"classes": {"freezer-*": "freezer"},
+                "devices": {"freezer-1": {"temperature": {"max": -20.0, "min_duration_ms": 0}}}}"#,
+        )
+        .unwrap();
+        read_on(
+            &mut h,
+            "sensors.misc",
+            "freezer-1",
+            T0 + 31 * MIN,
+            json!({"temperature": -18.0}),
+        );
+        let a = alerts(&h);
+        assert_eq!(
+            a.len(),
+            3,
+            "nothing was raised, so nothing to clear; raised at once"
+        );
+        assert_eq!(
+            (a[2]["state"].as_str(), a[2]["threshold"].as_f64()),
+            (Some("raised"), Some(-20.0))
+        );
+        h.init(r#"{"classes": {"freezer-*": "freezer"}}"#).unwrap();
+        read_on(
+            &mut h,
+            "sensors.misc",
+            "freezer-1",
+            T0 + 32 * MIN,
+            json!({"temperature": -18.0}),
+        );
+        let a = alerts(&h);
+        assert_eq!(a.len(), 4);
+        assert_eq!(
+            (
+                a[3]["state"].as_str(),
+                a[3]["threshold"].as_f64(),
+                a[3]["reason"].as_str()
+            ),
+            (Some("cleared"), Some(-20.0), Some("rule_changed"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_class_is_refused_naming_the_key() {
+        let err = Harness::<SensorWatch>::start(r#"{"classes": {"f-*": "freezr"}}"#).unwrap_err();
+        assert!(err.message().contains(r#"classes."f-*""#), "{err}");
+        let err = Harness::<SensorWatch>::start(r#"{"default_clas": "freezer"}"#).unwrap_err();
+        assert!(err.message().contains("default_clas"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_state_starts_afresh() {
+        let mut h = start("{}");
+        h.set_state(b"m/fridge-1\0temperature", b"\x07junk");
+        read(&mut h, "fridge-1", T0, json!({"temperature": 3.0}));
+        assert_eq!(h.state(b"m/fridge-1\0temperature").unwrap().len(), 80);
     }
 
     #[test]
