@@ -35,6 +35,7 @@ mod plugins_e2e;
 mod plugins_host_failure;
 mod plugins_hostile;
 mod plugins_lifecycle;
+mod plugins_settings;
 mod readiness;
 mod simulate;
 mod state_durability;

@@ -603,7 +603,11 @@ def main():
 
     server = control_socket(args.control)
     threading.Thread(target=serve_control, args=(fs, server, unmount), daemon=True).start()
-    fuse.FUSE(fs, mount, foreground=True, fsname="lazyfs", subtype="lazyfs")
+    # direct_io: no kernel page cache on this mount. Every read(2) is answered by this process
+    # from the backing file, so a reader sees exactly what write(2) put there. With the page
+    # cache, a log reader once saw a page of zeros where an acknowledged batch had been written
+    # (a stale zero-filled page of the FUSE cache, never refreshed; the backing file was right).
+    fuse.FUSE(fs, mount, foreground=True, fsname="lazyfs", subtype="lazyfs", direct_io=True)
     sys.exit(0)
 
 

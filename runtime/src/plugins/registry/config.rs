@@ -517,3 +517,44 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    fn parse(text: &str) -> PluginsConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_plugins_settings_table_is_read_and_handed_out_by_plugin_name() {
+        let c = parse(
+            "max_plugins = 4\n[fraud-score.config]\nalert_threshold = 80\n\
+             [sensor-watch.config.devices.freezer-1.temperature]\nmax = -15.0\n",
+        );
+        c.validate().unwrap();
+        assert_eq!(c.max_plugins, 4);
+        let settings = c.settings();
+        assert_eq!(
+            settings["fraud-score"]["alert_threshold"].as_integer(),
+            Some(80)
+        );
+        assert!(settings["sensor-watch"]["devices"]["freezer-1"].is_table());
+    }
+
+    #[test]
+    fn anything_else_under_plugins_is_refused_naming_the_key() {
+        for (text, key) in [
+            ("enabeld = true\n", "plugins.enabeld"),
+            (
+                "[fraud-score]\nthreshold = 5\n",
+                "plugins.fraud-score.threshold",
+            ),
+            ("[fraud-score]\nconfig = 5\n", "plugins.fraud-score.config"),
+            ("[Fraud_Score.config]\na = 1\n", "plugins.Fraud_Score"),
+        ] {
+            let (got, problem) = parse(text).validate().unwrap_err();
+            assert_eq!(got, key, "{text}: {problem}");
+        }
+    }
+}
