@@ -25,6 +25,9 @@ pub struct FraudConfig {
     /// A sale is *out of profile* when `ln(amount)` lies this many spreads above the card's
     /// median...
     pub outlier_z: f64,
+    /// A sale within `stolen_window_ms` of an out-of-profile one continues the run from this
+    /// many spreads on.
+    pub run_z: f64,
     /// ...and the amount is at least this much (small amounts are never a stolen-card spree).
     pub outlier_min_amount: f64,
     /// Floor of a card's own spread of `ln(amount)` (0.35 ≈ amounts vary by ±40 %), so a card
@@ -174,7 +177,8 @@ impl Default for FraudConfig {
             payments_topic: "pos.payments".to_owned(),
             blocklist_topic: "ref.blocklist".to_owned(),
             alert_threshold: 70,
-            outlier_z: 3.0,
+            outlier_z: 2.75,
+            run_z: 2.5,
             outlier_min_amount: 50.0,
             min_log_spread: 0.35,
             prior_weight: 3.0,
@@ -252,6 +256,7 @@ impl FraudConfig {
         }
         let positive = [
             ("outlier_z", self.outlier_z),
+            ("run_z", self.run_z),
             ("min_log_spread", self.min_log_spread),
             ("prior_median_amount", self.prior_median_amount),
             ("prior_log_spread", self.prior_log_spread),

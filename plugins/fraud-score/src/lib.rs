@@ -347,11 +347,36 @@ mod tests {
 
     const T0: u64 = 1_700_000_000_000;
     const MIN: u64 = 60_000;
+    const HOUR: u64 = 60 * MIN;
+    const DAY: u64 = 24 * HOUR;
 
     fn harness(config: &str) -> Harness<FraudScore> {
         Harness::<FraudScore>::start(config)
             .unwrap()
             .allow_outputs(&[SCORES_TOPIC, ALERTS_TOPIC])
+    }
+
+    /// A payment at a store's terminal; returns its score.
+    #[allow(clippy::too_many_arguments)]
+    fn pay_at(
+        h: &mut Harness<FraudScore>,
+        card: &str,
+        ts_ms: u64,
+        amount: f64,
+        channel: &str,
+        kind: &str,
+        store: &str,
+        terminal: &str,
+    ) -> Value {
+        let id = format!("p-{}", h.emitted_count());
+        let value = json!({
+            "payment_id": id, "ts_ms": ts_ms, "store_id": store, "terminal_id": terminal,
+            "card_id": card, "amount": amount, "currency": "EUR", "channel": channel, "kind": kind,
+        });
+        h.send_json("pos.payments", card, &value).unwrap();
+        let last: &Emitted = h.emitted_to(SCORES_TOPIC).last().copied().unwrap();
+        assert_eq!(last.key_str(), Some(card));
+        last.json().unwrap()
     }
 
     fn pay(
@@ -362,19 +387,15 @@ mod tests {
         channel: &str,
         kind: &str,
     ) -> Value {
-        let id = format!("p-{}", h.emitted_count());
-        let value = json!({
-            "payment_id": id, "ts_ms": ts_ms, "store_id": "s1", "terminal_id": "t1",
-            "card_id": card, "amount": amount, "currency": "EUR", "channel": channel, "kind": kind,
-        });
-        h.send_json("pos.payments", card, &value).unwrap();
-        let last: &Emitted = h.emitted_to(SCORES_TOPIC).last().copied().unwrap();
-        assert_eq!(last.key_str(), Some(card));
-        last.json().unwrap()
+        pay_at(h, card, ts_ms, amount, channel, kind, "s1", "t1")
     }
 
     fn sale(h: &mut Harness<FraudScore>, card: &str, ts_ms: u64, amount: f64) -> Value {
         pay(h, card, ts_ms, amount, "card_present", "sale")
+    }
+
+    fn refund(h: &mut Harness<FraudScore>, card: &str, ts_ms: u64, amount: f64) -> Value {
+        pay(h, card, ts_ms, amount, "card_present", "refund")
     }
 
     fn reasons(v: &Value) -> Vec<String> {
@@ -386,9 +407,33 @@ mod tests {
             .collect()
     }
 
+    fn score(v: &Value) -> u64 {
+        v["score"].as_u64().unwrap()
+    }
+
+    fn alerts(h: &Harness<FraudScore>) -> usize {
+        h.emitted_to(ALERTS_TOPIC).len()
+    }
+
     fn block(h: &mut Harness<FraudScore>, card: &str, action: &str) {
         let value = json!({"card_id": card, "action": action, "reason": "stolen"});
         h.send_json("ref.blocklist", card, &value).unwrap();
+    }
+
+    /// A regular customer: a week of one shop a day around `typical`, at the home store.
+    fn regular(h: &mut Harness<FraudScore>, card: &str, typical: f64) -> u64 {
+        for d in 0..8 {
+            let wobble = [1.0, 0.8, 1.2, 0.9, 1.1, 1.3, 0.7, 1.0][d as usize];
+            let v = sale(h, card, T0 + d * DAY, typical * wobble);
+            assert_eq!(score(&v), 0, "day {d}: {v}");
+        }
+        T0 + 8 * DAY
+    }
+
+    fn card_keys(h: &Harness<FraudScore>) -> usize {
+        h.state_entries()
+            .filter(|(k, _)| k.starts_with(b"c/"))
+            .count()
     }
 
     #[test]
@@ -405,6 +450,175 @@ mod tests {
         assert!(v.get("threshold").is_none());
         assert!(h.emitted_to(ALERTS_TOPIC).is_empty());
     }
+
+    // --- stolen card --------------------------------------------------------------------------
+
+    #[test]
+    fn a_regular_customers_occasional_big_purchase_does_not_alert() {
+        let mut h = harness("{}");
+        let now = regular(&mut h, "card-o", 20.0);
+        let big = sale(&mut h, "card-o", now, 480.0);
+        assert_eq!(reasons(&big), ["amount_outlier"]);
+        assert!(score(&big) < 70, "{big}");
+        let normal = sale(&mut h, "card-o", now + 3 * HOUR, 22.0);
+        assert_eq!(score(&normal), 0);
+        assert_eq!(alerts(&h), 0);
+    }
+
+    #[test]
+    fn a_stolen_card_alerts_on_its_first_run_of_large_payments() {
+        let mut h = harness("{}");
+        let now = regular(&mut h, "card-s", 20.0);
+        // The thief: three big purchases at other stores within half an hour.
+        let first = pay_at(&mut h, "card-s", now, 350.0, "contactless", "sale", "s7", "s7-t2");
+        assert_eq!(reasons(&first), ["amount_outlier"]);
+        let second = pay_at(&mut h, "card-s", now + 12 * MIN, 420.0, "card_present", "sale", "s8", "s8-t1");
+        assert_eq!(reasons(&second)[0], "stolen_card", "{second}");
+        assert!(score(&second) >= 70, "{second}");
+        // The first big sale did not become the card's normal: the run goes on alerting.
+        let third = pay_at(&mut h, "card-s", now + 25 * MIN, 390.0, "card_present", "sale", "s7", "s7-t4");
+        assert!(score(&third) >= 70, "{third}");
+        assert_eq!(alerts(&h), 2);
+    }
+
+    #[test]
+    fn a_new_cards_large_first_payment_does_not_alert() {
+        let mut h = harness("{}");
+        let v = sale(&mut h, "card-n", T0, 900.0);
+        assert!(score(&v) < 70, "{v}");
+        assert_eq!(score(&sale(&mut h, "card-m", T0, 200.0)), 0);
+        assert_eq!(alerts(&h), 0);
+    }
+
+    // --- velocity -----------------------------------------------------------------------------
+
+    #[test]
+    fn many_sales_in_ten_minutes_trigger_velocity() {
+        let mut h = harness("{}");
+        let mut last = Value::Null;
+        for i in 0..6 {
+            last = sale(&mut h, "card-v", T0 + i * MIN, 20.0);
+            if i < 4 {
+                assert_eq!(last["score"], 0, "sale {i}");
+            }
+        }
+        // Sixth sale within ten minutes: 0.5 + 0.5 * 1/5 of the 35-point weight.
+        assert_eq!(reasons(&last), ["velocity_count"]);
+        assert_eq!(last["score"], 21);
+    }
+
+    #[test]
+    fn velocity_forgets_sales_outside_the_window() {
+        let mut h = harness("{}");
+        for i in 0..6 {
+            sale(&mut h, "card-w", T0 + i * MIN, 20.0);
+        }
+        let later = sale(&mut h, "card-w", T0 + 30 * MIN, 20.0);
+        assert_eq!(later["score"], 0);
+    }
+
+    #[test]
+    fn a_card_paying_at_three_terminals_of_two_stores_in_five_minutes_alerts() {
+        let mut h = harness("{}");
+        let now = regular(&mut h, "card-c", 30.0);
+        let a = pay_at(&mut h, "card-c", now, 35.0, "contactless", "sale", "s1", "s1-t1");
+        assert_eq!(score(&a), 0);
+        let b = pay_at(&mut h, "card-c", now + 2 * MIN, 28.0, "contactless", "sale", "s4", "s4-t3");
+        assert_eq!(reasons(&b), ["terminal_velocity"]);
+        assert!(score(&b) < 70, "two stores, two terminals: {b}");
+        let c = pay_at(&mut h, "card-c", now + 5 * MIN, 41.0, "card_present", "sale", "s1", "s1-t5");
+        assert_eq!(reasons(&c), ["terminal_velocity"]);
+        assert!(score(&c) >= 70, "{c}");
+    }
+
+    #[test]
+    fn two_terminals_in_one_visit_do_not_alert() {
+        let mut h = harness("{}");
+        let now = regular(&mut h, "card-2", 30.0);
+        for (i, terminal) in ["s1-t1", "s1-t4", "s1-t2"].iter().enumerate() {
+            let v = pay_at(&mut h, "card-2", now + i as u64 * 3 * MIN, 25.0, "contactless", "sale", "s1", terminal);
+            assert!(score(&v) < 70, "{v}");
+        }
+        assert_eq!(alerts(&h), 0);
+    }
+
+    // --- card testing -------------------------------------------------------------------------
+
+    #[test]
+    fn a_burst_of_small_card_not_present_payments_alerts() {
+        let mut h = harness("{}");
+        let mut scores = Vec::new();
+        for (i, amount) in [1.0, 2.49, 0.99, 1.0].iter().enumerate() {
+            let v = pay(&mut h, "card-t", T0 + i as u64 * 40_000, *amount, "card_not_present", "sale");
+            scores.push(score(&v));
+            if i == 3 {
+                assert_eq!(reasons(&v), ["card_testing"]);
+            }
+        }
+        assert_eq!(scores, [0, 0, 40, 80]);
+        assert_eq!(alerts(&h), 1);
+    }
+
+    #[test]
+    fn a_coffee_and_a_parking_ticket_are_not_card_testing() {
+        let mut h = harness("{}");
+        for (i, amount) in [3.2, 2.5, 4.0].iter().enumerate() {
+            let v = pay(&mut h, "card-k", T0 + i as u64 * 4 * MIN, *amount, "contactless", "sale");
+            assert_eq!(score(&v), 0, "{v}");
+        }
+    }
+
+    // --- refunds ------------------------------------------------------------------------------
+
+    #[test]
+    fn refunds_without_matching_sales_alert() {
+        let mut h = harness("{}");
+        // Refunds to a card that never bought anything here.
+        let first = refund(&mut h, "card-r", T0, 80.0);
+        assert_eq!(reasons(&first), ["refund_without_sale"]);
+        assert!(score(&first) < 70, "one refund may be for a purchase made elsewhere");
+        let second = refund(&mut h, "card-r", T0 + 40 * MIN, 120.0);
+        assert_eq!(reasons(&second)[0], "refund_without_sale");
+        assert!(score(&second) >= 70, "{second}");
+    }
+
+    #[test]
+    fn one_purchase_refunded_twice_alerts() {
+        let mut h = harness("{}");
+        sale(&mut h, "card-d", T0, 150.0);
+        let matched = refund(&mut h, "card-d", T0 + HOUR, 150.0);
+        assert_eq!(score(&matched), 0);
+        let again = refund(&mut h, "card-d", T0 + 2 * HOUR, 140.0);
+        assert!(score(&again) >= 70, "{again}");
+        assert!(reasons(&again).contains(&"refund_without_sale".to_owned()));
+    }
+
+    #[test]
+    fn a_legitimate_refund_of_an_earlier_sale_does_not_alert() {
+        let mut h = harness("{}");
+        let now = regular(&mut h, "card-l", 40.0);
+        sale(&mut h, "card-l", now, 65.0);
+        let v = refund(&mut h, "card-l", now + 5 * HOUR, 65.0);
+        assert_eq!(score(&v), 0, "{v}");
+        let partial = refund(&mut h, "card-l", now + 6 * HOUR, 20.0);
+        assert_eq!(score(&partial), 0, "{partial}");
+    }
+
+    #[test]
+    fn everything_bought_brought_back_is_refund_abuse() {
+        let mut h = harness("{}");
+        for i in 0..3 {
+            sale(&mut h, "card-b", T0 + i * 20 * MIN, 120.0 + i as f64);
+        }
+        let mut last = Value::Null;
+        for i in 0..3 {
+            last = refund(&mut h, "card-b", T0 + 2 * HOUR + i * 30 * MIN, 120.0 + i as f64);
+        }
+        assert_eq!(reasons(&last), ["refund_abuse"]);
+        assert!(score(&last) >= 70, "{last}");
+    }
+
+    // --- blocklist ----------------------------------------------------------------------------
 
     #[test]
     fn card_on_blocklist_scores_high_and_raises_an_alert() {
@@ -450,136 +664,25 @@ mod tests {
     }
 
     #[test]
-    fn many_sales_in_ten_minutes_trigger_velocity() {
+    fn blocklist_entry_may_name_the_card_only_in_the_key() {
         let mut h = harness("{}");
-        let mut last = Value::Null;
-        for i in 0..6 {
-            last = sale(&mut h, "card-v", T0 + i * MIN, 20.0);
-            if i < 4 {
-                assert_eq!(last["score"], 0, "sale {i}");
-            }
-        }
-        // Sixth sale within ten minutes: 0.5 + 0.5 * 1/5 of the 35-point weight.
-        assert_eq!(reasons(&last), ["velocity_count"]);
-        assert_eq!(last["score"], 21);
+        h.send("ref.blocklist", "card-k", r#"{"action":"add"}"#)
+            .unwrap();
+        assert_eq!(h.state(b"bl/card-k"), Some(&b""[..]));
+        assert!(h.send("ref.blocklist", "", r#"{"action":"add"}"#).is_err());
     }
 
-    #[test]
-    fn velocity_forgets_sales_outside_the_window() {
-        let mut h = harness("{}");
-        for i in 0..6 {
-            sale(&mut h, "card-w", T0 + i * MIN, 20.0);
-        }
-        let later = sale(&mut h, "card-w", T0 + 30 * MIN, 20.0);
-        assert_eq!(later["score"], 0);
-    }
+    // --- combinations and the threshold --------------------------------------------------------
 
     #[test]
-    fn big_spend_within_the_hour_triggers_amount_velocity() {
-        let mut h = harness(r#"{"outlier_min_history": 1000}"#);
-        for i in 0..3 {
-            sale(&mut h, "card-a", T0 + i * 15 * MIN, 1100.0);
-        }
-        let v = sale(&mut h, "card-a", T0 + 50 * MIN, 1100.0);
-        assert_eq!(reasons(&v), ["velocity_amount"]);
-    }
-
-    #[test]
-    fn amount_far_above_the_cards_usual_is_an_outlier() {
+    fn a_big_sale_at_a_second_store_within_minutes_crosses_the_threshold() {
         let mut h = harness("{}");
-        for i in 0..8 {
-            sale(&mut h, "card-o", T0 + i * 60 * MIN, 20.0 + (i % 3) as f64);
-        }
-        let v = sale(&mut h, "card-o", T0 + 9 * 60 * MIN, 480.0);
-        assert_eq!(reasons(&v), ["amount_outlier"]);
-        assert_eq!(v["score"], 40);
-        let normal = sale(&mut h, "card-o", T0 + 10 * 60 * MIN, 22.0);
-        assert_eq!(normal["score"], 0);
-    }
-
-    #[test]
-    fn new_card_is_never_an_outlier() {
-        let mut h = harness("{}");
-        let v = sale(&mut h, "card-n", T0, 5000.0);
-        // Big enough for amount velocity, but a card with no history has no usual amount.
-        assert_eq!(reasons(&v), ["velocity_amount"]);
-        assert_eq!(sale(&mut h, "card-m", T0, 200.0)["score"], 0);
-    }
-
-    #[test]
-    fn card_not_present_burst_is_flagged() {
-        let mut h = harness("{}");
-        let mut last = Value::Null;
-        for i in 0..4 {
-            last = pay(
-                &mut h,
-                "card-c",
-                T0 + i * MIN,
-                15.0,
-                "card_not_present",
-                "sale",
-            );
-        }
-        assert_eq!(reasons(&last), ["cnp_burst"]);
-        // A card-present payment in the same burst is not a card-not-present burst.
-        let present = pay(&mut h, "card-c", T0 + 5 * MIN, 15.0, "contactless", "sale");
-        assert!(
-            !reasons(&present).contains(&"cnp_burst".to_owned()),
-            "{present}"
-        );
-    }
-
-    #[test]
-    fn repeated_refunds_are_refund_abuse() {
-        let mut h = harness("{}");
-        sale(&mut h, "card-r", T0, 50.0);
-        let first = pay(&mut h, "card-r", T0 + MIN, 50.0, "card_present", "refund");
-        assert_eq!(first["score"], 0);
-        let second = pay(
-            &mut h,
-            "card-r",
-            T0 + 2 * MIN,
-            50.0,
-            "card_present",
-            "refund",
-        );
-        // Two refunds for one sale: ratio 2 is four times the 0.5 limit.
-        assert_eq!(reasons(&second), ["refund_abuse"]);
-        assert_eq!(second["score"], 45);
-    }
-
-    #[test]
-    fn combined_signals_cross_the_alert_threshold() {
-        let mut h = harness("{}");
-        for i in 0..6 {
-            sale(&mut h, "card-x", T0 + i * 60 * MIN, 20.0);
-        }
-        let base = T0 + 7 * 60 * MIN;
-        for i in 0..3 {
-            pay(
-                &mut h,
-                "card-x",
-                base + i * MIN,
-                20.0,
-                "card_not_present",
-                "sale",
-            );
-        }
-        assert!(h.emitted_to(ALERTS_TOPIC).is_empty());
-        let v = pay(
-            &mut h,
-            "card-x",
-            base + 3 * MIN,
-            2000.0,
-            "card_not_present",
-            "sale",
-        );
-        // 40 (outlier) + 30 (2060 spent in ten minutes) + 23.3 (fourth card-not-present).
-        assert_eq!(v["score"], 93);
-        assert_eq!(
-            reasons(&v),
-            ["amount_outlier", "velocity_amount", "cnp_burst"]
-        );
+        let now = regular(&mut h, "card-x", 20.0);
+        pay_at(&mut h, "card-x", now, 22.0, "contactless", "sale", "s1", "s1-t1");
+        assert_eq!(alerts(&h), 0);
+        let v = pay_at(&mut h, "card-x", now + 3 * MIN, 600.0, "card_present", "sale", "s9", "s9-t1");
+        assert_eq!(reasons(&v), ["amount_outlier", "terminal_velocity"]);
+        assert!(score(&v) >= 70, "{v}");
         let alerts = h.emitted_to(ALERTS_TOPIC);
         assert_eq!(alerts.len(), 1);
         assert_eq!(
@@ -606,17 +709,94 @@ mod tests {
             sale(&mut h, "card-p", T0 + i * MIN, 20.0);
         }
         assert_eq!(sale(&mut h, "card-q", T0 + 6 * MIN, 20.0)["score"], 0);
-        assert_eq!(h.state_len(), 2);
+        assert_eq!(card_keys(&h), 2);
     }
 
+    // --- state: size, formats, expiry ---------------------------------------------------------
+
     #[test]
-    fn card_state_stays_small() {
+    fn card_state_is_a_fixed_204_bytes_however_busy_the_card() {
         let mut h = harness("{}");
         for i in 0..50 {
             sale(&mut h, "card-s", T0 + i * MIN, 20.0);
+            assert_eq!(h.state(b"c/card-s").unwrap().len(), 204);
         }
-        assert_eq!(h.state(b"c/card-s").unwrap().len(), 166);
     }
+
+    #[test]
+    fn a_card_in_the_old_state_format_is_migrated_not_failed() {
+        let mut h = harness("{}");
+        // fraud-score 0.1's layout: 13 buckets, blocklisted, 4 sales with a mean of 25.
+        let mut v1 = vec![1u8, 13, 1, 0];
+        v1.extend_from_slice(&300_000u32.to_le_bytes());
+        v1.extend_from_slice(&5_666_666u64.to_le_bytes());
+        v1.extend_from_slice(&4u32.to_le_bytes());
+        v1.extend_from_slice(&25.0f64.to_le_bytes());
+        v1.extend_from_slice(&10.0f64.to_le_bytes());
+        v1.resize(36 + 13 * 10, 0);
+        h.set_state(b"c/card-v1", &v1);
+        let v = refund(&mut h, "card-v1", T0, 30.0);
+        assert_eq!(reasons(&v), ["blocklisted"], "the flag survives; the sales match the refund");
+        assert_eq!(h.state(b"c/card-v1").unwrap().len(), 204);
+        h.set_state(b"c/card-junk", b"\x07garbage");
+        assert_eq!(score(&sale(&mut h, "card-junk", T0, 10.0)), 0);
+        assert!(h.dead_letters().is_empty());
+    }
+
+    #[test]
+    fn a_card_idle_longer_than_the_ttl_starts_afresh() {
+        let mut h = harness(r#"{"card_ttl_ms": 86400000}"#);
+        refund(&mut h, "card-i", T0, 50.0);
+        // A day later the first unmatched refund is forgotten: this one is the first again.
+        let later = refund(&mut h, "card-i", T0 + DAY + HOUR, 50.0);
+        assert!(score(&later) < 70, "{later}");
+        let soon = refund(&mut h, "card-i", T0 + DAY + 2 * HOUR, 50.0);
+        assert!(score(&soon) >= 70, "{soon}");
+    }
+
+    #[test]
+    fn idle_cards_are_deleted_by_the_sweep_and_active_ones_kept() {
+        let config = r#"{"card_ttl_ms": 172800000, "sweep_every_records": 1}"#;
+        let mut h = harness(config);
+        for i in 0..300 {
+            sale(&mut h, &format!("idle-{i}"), T0 + i * 1000, 20.0);
+        }
+        block(&mut h, "idle-7", "add");
+        let mut t = T0;
+        for day in 0..6 {
+            t = T0 + day * DAY + HOUR;
+            for j in 0..40 {
+                sale(&mut h, "busy", t + j * MIN, 20.0);
+            }
+        }
+        assert_eq!(card_keys(&h), 1, "only the busy card is left");
+        assert!(h.state(b"c/busy").is_some());
+        assert_eq!(h.state(b"bl/idle-7"), Some(&b"stolen"[..]), "blocklist entries stay");
+        // The index holds the busy card only (plus its cursor and one bucket's count).
+        let index_keys = h.state_entries().filter(|(k, _)| k.starts_with(b"x/")).count();
+        assert!(index_keys <= 4, "{index_keys} index keys");
+        assert_eq!(score(&sale(&mut h, "idle-3", t + HOUR, 20.0)), 0);
+        assert_eq!(score(&sale(&mut h, "idle-7", t + HOUR, 20.0)), 100);
+    }
+
+    #[test]
+    fn state_stays_bounded_for_a_hundred_thousand_cards() {
+        let mut h = harness("{}");
+        h.keep_emitted(false);
+        for i in 0..100_000u64 {
+            let value = format!(
+                r#"{{"payment_id":"p{i}","ts_ms":{},"store_id":"s1","terminal_id":"t1","card_id":"tok_{i:016x}","amount":20,"channel":"contactless","kind":"sale"}}"#,
+                T0 + i * 500
+            );
+            h.send("pos.payments", "", value).unwrap();
+        }
+        let usage = h.state_usage();
+        // 204-byte cards with 22-byte keys, one index entry each, the population.
+        assert!(usage.bytes < 26_000_000, "{usage:?}");
+        assert!(usage.keys < 102_000, "{usage:?}");
+    }
+
+    // --- input and config ---------------------------------------------------------------------
 
     #[test]
     fn bad_json_fails_the_record_without_touching_state() {
@@ -643,15 +823,6 @@ mod tests {
     }
 
     #[test]
-    fn blocklist_entry_may_name_the_card_only_in_the_key() {
-        let mut h = harness("{}");
-        h.send("ref.blocklist", "card-k", r#"{"action":"add"}"#)
-            .unwrap();
-        assert_eq!(h.state(b"bl/card-k"), Some(&b""[..]));
-        assert!(h.send("ref.blocklist", "", r#"{"action":"add"}"#).is_err());
-    }
-
-    #[test]
     fn record_from_another_topic_is_an_error() {
         let mut h = harness("{}");
         assert!(h.send("pos.baskets", "b", "{}").is_err());
@@ -663,6 +834,16 @@ mod tests {
         assert!(err.message().contains("alert_threshold"), "{err}");
         let err = Harness::<FraudScore>::start(r#"{"treshold": 3}"#).unwrap_err();
         assert!(err.message().contains("treshold"), "{err}");
+    }
+
+    #[test]
+    fn a_config_of_the_previous_version_still_starts_and_says_what_it_ignores() {
+        let h = harness(r#"{"alert_threshold": 75, "cnp_burst_count": 3.0, "weights": {"velocity_amount": 30.0}}"#);
+        let warned = h
+            .logs()
+            .iter()
+            .any(|(_, m)| m.contains("cnp_burst_count") && m.contains("weights.velocity_amount"));
+        assert!(warned, "{:?}", h.logs());
     }
 
     #[test]

@@ -8,16 +8,17 @@
 //! | signal (reason) | strength | points by default |
 //! |---|---|---|
 //! | `blocklisted` | the card is on the blocklist | 100 |
-//! | `stolen_card` | this sale is out of profile and so was another within `stolen_window_ms` (two more for a card with under `profile_min_history` sales) | 80 |
+//! | `stolen_card` | this sale is out of profile and so was another within `stolen_window_ms` (two more for a card with under `profile_min_history` sales): 1 at a store the card was not seen at or for a longer run, else 0.75 | 60 / 80 |
 //! | `amount_outlier` | this sale alone is out of profile: 0.7 at `outlier_z`, 1 three spreads further | 32–45 |
-//! | `card_testing` | `testing_min_count` small payments in `testing_window_ms`, half of them card-not-present (one more if not); half at one fewer | 40 / 80 |
-//! | `terminal_velocity` | `max_terminals` distinct terminals in `terminal_window_ms` at two stores or more; half for either alone | 40 / 80 |
+//! | `card_testing` | small payments in `testing_window_ms`, this one included: with half of them card-not-present, 1 at `testing_min_count` and 0.5 at one fewer; else 0.5 at one more and 1 at three more | 40 / 80 |
+//! | `terminal_velocity` | `max_terminals` distinct terminals in `terminal_window_ms` at two stores or more: 1; two stores with fewer terminals: 0.5; that many terminals of one store: 0.25 | 20 / 40 / 80 |
 //! | `velocity_count` | sales in `short_window_ms`: 0.5 at `max_count_short`, 1 at twice it | 18–35 |
 //! | `refund_without_sale` | a refund no earlier sale on the card covers: 0.5 for the first, 1 from the second | 40 / 80 |
 //! | `refund_abuse` | refunds per sale once the card has `refund_min_count` refunds: 0.5 at `refund_max_ratio`, 1 at twice it | 40–80 |
 //!
-//! "Out of profile": `ln(amount)` at least `outlier_z` spreads above the card's median, and the
-//! amount at least `outlier_min_amount`. The card's median and spread are the median and
+//! "Out of profile": `ln(amount)` at least `outlier_z` spreads above the card's median (`run_z`
+//! once another out-of-profile sale lies within `stolen_window_ms`: a run continues), and the
+//! amount at least `outlier_min_amount`. Out-of-profile sales stay out of the profile. The card's median and spread are the median and
 //! 1.4826 × median absolute deviation of its remembered sales (robust: a first big fraudulent
 //! sale does not move them), the spread floored at `min_log_spread`, blended with the store's
 //! population (or the fallback prior) while the card has few sales (`prior_weight`).
@@ -102,9 +103,15 @@ fn sort(xs: &mut [f64]) {
     }
 }
 
-/// Remembered sales of the card (before this payment).
+/// Whether a remembered payment belongs in the card's amount profile: a sale that was not
+/// out of profile itself (so a run of fraudulent sales never becomes the card's normal).
+fn in_profile(e: &card::Event) -> bool {
+    !e.is(card::REFUND) && !e.is(card::OUT_OF_PROFILE)
+}
+
+/// Remembered sales of the card that make its amount profile (before this payment).
 pub fn remembered_sales(card: &CardState) -> u32 {
-    card.events().iter().filter(|e| !e.is(card::REFUND)).count() as u32
+    card.events().iter().filter(|e| in_profile(e)).count() as u32
 }
 
 /// The card's amount profile: its own remembered sales blended with `prior` (see the module
@@ -112,7 +119,7 @@ pub fn remembered_sales(card: &CardState) -> u32 {
 pub fn profile(config: &FraudConfig, card: &CardState, prior: &LogProfile) -> LogProfile {
     let mut xs = [0.0f64; card::RING];
     let mut n = 0;
-    for e in card.events().iter().filter(|e| !e.is(card::REFUND)) {
+    for e in card.events().iter().filter(|e| in_profile(e)) {
         xs[n] = card::code_ln(e.amount);
         n += 1;
     }
@@ -156,23 +163,36 @@ pub fn score(
     let small = payment.amount <= config.small_amount;
 
     // Amount profile: out of profile, and a run of such sales.
+    // Once a run has started, the next big sale continues it from `run_z` on.
     let z = (payment.amount.max(1e-3).ln() - profile.median) / profile.spread.max(1e-6);
-    let out_of_profile = sale && payment.amount >= config.outlier_min_amount && z >= config.outlier_z;
+    let earlier = card
+        .recent(now, secs(config.stolen_window_ms))
+        .filter(|e| e.is(card::OUT_OF_PROFILE))
+        .count() as u32;
+    let needed_z = if earlier > 0 {
+        config.run_z
+    } else {
+        config.outlier_z
+    };
+    let out_of_profile = sale && payment.amount >= config.outlier_min_amount && z >= needed_z;
     let (mut stolen, mut outlier) = (0.0, 0.0);
     if out_of_profile {
-        let run = 1 + card
-            .recent(now, secs(config.stolen_window_ms))
-            .filter(|e| e.is(card::OUT_OF_PROFILE))
-            .count() as u32;
+        let run = 1 + earlier;
         let needed = if remembered_sales(card) >= config.profile_min_history {
             2
         } else {
             3
         };
         if run >= needed {
-            stolen = 1.0;
+            // A run at a store the card has not been seen at, or a longer run, is the full
+            // pattern; two big sales where the customer usually shops fall just short.
+            let familiar = card
+                .events()
+                .iter()
+                .any(|e| !e.is(card::OUT_OF_PROFILE) && e.store == payment.store);
+            stolen = if run > needed || !familiar { 1.0 } else { 0.75 };
         } else {
-            outlier = 0.7 + 0.1 * (z - config.outlier_z).min(3.0);
+            outlier = 0.7 + 0.1 * (z - config.outlier_z).clamp(0.0, 3.0);
         }
     }
 
@@ -197,14 +217,17 @@ pub fn score(
                 cnp += u32::from(e.is(card::CNP));
             }
         }
-        let full = if 2 * cnp >= count {
-            config.testing_min_count
+        // Testers mostly try card numbers online; a run of small payments at the tills is
+        // more often coffee and a parking ticket, so it needs more.
+        let min = config.testing_min_count;
+        let (half, full) = if 2 * cnp >= count {
+            (min - 1, min)
         } else {
-            config.testing_min_count + 1
+            (min + 1, min + 3)
         };
         if count >= full {
             1.0
-        } else if count + 1 >= full {
+        } else if count >= half {
             0.5
         } else {
             0.0
@@ -301,7 +324,8 @@ fn terminal_velocity(config: &FraudConfig, card: &CardState, payment: &PaymentFa
     // customer going from the deli counter to the checkout.
     match (nt >= limit, ns >= 2) {
         (true, true) => 1.0,
-        (true, false) | (false, true) => 0.5,
+        (false, true) => 0.5,
+        (true, false) => 0.25,
         (false, false) => 0.0,
     }
 }

@@ -333,6 +333,10 @@ pub fn generate(cfg: &DayConfig) -> Day {
             t += min_gap - mean_gap * g.rng.unit().max(1e-12).ln();
         }
         for (k, &ts) in times.iter().enumerate() {
+            // A visit's extra payments end ten minutes before the next visit (travel time).
+            let visit_end = times
+                .get(k + 1)
+                .map_or(u64::MAX, |next| next.saturating_sub(10 * MIN));
             let mut amount = g.amount(card);
             if (new_today && k == 0) || g.rng.chance(0.01) {
                 // The occasional big purchase (a new card's first is often one).
@@ -348,21 +352,26 @@ pub fn generate(cfg: &DayConfig) -> Day {
                 let other = (first + 1 + g.rng.below(g.cfg.terminals - 1)) % g.cfg.terminals;
                 let amount = g.amount(card);
                 let ts = ts + g.rng.ms_between(MIN, 6 * MIN);
-                pays.push(Pay {
-                    ts_ms: ts,
-                    card,
-                    amount,
-                    store,
-                    terminal: Some(other),
-                    contactless: g.rng.chance(0.6),
-                    refund: false,
-                });
+                if ts <= visit_end {
+                    pays.push(Pay {
+                        ts_ms: ts,
+                        card,
+                        amount,
+                        store,
+                        terminal: Some(other),
+                        contactless: g.rng.chance(0.6),
+                        refund: false,
+                    });
+                }
             }
             if g.cards[card].small_habit && g.rng.chance(0.1) {
                 // Coffee, then a parking ticket: one or two more small payments.
                 let mut t = ts;
                 for _ in 0..g.rng.range(1, 2) {
                     t += g.rng.ms_between(2 * MIN, 12 * MIN);
+                    if t > visit_end {
+                        break;
+                    }
                     let amount = g.amount(card);
                     let terminal = Some(g.rng.below(g.cfg.terminals));
                     pays.push(Pay {

@@ -138,6 +138,9 @@ fn main() {
             }
         }
         if trace {
+            for t in &ev.missed_traces {
+                println!("  {t}");
+            }
             for t in &ev.traces {
                 println!("  false alert, the card's last payments:\n    {t}");
             }

@@ -68,6 +68,8 @@ pub struct Evaluation {
     pub state_bytes: u64,
     /// For the first false alerts: the card's recent payments (`--trace`).
     pub traces: Vec<String>,
+    /// Every missed episode's payments (`--trace`).
+    pub missed_traces: Vec<String>,
 }
 
 impl Evaluation {
@@ -121,6 +123,7 @@ pub fn evaluate(day: &Day, config_json: &str) -> Result<Evaluation, String> {
     }
     let mut recent: std::collections::HashMap<&str, Vec<String>> = Default::default();
     let mut best = vec![0u32; day.episodes.len()];
+    let mut episode_lines: Vec<Vec<String>> = vec![Vec::new(); day.episodes.len()];
     let mut seen = vec![false; day.episodes.len()];
     for input in &day.inputs {
         h.set_now_ms(input.ts_ms);
@@ -173,6 +176,7 @@ pub fn evaluate(day: &Day, config_json: &str) -> Result<Evaluation, String> {
                         }
                     }
                     Some(e) => {
+                        episode_lines[*e].push(history.last().cloned().unwrap_or_default());
                         let s = ev.patterns.entry(day.episodes[*e]).or_default();
                         s.payments += 1;
                         best[*e] = best[*e].max(score);
@@ -191,6 +195,11 @@ pub fn evaluate(day: &Day, config_json: &str) -> Result<Evaluation, String> {
     for (e, pattern) in day.episodes.iter().enumerate() {
         if !seen[e] {
             ev.missed.push((*pattern, best[e]));
+            ev.missed_traces.push(format!(
+                "missed {}:\n    {}",
+                pattern.name(),
+                episode_lines[e].join("\n    ")
+            ));
         }
     }
     ev.state_keys = h.state_len();
