@@ -28,6 +28,10 @@ pub struct FraudConfig {
     /// A sale within `stolen_window_ms` of an out-of-profile one continues the run from this
     /// many spreads on.
     pub run_z: f64,
+    /// Sales this many spreads above the card's median make a spree (see `score`)...
+    pub spree_z: f64,
+    /// ...when there are this many of them (this one included) within `stolen_window_ms`.
+    pub spree_min_count: u32,
     /// ...and the amount is at least this much (small amounts are never a stolen-card spree).
     pub outlier_min_amount: f64,
     /// Floor of a card's own spread of `ln(amount)` (0.35 ≈ amounts vary by ±40 %), so a card
@@ -179,6 +183,8 @@ impl Default for FraudConfig {
             alert_threshold: 70,
             outlier_z: 2.75,
             run_z: 2.5,
+            spree_z: 1.5,
+            spree_min_count: 4,
             outlier_min_amount: 50.0,
             min_log_spread: 0.35,
             prior_weight: 3.0,
@@ -257,6 +263,7 @@ impl FraudConfig {
         let positive = [
             ("outlier_z", self.outlier_z),
             ("run_z", self.run_z),
+            ("spree_z", self.spree_z),
             ("min_log_spread", self.min_log_spread),
             ("prior_median_amount", self.prior_median_amount),
             ("prior_log_spread", self.prior_log_spread),
@@ -300,6 +307,7 @@ impl FraudConfig {
         let counts = [
             ("max_terminals", self.max_terminals),
             ("testing_min_count", self.testing_min_count),
+            ("spree_min_count", self.spree_min_count),
             ("population_sample_every", self.population_sample_every),
             ("sweep_every_records", self.sweep_every_records),
             ("sweep_batch", self.sweep_batch),

@@ -8,7 +8,7 @@
 //! | signal (reason) | strength | points by default |
 //! |---|---|---|
 //! | `blocklisted` | the card is on the blocklist | 100 |
-//! | `stolen_card` | this sale is out of profile and so was another within `stolen_window_ms` (two more for a card with under `profile_min_history` sales): 1 at a store the card was not seen at or for a longer run, else 0.75 | 60 / 80 |
+//! | `stolen_card` | this sale is out of profile and so was another within `stolen_window_ms` (two more for a card with under `profile_min_history` sales): 1 at a store the card was not seen at or for a longer run, else 0.75; or a spree (below): 1 | 60 / 80 |
 //! | `amount_outlier` | this sale alone is out of profile: 0.7 at `outlier_z`, 1 three spreads further | 32–45 |
 //! | `card_testing` | small payments in `testing_window_ms`, this one included: with half of them card-not-present, 1 at `testing_min_count` and 0.5 at one fewer; else 0.5 at one more and 1 at three more | 40 / 80 |
 //! | `terminal_velocity` | `max_terminals` distinct terminals in `terminal_window_ms` at two stores or more: 1; two stores with fewer terminals: 0.5; that many terminals of one store: 0.25 | 20 / 40 / 80 |
@@ -18,7 +18,9 @@
 //!
 //! "Out of profile": `ln(amount)` at least `outlier_z` spreads above the card's median (`run_z`
 //! once another out-of-profile sale lies within `stolen_window_ms`: a run continues), and the
-//! amount at least `outlier_min_amount`. Out-of-profile sales stay out of the profile. The card's median and spread are the median and
+//! amount at least `outlier_min_amount`. Out-of-profile sales stay out of the profile. A
+//! *spree* is `stolen_card` too: `spree_min_count` sales (this one included) at least `spree_z`
+//! spreads above the median within `stolen_window_ms`. The card's median and spread are the median and
 //! 1.4826 × median absolute deviation of its remembered sales (robust: a first big fraudulent
 //! sale does not move them), the spread floored at `min_log_spread`, blended with the store's
 //! population (or the fallback prior) while the card has few sales (`prior_weight`).
@@ -175,8 +177,26 @@ pub fn score(
         config.outlier_z
     };
     let out_of_profile = sale && payment.amount >= config.outlier_min_amount && z >= needed_z;
+    // A spree: several sales well above the card's median within the window is a stolen card
+    // even when none of them alone is out of profile.
+    let large_ln = profile.median + config.spree_z * profile.spread;
+    let large = |ln: f64, amount: f64| ln >= large_ln && amount >= config.outlier_min_amount;
+    let spree = if sale && large(payment.amount.max(1e-3).ln(), payment.amount) {
+        1 + card
+            .recent(now, secs(config.stolen_window_ms))
+            .filter(|e| {
+                let ln = card::code_ln(e.amount);
+                !e.is(card::REFUND) && large(ln, ln.exp())
+            })
+            .count() as u32
+    } else {
+        0
+    };
+    let spree_established = spree >= config.spree_min_count;
     let (mut stolen, mut outlier) = (0.0, 0.0);
-    if out_of_profile {
+    if spree_established {
+        stolen = 1.0;
+    } else if out_of_profile {
         let run = 1 + earlier;
         let needed = if remembered_sales(card) >= config.profile_min_history {
             2

@@ -309,8 +309,9 @@ pub fn generate(cfg: &DayConfig) -> Day {
         .map(|_| (0.6 * g.rng.normal()).exp())
         .collect();
     let total: f64 = weights.iter().sum();
-    // About 8 % of the payments are extras (second terminals, small runs, refunds).
-    let base = cfg.payments as f64 * 0.92;
+    // Extras (second terminals, small runs, refunds) make up for visits that do not fit the
+    // day, so the total stays close to `payments`.
+    let base = cfg.payments as f64;
     let mut pays: Vec<Pay> = Vec::new();
     for card in 0..cfg.cards {
         let n = ((weights[card] / total * base).round() as usize).clamp(1, 60);

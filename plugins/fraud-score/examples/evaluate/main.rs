@@ -53,12 +53,13 @@ fn print(title: &str, ev: &Evaluation) {
         );
     }
     println!(
-        "  alerts {} (on fraud {}): precision {:.4}; clean payments {}, alerted {}: false-alert rate {:.4} %",
+        "  alerts {} (on fraud {}): precision {:.4}; clean payments {}, alerted {} ({} of them the owner's during an attack on the card): false-alert rate {:.4} %",
         ev.alerts,
         ev.true_alerts,
         ev.precision(),
         ev.clean_payments,
         ev.clean_alerted,
+        ev.collateral,
         100.0 * ev.false_alert_rate()
     );
     if !ev.false_reasons.is_empty() {

@@ -58,6 +58,9 @@ pub struct Evaluation {
     pub patterns: BTreeMap<Pattern, PatternStats>,
     pub clean_payments: usize,
     pub clean_alerted: usize,
+    /// Of `clean_alerted`: the owner's own payments on a card under attack (between the
+    /// episode's first payment and two hours after its last).
+    pub collateral: usize,
     pub alerts: usize,
     pub true_alerts: usize,
     /// False alerts by their reasons.
@@ -85,6 +88,7 @@ impl Evaluation {
         }
         self.clean_payments += o.clean_payments;
         self.clean_alerted += o.clean_alerted;
+        self.collateral += o.collateral;
         self.alerts += o.alerts;
         self.true_alerts += o.true_alerts;
         for (r, n) in &o.false_reasons {
@@ -122,6 +126,20 @@ pub fn evaluate(day: &Day, config_json: &str) -> Result<Evaluation, String> {
         ev.patterns.entry(*pattern).or_default().episodes += 1;
     }
     let mut recent: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    // When each attacked card is under attack.
+    let mut attacked: std::collections::HashMap<&str, (u64, u64)> = Default::default();
+    for input in &day.inputs {
+        if let What::Payment {
+            episode: Some(_), ..
+        } = input.what
+        {
+            let span = attacked
+                .entry(input.card.as_str())
+                .or_insert((input.ts_ms, input.ts_ms));
+            span.0 = span.0.min(input.ts_ms);
+            span.1 = span.1.max(input.ts_ms + 2 * 3_600_000);
+        }
+    }
     let mut best = vec![0u32; day.episodes.len()];
     let mut episode_lines: Vec<Vec<String>> = vec![Vec::new(); day.episodes.len()];
     let mut seen = vec![false; day.episodes.len()];
@@ -172,6 +190,11 @@ pub fn evaluate(day: &Day, config_json: &str) -> Result<Evaluation, String> {
                         ev.clean_payments += 1;
                         if alerted {
                             ev.clean_alerted += 1;
+                            if let Some((from, to)) = attacked.get(input.card.as_str()) {
+                                if (*from..=*to).contains(&input.ts_ms) {
+                                    ev.collateral += 1;
+                                }
+                            }
                             *ev.false_reasons.entry(reasons.join("+")).or_default() += 1;
                         }
                     }
