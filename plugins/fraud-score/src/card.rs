@@ -294,8 +294,7 @@ impl CardState {
                 true
             }
             None => {
-                usize::from(self.sales) > remembered
-                    && amount <= balance * (1.0 + tolerance) + 0.01
+                usize::from(self.sales) > remembered && amount <= balance * (1.0 + tolerance) + 0.01
             }
         };
         if matched {
@@ -330,7 +329,11 @@ mod tests {
         c.index_bucket = 7;
         c.blocklisted = true;
         for i in 0..20 {
-            c.push(event(1000 + i, 10.0 + f64::from(i), if i % 2 == 0 { CNP } else { 0 }));
+            c.push(event(
+                1000 + i,
+                10.0 + f64::from(i),
+                if i % 2 == 0 { CNP } else { 0 },
+            ));
         }
         let mut bytes = Vec::new();
         c.store(&mut bytes);
@@ -384,7 +387,10 @@ mod tests {
             c.push(event(100, 10.0, 0));
             c.add_sale(10.0);
         }
-        assert!(c.add_refund(60.0, 0.05), "40 sales of 10, 24 of them forgotten");
+        assert!(
+            c.add_refund(60.0, 0.05),
+            "40 sales of 10, 24 of them forgotten"
+        );
         assert!(!c.add_refund(600.0, 0.05));
     }
 

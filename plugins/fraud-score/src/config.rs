@@ -368,6 +368,45 @@ mod tests {
         serde_json::from_str(json)
     }
 
+    /// The manifest's `[config]` and `[config.weights]` as JSON (its values are plain
+    /// numbers; comments and other tables are skipped).
+    fn manifest_config() -> String {
+        let mut top = Vec::new();
+        let mut weights = Vec::new();
+        let mut table = "";
+        for line in include_str!("../plugin.toml").lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                table = line;
+            } else if let Some((key, value)) = line.split_once('=') {
+                let entry = format!("\"{}\": {}", key.trim(), value.trim());
+                match table {
+                    "[config]" => top.push(entry),
+                    "[config.weights]" => weights.push(entry),
+                    _ => {}
+                }
+            }
+        }
+        top.push(format!("\"weights\": {{{}}}", weights.join(", ")));
+        format!("{{{}}}", top.join(", "))
+    }
+
+    #[test]
+    fn the_manifest_lists_every_default() {
+        let json = manifest_config();
+        let from_manifest = parse(&json).unwrap();
+        from_manifest.validate().unwrap();
+        assert_eq!(
+            format!("{from_manifest:?}"),
+            format!("{:?}", FraudConfig::default())
+        );
+        // Every knob is in the manifest (the retired keys and the topics are not knobs).
+        let fields = format!("{:?}", FraudConfig::default()).matches(": ").count();
+        let retired = 9 + 2;
+        let listed = json.matches(": ").count();
+        assert_eq!(listed, fields - retired - 2, "{json}");
+    }
+
     #[test]
     fn defaults_are_valid() {
         FraudConfig::default().validate().unwrap();
@@ -409,7 +448,10 @@ mod tests {
             (r#"{"max_terminals": 1}"#, "max_terminals"),
             (r#"{"sweep_every_records": 0}"#, "sweep_every_records"),
             (r#"{"card_ttl_ms": 60000}"#, "card_ttl_ms"),
-            (r#"{"weights": {"card_testing": 200}}"#, "weights.card_testing"),
+            (
+                r#"{"weights": {"card_testing": 200}}"#,
+                "weights.card_testing",
+            ),
         ] {
             let err = parse(json).unwrap().validate().unwrap_err();
             assert!(err.message().contains(key), "{json}: {err}");

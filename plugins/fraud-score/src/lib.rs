@@ -195,7 +195,12 @@ impl FraudScore {
 
     /// Writes `self.card` under `self.key`, registering it in the expiry index first if it
     /// is not yet.
-    fn store_card(&mut self, ctx: &mut dyn Context, card_id: &str, ts_ms: u64) -> Result<(), Error> {
+    fn store_card(
+        &mut self,
+        ctx: &mut dyn Context,
+        card_id: &str,
+        ts_ms: u64,
+    ) -> Result<(), Error> {
         if self.card.index_bucket == 0 {
             self.card.index_bucket = self.index.register(ctx, card_id.as_bytes(), ts_ms)?;
         }
@@ -243,7 +248,8 @@ impl FraudScore {
             }
         };
         let profile = score::profile(&self.config, &self.card, &prior);
-        let unmatched_refund = refund && !self.card.add_refund(amount, self.config.refund_tolerance);
+        let unmatched_refund =
+            refund && !self.card.add_refund(amount, self.config.refund_tolerance);
         let facts = PaymentFacts {
             ts_s,
             amount,
@@ -470,13 +476,40 @@ mod tests {
         let mut h = harness("{}");
         let now = regular(&mut h, "card-s", 20.0);
         // The thief: three big purchases at other stores within half an hour.
-        let first = pay_at(&mut h, "card-s", now, 350.0, "contactless", "sale", "s7", "s7-t2");
+        let first = pay_at(
+            &mut h,
+            "card-s",
+            now,
+            350.0,
+            "contactless",
+            "sale",
+            "s7",
+            "s7-t2",
+        );
         assert_eq!(reasons(&first), ["amount_outlier"]);
-        let second = pay_at(&mut h, "card-s", now + 12 * MIN, 420.0, "card_present", "sale", "s8", "s8-t1");
+        let second = pay_at(
+            &mut h,
+            "card-s",
+            now + 12 * MIN,
+            420.0,
+            "card_present",
+            "sale",
+            "s8",
+            "s8-t1",
+        );
         assert_eq!(reasons(&second)[0], "stolen_card", "{second}");
         assert!(score(&second) >= 70, "{second}");
         // The first big sale did not become the card's normal: the run goes on alerting.
-        let third = pay_at(&mut h, "card-s", now + 25 * MIN, 390.0, "card_present", "sale", "s7", "s7-t4");
+        let third = pay_at(
+            &mut h,
+            "card-s",
+            now + 25 * MIN,
+            390.0,
+            "card_present",
+            "sale",
+            "s7",
+            "s7-t4",
+        );
         assert!(score(&third) >= 70, "{third}");
         assert_eq!(alerts(&h), 2);
     }
@@ -521,12 +554,39 @@ mod tests {
     fn a_card_paying_at_three_terminals_of_two_stores_in_five_minutes_alerts() {
         let mut h = harness("{}");
         let now = regular(&mut h, "card-c", 30.0);
-        let a = pay_at(&mut h, "card-c", now, 35.0, "contactless", "sale", "s1", "s1-t1");
+        let a = pay_at(
+            &mut h,
+            "card-c",
+            now,
+            35.0,
+            "contactless",
+            "sale",
+            "s1",
+            "s1-t1",
+        );
         assert_eq!(score(&a), 0);
-        let b = pay_at(&mut h, "card-c", now + 2 * MIN, 28.0, "contactless", "sale", "s4", "s4-t3");
+        let b = pay_at(
+            &mut h,
+            "card-c",
+            now + 2 * MIN,
+            28.0,
+            "contactless",
+            "sale",
+            "s4",
+            "s4-t3",
+        );
         assert_eq!(reasons(&b), ["terminal_velocity"]);
         assert!(score(&b) < 70, "two stores, two terminals: {b}");
-        let c = pay_at(&mut h, "card-c", now + 5 * MIN, 41.0, "card_present", "sale", "s1", "s1-t5");
+        let c = pay_at(
+            &mut h,
+            "card-c",
+            now + 5 * MIN,
+            41.0,
+            "card_present",
+            "sale",
+            "s1",
+            "s1-t5",
+        );
         assert_eq!(reasons(&c), ["terminal_velocity"]);
         assert!(score(&c) >= 70, "{c}");
     }
@@ -536,7 +596,16 @@ mod tests {
         let mut h = harness("{}");
         let now = regular(&mut h, "card-2", 30.0);
         for (i, terminal) in ["s1-t1", "s1-t4", "s1-t2"].iter().enumerate() {
-            let v = pay_at(&mut h, "card-2", now + i as u64 * 3 * MIN, 25.0, "contactless", "sale", "s1", terminal);
+            let v = pay_at(
+                &mut h,
+                "card-2",
+                now + i as u64 * 3 * MIN,
+                25.0,
+                "contactless",
+                "sale",
+                "s1",
+                terminal,
+            );
             assert!(score(&v) < 70, "{v}");
         }
         assert_eq!(alerts(&h), 0);
@@ -549,7 +618,14 @@ mod tests {
         let mut h = harness("{}");
         let mut scores = Vec::new();
         for (i, amount) in [1.0, 2.49, 0.99, 1.0].iter().enumerate() {
-            let v = pay(&mut h, "card-t", T0 + i as u64 * 40_000, *amount, "card_not_present", "sale");
+            let v = pay(
+                &mut h,
+                "card-t",
+                T0 + i as u64 * 40_000,
+                *amount,
+                "card_not_present",
+                "sale",
+            );
             scores.push(score(&v));
             if i == 3 {
                 assert_eq!(reasons(&v), ["card_testing"]);
@@ -563,7 +639,14 @@ mod tests {
     fn a_coffee_and_a_parking_ticket_are_not_card_testing() {
         let mut h = harness("{}");
         for (i, amount) in [3.2, 2.5, 4.0].iter().enumerate() {
-            let v = pay(&mut h, "card-k", T0 + i as u64 * 4 * MIN, *amount, "contactless", "sale");
+            let v = pay(
+                &mut h,
+                "card-k",
+                T0 + i as u64 * 4 * MIN,
+                *amount,
+                "contactless",
+                "sale",
+            );
             assert_eq!(score(&v), 0, "{v}");
         }
     }
@@ -576,7 +659,10 @@ mod tests {
         // Refunds to a card that never bought anything here.
         let first = refund(&mut h, "card-r", T0, 80.0);
         assert_eq!(reasons(&first), ["refund_without_sale"]);
-        assert!(score(&first) < 70, "one refund may be for a purchase made elsewhere");
+        assert!(
+            score(&first) < 70,
+            "one refund may be for a purchase made elsewhere"
+        );
         let second = refund(&mut h, "card-r", T0 + 40 * MIN, 120.0);
         assert_eq!(reasons(&second)[0], "refund_without_sale");
         assert!(score(&second) >= 70, "{second}");
@@ -612,7 +698,12 @@ mod tests {
         }
         let mut last = Value::Null;
         for i in 0..3 {
-            last = refund(&mut h, "card-b", T0 + 2 * HOUR + i * 30 * MIN, 120.0 + i as f64);
+            last = refund(
+                &mut h,
+                "card-b",
+                T0 + 2 * HOUR + i * 30 * MIN,
+                120.0 + i as f64,
+            );
         }
         assert_eq!(reasons(&last), ["refund_abuse"]);
         assert!(score(&last) >= 70, "{last}");
@@ -678,9 +769,27 @@ mod tests {
     fn a_big_sale_at_a_second_store_within_minutes_crosses_the_threshold() {
         let mut h = harness("{}");
         let now = regular(&mut h, "card-x", 20.0);
-        pay_at(&mut h, "card-x", now, 22.0, "contactless", "sale", "s1", "s1-t1");
+        pay_at(
+            &mut h,
+            "card-x",
+            now,
+            22.0,
+            "contactless",
+            "sale",
+            "s1",
+            "s1-t1",
+        );
         assert_eq!(alerts(&h), 0);
-        let v = pay_at(&mut h, "card-x", now + 3 * MIN, 600.0, "card_present", "sale", "s9", "s9-t1");
+        let v = pay_at(
+            &mut h,
+            "card-x",
+            now + 3 * MIN,
+            600.0,
+            "card_present",
+            "sale",
+            "s9",
+            "s9-t1",
+        );
         assert_eq!(reasons(&v), ["amount_outlier", "terminal_velocity"]);
         assert!(score(&v) >= 70, "{v}");
         let alerts = h.emitted_to(ALERTS_TOPIC);
@@ -736,7 +845,11 @@ mod tests {
         v1.resize(36 + 13 * 10, 0);
         h.set_state(b"c/card-v1", &v1);
         let v = refund(&mut h, "card-v1", T0, 30.0);
-        assert_eq!(reasons(&v), ["blocklisted"], "the flag survives; the sales match the refund");
+        assert_eq!(
+            reasons(&v),
+            ["blocklisted"],
+            "the flag survives; the sales match the refund"
+        );
         assert_eq!(h.state(b"c/card-v1").unwrap().len(), 204);
         h.set_state(b"c/card-junk", b"\x07garbage");
         assert_eq!(score(&sale(&mut h, "card-junk", T0, 10.0)), 0);
@@ -771,9 +884,16 @@ mod tests {
         }
         assert_eq!(card_keys(&h), 1, "only the busy card is left");
         assert!(h.state(b"c/busy").is_some());
-        assert_eq!(h.state(b"bl/idle-7"), Some(&b"stolen"[..]), "blocklist entries stay");
+        assert_eq!(
+            h.state(b"bl/idle-7"),
+            Some(&b"stolen"[..]),
+            "blocklist entries stay"
+        );
         // The index holds the busy card only (plus its cursor and one bucket's count).
-        let index_keys = h.state_entries().filter(|(k, _)| k.starts_with(b"x/")).count();
+        let index_keys = h
+            .state_entries()
+            .filter(|(k, _)| k.starts_with(b"x/"))
+            .count();
         assert!(index_keys <= 4, "{index_keys} index keys");
         assert_eq!(score(&sale(&mut h, "idle-3", t + HOUR, 20.0)), 0);
         assert_eq!(score(&sale(&mut h, "idle-7", t + HOUR, 20.0)), 100);
@@ -838,7 +958,9 @@ mod tests {
 
     #[test]
     fn a_config_of_the_previous_version_still_starts_and_says_what_it_ignores() {
-        let h = harness(r#"{"alert_threshold": 75, "cnp_burst_count": 3.0, "weights": {"velocity_amount": 30.0}}"#);
+        let h = harness(
+            r#"{"alert_threshold": 75, "cnp_burst_count": 3.0, "weights": {"velocity_amount": 30.0}}"#,
+        );
         let warned = h
             .logs()
             .iter()

@@ -82,7 +82,9 @@ impl Population {
 
     /// Counts one sale of `ln_amount`.
     pub fn add(&mut self, ln_amount: f64) {
-        let i = ((ln_amount - LOW) / STEP).floor().clamp(0.0, (BUCKETS - 1) as f64) as usize;
+        let i = ((ln_amount - LOW) / STEP)
+            .floor()
+            .clamp(0.0, (BUCKETS - 1) as f64) as usize;
         self.counts[i] += 1;
         self.total += 1;
         if self.total >= HALVE_AT {
@@ -130,8 +132,9 @@ mod tests {
             let u = f64::from(i) / 2000.0;
             // Acklam-free approximation of the normal quantile, good to ~1e-3 here.
             let t = (-2.0 * (if u < 0.5 { u } else { 1.0 - u }).ln()).sqrt();
-            let z = t - (2.515_517 + 0.802_853 * t + 0.010_328 * t * t)
-                / (1.0 + 1.432_788 * t + 0.189_269 * t * t + 0.001_308 * t * t * t);
+            let z = t
+                - (2.515_517 + 0.802_853 * t + 0.010_328 * t * t)
+                    / (1.0 + 1.432_788 * t + 0.189_269 * t * t + 0.001_308 * t * t * t);
             let z = if u < 0.5 { -z } else { z };
             p.add(25f64.ln() + 0.8 * z);
         }

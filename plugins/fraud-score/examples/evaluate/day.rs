@@ -313,8 +313,8 @@ pub fn generate(cfg: &DayConfig) -> Day {
     // day, so the total stays close to `payments`.
     let base = cfg.payments as f64;
     let mut pays: Vec<Pay> = Vec::new();
-    for card in 0..cfg.cards {
-        let n = ((weights[card] / total * base).round() as usize).clamp(1, 60);
+    for (card, weight) in weights.iter().enumerate() {
+        let n = ((weight / total * base).round() as usize).clamp(1, 60);
         // One card in twenty is new today: it appears at some point, its first payment large.
         let new_today = g.rng.chance(0.05);
         let first_ms = if new_today {
@@ -490,7 +490,10 @@ pub fn generate(cfg: &DayConfig) -> Day {
                 Pattern::CardTesting => {
                     // Half on a card number never seen here, half on a card with history.
                     let (id, start) = if g.rng.chance(0.5) {
-                        (fresh_id(&mut g), g.open_time().min(DAY_START_MS + CLOSE_MS - HOUR))
+                        (
+                            fresh_id(&mut g),
+                            g.open_time().min(DAY_START_MS + CLOSE_MS - HOUR),
+                        )
                     } else {
                         match pick(&mut g, &mut taken, 1, 1000) {
                             Some((c, start)) => (g.cards[c].id.clone(), start),
@@ -534,7 +537,10 @@ pub fn generate(cfg: &DayConfig) -> Day {
                     let mut t = start;
                     for _ in 0..g.rng.range(2, 6) {
                         t += g.rng.ms_between(3 * MIN, 30 * MIN);
-                        let amount = money((typical * g.rng.between(4.0, 20.0)).max(60.0 + g.rng.between(0.0, 100.0)));
+                        let amount = money(
+                            (typical * g.rng.between(4.0, 20.0))
+                                .max(60.0 + g.rng.between(0.0, 100.0)),
+                        );
                         let store = stores[g.rng.below(stores.len())];
                         let mut p = web(store);
                         p.ts_ms = t;
@@ -668,7 +674,8 @@ pub fn generate(cfg: &DayConfig) -> Day {
         g.blocklist(id, *ts, *add);
     }
     // Time order; a blocklist update before a payment of the same millisecond.
-    g.inputs.sort_by_key(|i| (i.ts_ms, matches!(i.what, What::Payment { .. })));
+    g.inputs
+        .sort_by_key(|i| (i.ts_ms, matches!(i.what, What::Payment { .. })));
     Day {
         inputs: g.inputs,
         episodes: g.episodes,

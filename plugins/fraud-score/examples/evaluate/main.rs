@@ -87,7 +87,9 @@ fn main() {
         match flag.as_str() {
             "--seed" => seeds.push(number(&flag, args.next())),
             "--seeds" => {
-                let v = args.next().unwrap_or_else(|| fail("--seeds needs A-B".into()));
+                let v = args
+                    .next()
+                    .unwrap_or_else(|| fail("--seeds needs A-B".into()));
                 let (a, b) = v
                     .split_once('-')
                     .unwrap_or_else(|| fail(format!("--seeds {v}: give A-B")));
@@ -101,16 +103,25 @@ fn main() {
             "--terminals" => base.terminals = number(&flag, args.next()),
             "--episodes" => {
                 let v = args.next().unwrap_or_default();
-                let n: Vec<usize> = v.split(',').map(|x| number(&flag, Some(x.to_owned()))).collect();
+                let n: Vec<usize> = v
+                    .split(',')
+                    .map(|x| number(&flag, Some(x.to_owned())))
+                    .collect();
                 if n.len() != 5 {
                     fail("--episodes takes five numbers: B,T,S,V,R".into());
                 }
                 base.episodes.copy_from_slice(&n);
             }
-            "--config" => config = args.next().unwrap_or_else(|| fail("--config needs JSON".into())),
+            "--config" => {
+                config = args
+                    .next()
+                    .unwrap_or_else(|| fail("--config needs JSON".into()))
+            }
             "--missed" => show_missed = true,
             "--trace" => trace = true,
-            other => fail(format!("unknown flag {other} (see the doc comment of examples/evaluate/main.rs)")),
+            other => fail(format!(
+                "unknown flag {other} (see the doc comment of examples/evaluate/main.rs)"
+            )),
         }
     }
     if seeds.is_empty() {
@@ -121,7 +132,10 @@ fn main() {
     }
     let mut total = Evaluation::default();
     for &seed in &seeds {
-        let cfg = DayConfig { seed, ..base.clone() };
+        let cfg = DayConfig {
+            seed,
+            ..base.clone()
+        };
         let day = generate(&cfg);
         let ev = evaluate(&day, &config).unwrap_or_else(|e| fail(e));
         print(

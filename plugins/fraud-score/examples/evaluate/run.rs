@@ -159,7 +159,8 @@ pub fn evaluate(day: &Day, config_json: &str) -> Result<Evaluation, String> {
                     .iter()
                     .find(|e| e.topic == SCORES_TOPIC)
                     .ok_or("no score")?;
-                let v: Value = serde_json::from_slice(&score_out.value).map_err(|e| e.to_string())?;
+                let v: Value =
+                    serde_json::from_slice(&score_out.value).map_err(|e| e.to_string())?;
                 let score = v["score"].as_u64().unwrap_or(0) as u32;
                 let alerted = out.iter().any(|e| e.topic == ALERTS_TOPIC);
                 let history = recent.entry(input.card.as_str()).or_default();
