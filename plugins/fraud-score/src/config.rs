@@ -401,7 +401,9 @@ mod tests {
             format!("{:?}", FraudConfig::default())
         );
         // Every knob is in the manifest (the retired keys and the topics are not knobs).
-        let fields = format!("{:?}", FraudConfig::default()).matches(": ").count();
+        let fields = format!("{:?}", FraudConfig::default())
+            .matches(": ")
+            .count();
         let retired = 9 + 2;
         let listed = json.matches(": ").count();
         assert_eq!(listed, fields - retired - 2, "{json}");

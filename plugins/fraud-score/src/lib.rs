@@ -5,11 +5,12 @@
 //! # What it looks for
 //! - **Stolen card**: a run of sales far above the card's own amount profile (robust median and
 //!   spread of its last payments, blended with the store's population while the card is young).
-//!   One big sale is an `amount_outlier` (32–45 points, no alert); the second within two hours
-//!   is `stolen_card` (80).
+//!   One big sale is an `amount_outlier` (32–45 points, no alert); the second within 45 minutes
+//!   is `stolen_card` (60 where the card usually shops, 80 elsewhere or from the third on), and
+//!   so is a spree of four sales well above the card's median.
 //! - **Card testing**: a burst of small payments, mostly card-not-present (`card_testing`).
-//! - **Velocity across terminals**: one card at several terminals or stores within minutes
-//!   (`terminal_velocity`), and many sales within ten minutes (`velocity_count`).
+//! - **Velocity across terminals**: one card at several terminals of several stores within
+//!   minutes (`terminal_velocity`), and many sales within ten minutes (`velocity_count`).
 //! - **Refund abuse**: refunds no earlier sale on the card covers — including refunds to a card
 //!   that never bought (`refund_without_sale`) — and a high refund-to-sale ratio
 //!   (`refund_abuse`).
@@ -17,13 +18,14 @@
 //!
 //! # What a score means
 //! Points add up (see [`score`] for the table) and are capped at 100. **70, the default
-//! threshold, means one pattern is established** (the second out-of-profile sale in two hours,
-//! the third terminal in ten minutes, the fourth small card-not-present payment in fifteen, the
-//! second refund without a sale, a blocklisted card) **or two partial signals coincide** (a big
-//! out-of-profile sale at a second store within minutes). A single suspicious fact — one big
-//! purchase, two terminals, three small payments, one refund without a sale — stays at 30–45.
-//! On the labelled days of `examples/evaluate` (see the README), payments scoring 70 or more
-//! are fraudulent in well over 95 % of cases.
+//! threshold, means one pattern is established** (the second out-of-profile sale in 45 minutes
+//! at an unfamiliar store, a spree, the fourth small card-not-present payment in fifteen
+//! minutes, a third terminal at a second store within ten, the second refund no sale covers, a
+//! blocklisted card) **or two partial signals coincide** (a big out-of-profile sale at a second
+//! store within minutes). A single suspicious fact — one big purchase, two stores, three small
+//! payments, one refund without a sale — stays at 30–45. On the held-out labelled days of
+//! `examples/evaluate` (see the README), 96 % of the payments scoring 70 or more belonged to a
+//! fraud episode and 0.02 % of clean payments scored 70 or more.
 //!
 //! # State
 //! - `c/<card_id>`: the card, a fixed 204-byte value ([`card`]); with a 20-byte card id about
