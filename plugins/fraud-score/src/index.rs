@@ -9,7 +9,7 @@
 //!   (a day by default): `x/<bucket>` holds how many cards were registered there (`u32`), and
 //!   `x/<bucket>/<chunk>` the card ids, 64 per chunk, each as `u16` length + bytes. The card
 //!   records its bucket (+1, 0 = none) in its own state. A card is registered when its state is
-//!   created, in the bucket of that moment (never before the sweep cursor).
+//!   created, in the bucket of that moment (always after the sweep cursor's bucket).
 //! - **Sweep**: `x/cursor` (`u32` bucket, `u32` next entry) walks the buckets in order. A
 //!   bucket is swept once all of it is older than the TTL (`(bucket + 1) × index_bucket_ms +
 //!   card_ttl_ms < now`). For each entry: a card gone or registered elsewhere is skipped; an
@@ -116,19 +116,24 @@ impl Index {
         ctx.state_put(CURSOR_KEY, &v)
     }
 
-    /// Registers `card_id` in the bucket of `ts_ms` (or the sweep cursor's, if that is later)
-    /// and returns what the card records as its bucket (bucket + 1).
+    /// Registers `card_id` in the bucket of `ts_ms`, or the one after the sweep cursor's if
+    /// that is later (never the bucket being swept, whose finished chunks are gone), and
+    /// returns what the card records as its bucket (bucket + 1).
     pub fn register(
         &mut self,
         ctx: &mut dyn Context,
         card_id: &[u8],
         ts_ms: u64,
     ) -> Result<u32, Error> {
-        let mut bucket = self.bucket_of(ts_ms);
-        match self.cursor(ctx)? {
-            Some((at, _)) => bucket = bucket.max(at),
-            None => Self::set_cursor(ctx, bucket, 0)?,
-        }
+        let wanted = self.bucket_of(ts_ms);
+        let cursor = match self.cursor(ctx)? {
+            Some((at, _)) => at,
+            None => {
+                Self::set_cursor(ctx, wanted, 0)?;
+                wanted
+            }
+        };
+        let bucket = wanted.max(cursor + 1);
         self.append(ctx, bucket, card_id)?;
         Ok(bucket + 1)
     }

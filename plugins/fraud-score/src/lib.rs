@@ -902,6 +902,56 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_sweep_loses_no_card_while_new_ones_arrive() {
+        // Two entries per step, a step per payment: the sweep crawls through chunks while new
+        // cards keep registering.
+        let config = r#"{"card_ttl_ms": 172800000, "sweep_every_records": 1, "sweep_batch": 2}"#;
+        let mut h = harness(config);
+        for i in 0..130 {
+            sale(&mut h, &format!("day0-{i}"), T0 + i * 1000, 20.0);
+        }
+        for day in 1..8u64 {
+            for j in 0..40u64 {
+                let t = T0 + day * DAY + j * 10 * MIN;
+                sale(&mut h, "busy", t, 20.0);
+                sale(&mut h, &format!("day{day}-{j}"), t + 1, 20.0);
+            }
+        }
+        // Left: the busy card and the cards of the last three days (TTL two days, index buckets
+        // of a day, registered a bucket late at worst); everything older is gone.
+        let left: Vec<String> = h
+            .state_entries()
+            .filter(|(k, _)| k.starts_with(b"c/"))
+            .map(|(k, _)| String::from_utf8_lossy(&k[2..]).into_owned())
+            .collect();
+        assert!(left.contains(&"busy".to_owned()));
+        for card in &left {
+            let day: u64 = card
+                .strip_prefix("day")
+                .and_then(|d| d.split('-').next())
+                .map_or(7, |d| d.parse().unwrap());
+            assert!(day >= 4, "{card} should have been swept");
+        }
+        // Every card left is in the index exactly once, and nothing else is.
+        let mut indexed: Vec<String> = Vec::new();
+        for (key, value) in h.state_entries() {
+            if key.starts_with(b"x/") && key.iter().filter(|&&b| b == b'/').count() == 2 {
+                let mut at = 0;
+                while at + 2 <= value.len() {
+                    let len = usize::from(u16::from_le_bytes([value[at], value[at + 1]]));
+                    indexed
+                        .push(String::from_utf8_lossy(&value[at + 2..at + 2 + len]).into_owned());
+                    at += 2 + len;
+                }
+            }
+        }
+        indexed.sort();
+        let mut left = left;
+        left.sort();
+        assert_eq!(indexed, left);
+    }
+
+    #[test]
     fn state_stays_bounded_for_a_hundred_thousand_cards() {
         let mut h = harness("{}");
         h.keep_emitted(false);
