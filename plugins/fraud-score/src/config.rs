@@ -193,7 +193,7 @@ impl Default for FraudConfig {
             prior_median_amount: 25.0,
             prior_log_spread: 1.0,
             population_min_samples: 200,
-            population_sample_every: 4,
+            population_sample_every: 16,
             stolen_window_ms: 2_700_000,
             short_window_ms: 600_000,
             max_count_short: 5.0,
