@@ -298,12 +298,19 @@ fn plugin_state(dir: &Path) -> Result<(u64, u64), String> {
         if !key.starts_with(b"c/") {
             continue;
         }
-        // fraud-score's card layout (plugins/fraud-score/src/card.rs): u32 LE sales at 16.
-        let n = value
-            .get(16..20)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(u32::from_le_bytes)
-            .ok_or_else(|| format!("card state {key:?} is {} bytes", value.len()))?;
+        // fraud-score's card layout (plugins/fraud-score/src/card.rs): version byte at 0;
+        // version 2 keeps the sales as u16 LE at 16, version 1 (fraud-score 0.1) as u32 LE.
+        let n = match value.first() {
+            Some(2) => value
+                .get(16..18)
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                .map(|b| u32::from(u16::from_le_bytes(b))),
+            _ => value
+                .get(16..20)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_le_bytes),
+        }
+        .ok_or_else(|| format!("card state {key:?} is {} bytes", value.len()))?;
         sales += u64::from(n);
     }
     Ok((offset, sales))

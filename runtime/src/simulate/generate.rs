@@ -14,15 +14,19 @@
 //! # Planted fraud
 //! A known fraction of payments ([`GeneratorConfig::fraud_fraction`]) belongs to fraud episodes,
 //! interleaved with ordinary traffic and labelled nowhere in the payload. Each pattern is built
-//! to cross the bundled fraud-score plugin's default rules (alert at 70):
-//! - [`Pattern::CardTesting`]: 12 card-not-present sales of 0.50–2.99 on a fresh card — the
-//!   velocity (more than 5 sales in 10 minutes) and card-not-present burst (more than 3) rules
-//!   together reach 70 from the tenth payment on.
+//! to cross the bundled fraud-score plugin's default rules (alert at 70, see
+//! `plugins/fraud-score/README.md`):
+//! - [`Pattern::CardTesting`]: 12 card-not-present sales of 0.50–2.99 on a fresh card — card
+//!   testing (small, mostly card-not-present payments within 15 minutes) scores 80 from the
+//!   fourth on.
 //! - [`Pattern::AccountTakeover`]: six ordinary small purchases, then a spree of doubling
-//!   amounts (about 350, 700, 1400, 2100) at different terminals — amount outlier, velocity
-//!   and amount velocity together pass 70 from the second big sale.
-//! - [`Pattern::RefundAbuse`]: one sale, then six card-not-present refunds — refund abuse plus
-//!   the card-not-present burst pass 70 from the fifth refund.
+//!   amounts (about 350, 700, 1400, 2100) at different terminals — far outside the card's own
+//!   profile, a stolen-card run that passes 70 by the third big sale.
+//! - [`Pattern::RefundAbuse`]: one sale, then six card-not-present refunds — refunds no sale
+//!   covers pass 70 from the second unmatched one.
+//!
+//! Ordinary refunds return an item of one of the recent ordinary sales, on the card that paid
+//! for it (a refund to a card that never bought is itself a fraud signal).
 
 use std::collections::VecDeque;
 
@@ -279,7 +283,12 @@ pub struct Generator {
     active: Vec<Episode>,
     carts: Vec<CartSession>,
     tag_hash: u64,
+    /// Recent ordinary sales (card, amount), oldest first: a refund returns an item of one.
+    recent_sales: VecDeque<(String, f64)>,
 }
+
+/// Ordinary sales remembered for refunds.
+const RECENT_SALES: usize = 64;
 
 impl Generator {
     /// A generator for `cfg` (terminals and cards are raised to at least 1).
@@ -303,6 +312,7 @@ impl Generator {
             planted_committed: 0,
             active: Vec::new(),
             carts: (0..CARTS).map(|_| CartSession::default()).collect(),
+            recent_sales: VecDeque::new(),
         }
     }
 
@@ -505,10 +515,16 @@ impl Generator {
     fn ordinary(&mut self, now_ms: u64, out: &mut Vec<Message>) {
         let r = self.rng.unit();
         let card = self.pool_card();
-        if r < 0.02 {
+        // A refund returns an item of an earlier sale, on the card that paid for it.
+        let returned = if r < 0.02 {
+            self.recent_sales.pop_front()
+        } else {
+            None
+        };
+        if let Some((card, paid)) = returned {
             // A refund at the till for a returned item.
             let terminal = self.terminal();
-            let amount = self.rng.between(3.0, 40.0);
+            let amount = cents(self.rng.between(1.0, 40.0).min(paid));
             let channel = if self.rng.chance(0.5) {
                 "contactless"
             } else {
@@ -526,6 +542,7 @@ impl Generator {
             // A web order, picked up in the store.
             let terminal = self.web_terminal();
             let amount = self.rng.between(15.0, 160.0);
+            self.remember_sale(&card, amount);
             out.push(self.payment(
                 now_ms,
                 &terminal,
@@ -588,6 +605,7 @@ impl Generator {
             } else {
                 "card_present"
             };
+            self.remember_sale(&card, total);
             out.push(self.payment(
                 now_ms,
                 &terminal,
@@ -597,6 +615,15 @@ impl Generator {
                 None,
             ));
         }
+    }
+
+    /// Keeps an ordinary sale for a later refund (the oldest is forgotten past
+    /// [`RECENT_SALES`]).
+    fn remember_sale(&mut self, card: &str, amount: f64) {
+        if self.recent_sales.len() == RECENT_SALES {
+            self.recent_sales.pop_front();
+        }
+        self.recent_sales.push_back((card.to_string(), amount));
     }
 
     /// One smart-cart event: the next item put in (or now and then one taken out) of a cart.
