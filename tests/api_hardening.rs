@@ -25,6 +25,7 @@ fn config_in(dir: &std::path::Path) -> Config {
     let mut config = Config::default();
     config.edge.data_dir = dir.join("data");
     config.http.listen = "127.0.0.1:0".into();
+    config.kafka.listen = "127.0.0.1:0".into();
     config.mqtt.broker.listen = format!("127.0.0.1:{}", crate::common::python::free_port());
     config.plugins.bundled = false;
     config

@@ -38,6 +38,7 @@ fn config_in(dir: &std::path::Path) -> Config {
     let mut config = Config::default();
     config.edge.data_dir = dir.join("data");
     config.http.listen = "127.0.0.1:0".into();
+    config.kafka.listen = "127.0.0.1:0".into();
     // Not the default 1883: other tests of this binary start boxes in the same process.
     config.mqtt.broker.listen = format!("127.0.0.1:{}", crate::common::python::free_port());
     config

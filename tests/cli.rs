@@ -168,6 +168,8 @@ impl Server {
                 "OUTPOST_MQTT_LISTEN",
                 format!("127.0.0.1:{}", crate::common::python::free_port()),
             )
+            // Not the default 9092, which another box on the machine may hold.
+            .env("OUTPOST_KAFKA_LISTEN", "127.0.0.1:0")
             .env("OUTPOST_EDGE_ID", "edge-cli-test")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

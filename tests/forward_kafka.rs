@@ -473,6 +473,8 @@ impl Outpost {
                 "OUTPOST_MQTT_LISTEN",
                 format!("127.0.0.1:{}", python::free_port()),
             )
+            // Not the default 9092, which another box on the machine may hold.
+            .env("OUTPOST_KAFKA_LISTEN", "127.0.0.1:0")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

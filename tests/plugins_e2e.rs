@@ -39,6 +39,7 @@ impl Outpost {
     async fn open(dir: &Path) -> Outpost {
         let mut config = Config::default();
         config.edge.data_dir = dir.to_path_buf();
+        config.kafka.listen = "127.0.0.1:0".into();
         // Durability of the log is not what is tested here; keep the tests quick.
         config.log.default_topic.fsync = FsyncPolicy::Named(NamedFsync::Never);
         config.log.min_free_bytes = 0;

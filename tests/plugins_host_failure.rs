@@ -129,6 +129,7 @@ async fn a_full_state_store_pauses_fraud_score_without_dead_letters_and_it_catch
     let mut config = Config::default();
     config.edge.data_dir = data.clone();
     config.http.listen = "127.0.0.1:0".into();
+    config.kafka.listen = "127.0.0.1:0".into();
     config.mqtt.broker.listen = format!("127.0.0.1:{}", crate::common::python::free_port());
     let app = App::start(config).await.unwrap();
     let addr = app.local_addr();

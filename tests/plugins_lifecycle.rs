@@ -54,6 +54,7 @@ struct Outpost {
 fn config(dir: &Path, key: &SecretKey) -> Config {
     let mut config = Config::default();
     config.edge.data_dir = dir.to_path_buf();
+    config.kafka.listen = "127.0.0.1:0".into();
     config.plugins.trusted_keys = vec![key.public().to_text()];
     config
 }

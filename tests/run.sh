@@ -53,6 +53,8 @@ command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 # libfuse 3 (through mfusepy, in the venv below); fuse3 brings fusermount3 and /etc/fuse.conf.
 ldconfig -p 2>/dev/null | grep -c 'libfuse3\.so\.3' >/dev/null || need_pkgs+=(libfuse3-3)
 command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
+# Kafka listener tests: Debian's kcat (librdkafka 2.0.x) is one of the real clients.
+command -v kcat >/dev/null 2>&1 || need_pkgs+=(kcat)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_pkgs[*]}"
   sudo_cmd=()

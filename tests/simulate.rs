@@ -236,7 +236,8 @@ fn the_simulate_flag_on_the_default_config_starts_traffic_and_stops_cleanly_on_s
     ])
     .arg(dir.path().join("data"))
     .args(["--listen", &format!("127.0.0.1:{http}")])
-    .env("OUTPOST_MQTT_LISTEN", format!("127.0.0.1:{mqtt}"));
+    .env("OUTPOST_MQTT_LISTEN", format!("127.0.0.1:{mqtt}"))
+    .env("OUTPOST_KAFKA_LISTEN", "127.0.0.1:0");
     for var in [
         "OUTPOST_DATA_DIR",
         "OUTPOST_LISTEN",

@@ -165,6 +165,8 @@ fn outpost_run_on_a_damaged_store_exits_1_naming_the_file_and_the_flag() {
             "OUTPOST_MQTT_LISTEN",
             format!("127.0.0.1:{}", crate::common::python::free_port()),
         )
+        // Not the default 9092, which another box on the machine may hold.
+        .env("OUTPOST_KAFKA_LISTEN", "127.0.0.1:0")
         .env_remove("OUTPOST_EDGE_ID")
         .env_remove("OUTPOST_DATA_DIR")
         .output()

@@ -311,6 +311,14 @@ impl App {
             spawn_component(&mut components, "mqtt-sink", task);
         }
 
+        // The Kafka listener: local Kafka clients produce to and consume from the log. A busy
+        // port does not stop the box: it retries, and the box is not ready until it binds.
+        if config.kafka.enabled {
+            let bound = crate::kafka::bind(&config.kafka, &ctx.ready).await;
+            let task = crate::kafka::run(ctx.clone(), config.kafka.clone(), bound, contracts);
+            spawn_component(&mut components, "kafka", task);
+        }
+
         // Store-and-forward: only with a cloud configured; it guards retention so a forwarded
         // topic keeps its segments until they are forwarded.
         let forwarder = config

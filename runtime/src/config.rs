@@ -98,6 +98,9 @@ pub struct Config {
     /// MQTT: the embedded broker and device listener, external brokers, sinks (`[mqtt]`).
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// The Kafka protocol listener for local Kafka clients (`[kafka]`).
+    #[serde(default)]
+    pub kafka: crate::kafka::KafkaConfig,
     /// OPC-UA servers to subscribe to (`[opcua]`, `[[opcua.servers]]`); none by default.
     #[serde(default)]
     pub opcua: crate::ingest::opcua::OpcuaConfig,
@@ -326,6 +329,8 @@ pub struct Overrides {
     /// `OUTPOST_KAFKA_BROKERS`: `forward.kafka.brokers`, the cloud's bootstrap servers (turns
     /// forwarding on).
     pub kafka_brokers: Option<String>,
+    /// `OUTPOST_KAFKA_LISTEN`: `kafka.listen`, the address local Kafka clients connect to.
+    pub kafka_listen: Option<String>,
 }
 
 impl Overrides {
@@ -342,6 +347,7 @@ impl Overrides {
             store_id: with_origin("OUTPOST_STORE_ID"),
             mqtt_listen: get("OUTPOST_MQTT_LISTEN"),
             kafka_brokers: get("OUTPOST_KAFKA_BROKERS"),
+            kafka_listen: get("OUTPOST_KAFKA_LISTEN"),
         }
     }
 
@@ -410,6 +416,11 @@ impl Config {
             self.mqtt.broker.listen = listen.clone();
             self.origins
                 .insert("mqtt.broker.listen".into(), "OUTPOST_MQTT_LISTEN".into());
+        }
+        if let Some(listen) = &overrides.kafka_listen {
+            self.kafka.listen = listen.clone();
+            self.origins
+                .insert("kafka.listen".into(), "OUTPOST_KAFKA_LISTEN".into());
         }
         if let Some(brokers) = &overrides.kafka_brokers {
             self.forward.kafka.brokers = brokers.clone();
@@ -535,6 +546,9 @@ impl Config {
             .validate(&self.log)
             .map_err(|(key, problem)| self.invalid(&key, problem))?;
         self.opcua
+            .validate()
+            .map_err(|(key, problem)| self.invalid(&key, problem))?;
+        self.kafka
             .validate()
             .map_err(|(key, problem)| self.invalid(&key, problem))?;
         self.simulate

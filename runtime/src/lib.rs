@@ -23,6 +23,7 @@ pub mod config;
 pub mod contracts;
 pub mod forward;
 pub mod ingest;
+pub mod kafka;
 pub mod kernel;
 pub mod log;
 pub mod metrics;

@@ -429,6 +429,8 @@ impl Outpost {
                 "OUTPOST_MQTT_LISTEN",
                 format!("127.0.0.1:{}", self.mqtt_port),
             )
+            // Not the default 9092, which another box on the machine may hold.
+            .env("OUTPOST_KAFKA_LISTEN", "127.0.0.1:0")
             .env("OUTPOST_EDGE_ID", "edge-mqtt-test")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,729 @@
+//! What the box answers to each Kafka request, and at which versions ([`SUPPORTED`], what
+//! `ApiVersions` advertises). The ranges start where Kafka 4.x starts (KIP-896) and end before
+//! the versions that address topics by id only, so librdkafka 2.x (including Debian's kcat),
+//! the Java client and the pure-Python and JavaScript clients all find a version they speak.
+//!
+//! | API | versions | what it does here |
+//! |---|---|---|
+//! | Produce | 3–12 | appends each partition's batches to the topic (partition 0) as one log append; acks 0: no answer; acks 1 and all: the answer after the log acknowledged the append under the topic's fsync policy (on an `always` topic, after the fsync) |
+//! | Fetch | 4–12 | records from the log from `fetch_offset` (any offset, also inside a stored batch), re-encoded as uncompressed v2 batches with the log's offsets; waits up to `max_wait_ms` for `min_bytes`; read-uncommitted and read-committed are the same (no transactions) |
+//! | ListOffsets | 1–7 | earliest (-2), latest (-1), max timestamp (-3), and the first offset whose timestamp is at or after a given one |
+//! | Metadata | 0–12 | one broker (node 0, `kafka.advertised`), each topic with one partition led by it; unknown topics are created when the client allows and `log.auto_create_topics` does |
+//! | OffsetCommit | 2–8 | stores a group's offset in the state store (consumer `kafka-group:<group>`) and syncs it |
+//! | OffsetFetch | 1–7 | a group's stored offsets (-1 when none) |
+//! | FindCoordinator | 0–4 | node 0 coordinates every group |
+//! | ApiVersions | 0–3 | these ranges; records the client's software name and version |
+//!
+//! Errors are the protocol's codes per partition (`UNKNOWN_TOPIC_OR_PARTITION` for a partition
+//! other than 0 or a topic that does not exist, `MESSAGE_TOO_LARGE`, `CORRUPT_MESSAGE`,
+//! `INVALID_RECORD` for a value that breaks its topic's store-event contract or a
+//! transactional batch, `KAFKA_STORAGE_ERROR` on a full disk, `OFFSET_OUT_OF_RANGE`).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use super::records::{decode_batches, encode_records, Incoming};
+use super::{frame, peek_header, Close, Shared};
+use crate::log::{LogError, Topic};
+
+/// The APIs served and their version ranges (what `ApiVersions` advertises).
+pub(super) const SUPPORTED: [(ApiKey, i16, i16); 8] = [
+    (ApiKey::Produce, 3, 12),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::ApiVersions, 0, 3),
+];
+
+/// Kafka's error codes used here.
+pub(super) mod code {
+    pub(crate) const NONE: i16 = 0;
+    pub(crate) const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub(crate) const CORRUPT_MESSAGE: i16 = 2;
+    pub(crate) const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub(crate) const MESSAGE_TOO_LARGE: i16 = 10;
+    pub(crate) const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub(crate) const UNSUPPORTED_VERSION: i16 = 35;
+    pub(crate) const INVALID_REQUEST: i16 = 42;
+    pub(crate) const KAFKA_STORAGE_ERROR: i16 = 56;
+    pub(crate) const INVALID_RECORD: i16 = 87;
+    pub(crate) const UNKNOWN_SERVER_ERROR: i16 = -1;
+}
+
+/// The one broker's id.
+const NODE: BrokerId = BrokerId(0);
+/// The cluster id Metadata names.
+const CLUSTER_ID: &str = "outpost";
+
+fn range_of(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+fn protocol(what: &str, e: impl std::fmt::Display) -> Close {
+    Close::Protocol(format!("{what}: {e}"))
+}
+
+fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+/// Encodes `body` at `version` into a response frame.
+fn respond<T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Result<Option<Bytes>, Close> {
+    let mut out = BytesMut::new();
+    body.encode(&mut out, version)
+        .map_err(|e| protocol("encoding the answer", e))?;
+    Ok(Some(frame(
+        correlation_id,
+        api.response_header_version(version),
+        &out,
+    )))
+}
+
+/// Answers one request frame; `None` when the request wants no answer (produce with acks 0).
+/// `client` is the connection's client id, for log lines.
+pub(super) async fn answer(
+    shared: &Shared,
+    frame_bytes: Bytes,
+    client: &mut String,
+) -> Result<Option<Bytes>, Close> {
+    let (key, version, correlation_id) = peek_header(&frame_bytes);
+    let api =
+        ApiKey::try_from(key).map_err(|_| Close::Protocol(format!("unknown API key {key}")))?;
+    let Some((min, max)) = range_of(api) else {
+        return Err(Close::Protocol(format!(
+            "{api:?} (API key {key}) is not served by this box (see ApiVersions)"
+        )));
+    };
+    if !(min..=max).contains(&version) {
+        if api == ApiKey::ApiVersions {
+            // As Kafka does: version 0, UNSUPPORTED_VERSION, and the ranges to pick from.
+            let body = api_versions(code::UNSUPPORTED_VERSION);
+            return respond(api, 0, correlation_id, &body);
+        }
+        return Err(Close::Protocol(format!(
+            "{api:?} version {version} is outside the versions this box serves ({min}–{max})"
+        )));
+    }
+    let mut buf = frame_bytes;
+    let header = RequestHeader::decode(&mut buf, api.request_header_version(version))
+        .map_err(|e| protocol("a request header that does not decode", e))?;
+    if let Some(id) = &header.client_id {
+        if client.as_str() == "?" {
+            *client = id.to_string();
+        }
+    }
+    macro_rules! decode {
+        ($t:ty) => {
+            <$t>::decode(&mut buf, version)
+                .map_err(|e| protocol(concat!("a ", stringify!($t), " that does not decode"), e))?
+        };
+    }
+    match api {
+        ApiKey::ApiVersions => {
+            let request = decode!(ApiVersionsRequest);
+            let software = format!(
+                "{}/{}",
+                request.client_software_name.as_str(),
+                request.client_software_version.as_str()
+            );
+            if !request.client_software_name.is_empty() {
+                let mut clients = crate::kernel::lock(&shared.clients);
+                if clients.len() < 64 && clients.insert(software) {
+                    let list: Vec<String> = clients.iter().cloned().collect();
+                    shared
+                        .ctx
+                        .sources
+                        .update(super::STATUS_NAME, |s| s.set_info("clients", list));
+                }
+            }
+            respond(api, version, correlation_id, &api_versions(code::NONE))
+        }
+        ApiKey::Metadata => {
+            let request = decode!(MetadataRequest);
+            let body = metadata(shared, request, version).await;
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::Produce => {
+            let request = decode!(ProduceRequest);
+            let acks = request.acks;
+            let body = produce(shared, request, version).await;
+            if acks == 0 {
+                return Ok(None);
+            }
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::Fetch => {
+            let request = decode!(FetchRequest);
+            let body = fetch(shared, request, version).await;
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::ListOffsets => {
+            let request = decode!(ListOffsetsRequest);
+            let body = list_offsets(shared, request, version).await;
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::FindCoordinator => {
+            let request = decode!(FindCoordinatorRequest);
+            let body = find_coordinator(shared, request, version);
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::OffsetCommit => {
+            let request = decode!(OffsetCommitRequest);
+            let body = offset_commit(shared, request).await;
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::OffsetFetch => {
+            let request = decode!(OffsetFetchRequest);
+            let body = offset_fetch(shared, request).await;
+            respond(api, version, correlation_id, &body)
+        }
+        other => Err(Close::Protocol(format!("{other:?} is not served"))),
+    }
+}
+
+fn api_versions(error_code: i16) -> ApiVersionsResponse {
+    let mut body = ApiVersionsResponse::default();
+    body.error_code = error_code;
+    body.api_keys = SUPPORTED
+        .iter()
+        .map(|(k, min, max)| {
+            let mut v = ApiVersion::default();
+            v.api_key = *k as i16;
+            v.min_version = *min;
+            v.max_version = *max;
+            v
+        })
+        .collect();
+    body
+}
+
+/// Runs `f` on the blocking pool (log and state calls block).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+/// The topic, created when `create` and the log allows; the error code otherwise.
+async fn topic(shared: &Shared, name: &str, create: bool) -> Result<Topic, i16> {
+    let log = shared.ctx.log.clone();
+    let name = name.to_string();
+    let found = blocking(move || {
+        if create {
+            log.topic_or_create(&name)
+        } else {
+            log.topic(&name)
+        }
+    })
+    .await
+    .ok_or(code::UNKNOWN_SERVER_ERROR)?;
+    found.map_err(|e| match e {
+        LogError::InvalidTopicName { .. } => code::INVALID_TOPIC_EXCEPTION,
+        LogError::StorageFull(_) => code::KAFKA_STORAGE_ERROR,
+        _ => code::UNKNOWN_TOPIC_OR_PARTITION,
+    })
+}
+
+/// A field set away from its default must exist at the version the answer is encoded in.
+fn partition(index: i32, error_code: i16, version: i16) -> MetadataResponsePartition {
+    let mut p = MetadataResponsePartition::default();
+    p.partition_index = index;
+    p.error_code = error_code;
+    p.leader_id = NODE;
+    if version >= 7 {
+        p.leader_epoch = 0;
+    }
+    p.replica_nodes = vec![NODE];
+    p.isr_nodes = vec![NODE];
+    p
+}
+
+async fn metadata(shared: &Shared, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let mut body = MetadataResponse::default();
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = NODE;
+    broker.host = str_bytes(shared.advertised.0.clone());
+    broker.port = shared.advertised.1;
+    body.brokers = vec![broker];
+    if version >= 2 {
+        body.cluster_id = Some(str_bytes(CLUSTER_ID));
+    }
+    if version >= 1 {
+        body.controller_id = NODE;
+    }
+    // Version 0 has no way to say "all topics" but an empty list; from 1 on that is null.
+    let names: Vec<String> = match &request.topics {
+        Some(topics) if !(version == 0 && topics.is_empty()) => topics
+            .iter()
+            .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+            .collect(),
+        _ => {
+            let mut all: Vec<String> = shared
+                .ctx
+                .log
+                .topics()
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect();
+            all.sort();
+            all
+        }
+    };
+    let create = request.allow_auto_topic_creation || version < 4;
+    for name in names {
+        let mut t = MetadataResponseTopic::default();
+        t.name = Some(TopicName(str_bytes(name.clone())));
+        match topic(shared, &name, create).await {
+            Ok(_) => {
+                t.error_code = code::NONE;
+                t.is_internal = version >= 1 && name.starts_with("outpost.");
+                t.partitions = vec![partition(0, code::NONE, version)];
+            }
+            Err(error) => t.error_code = error,
+        }
+        body.topics.push(t);
+    }
+    body
+}
+
+async fn produce(shared: &Shared, request: ProduceRequest, version: i16) -> ProduceResponse {
+    let mut body = ProduceResponse::default();
+    let transactional = request.transactional_id.is_some();
+    for data in request.topic_data {
+        let name = data.name.0.to_string();
+        let mut topic_response = TopicProduceResponse::default();
+        topic_response.name = data.name.clone();
+        for p in data.partition_data {
+            let mut out = PartitionProduceResponse::default();
+            out.index = p.index;
+            out.base_offset = -1;
+            let result = if p.index != 0 {
+                Err((
+                    code::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("topic {name:?} has one partition, 0"),
+                ))
+            } else if transactional {
+                Err((
+                    code::INVALID_RECORD,
+                    "transactions are not supported by this box".to_string(),
+                ))
+            } else {
+                produce_partition(shared, &name, p.records.unwrap_or_default()).await
+            };
+            match result {
+                Ok((base, start)) => {
+                    out.error_code = code::NONE;
+                    out.base_offset = base as i64;
+                    if version >= 5 {
+                        out.log_start_offset = start as i64;
+                    }
+                }
+                Err((error, message)) => {
+                    tracing::debug!(topic = %name, error, message = %message, "A Kafka produce was refused.");
+                    out.error_code = error;
+                    if version >= 8 {
+                        out.error_message = Some(str_bytes(message));
+                    }
+                }
+            }
+            topic_response.partition_responses.push(out);
+        }
+        body.responses.push(topic_response);
+    }
+    body
+}
+
+/// Appends one partition's batches; (base offset, log start) or (error code, message).
+async fn produce_partition(
+    shared: &Shared,
+    name: &str,
+    batches: Bytes,
+) -> Result<(u64, u64), (i16, String)> {
+    let Incoming { records } = decode_batches(batches, shared.ctx.log.max_record_bytes())?;
+    if let Some(contract) = shared.contracts.for_topic(name) {
+        for (i, r) in records.iter().enumerate() {
+            contract
+                .check(&r.value)
+                .map_err(|e| (code::INVALID_RECORD, format!("record {i}: {e}")))?;
+        }
+    }
+    let topic = topic(shared, name, true)
+        .await
+        .map_err(|error| (error, format!("topic {name:?} cannot be written")))?;
+    let count = records.len() as u64;
+    if count == 0 {
+        return Ok((topic.next_offset(), topic.start_offset()));
+    }
+    let ack = topic.append_async(records).await.map_err(|e| {
+        let error = match e {
+            LogError::StorageFull(_) => code::KAFKA_STORAGE_ERROR,
+            LogError::RecordTooLarge { .. } => code::MESSAGE_TOO_LARGE,
+            _ => code::UNKNOWN_SERVER_ERROR,
+        };
+        (error, e.to_string())
+    })?;
+    shared.counters.produced.add(count);
+    Ok((ack.first_offset, topic.start_offset()))
+}
+
+/// One partition's part of a fetch: the error code, the records' bytes, their count, the
+/// topic's ends.
+struct PartitionRead {
+    error_code: i16,
+    records: Bytes,
+    count: u64,
+    high_watermark: i64,
+    log_start: i64,
+}
+
+async fn read_partition(
+    shared: &Shared,
+    name: &str,
+    partition_index: i32,
+    offset: i64,
+    max_bytes: usize,
+) -> PartitionRead {
+    let mut out = PartitionRead {
+        error_code: code::NONE,
+        records: Bytes::new(),
+        count: 0,
+        high_watermark: -1,
+        log_start: -1,
+    };
+    if partition_index != 0 {
+        out.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+        return out;
+    }
+    let topic = match topic(shared, name, false).await {
+        Ok(t) => t,
+        Err(e) => {
+            out.error_code = e;
+            return out;
+        }
+    };
+    let (start, next) = (topic.start_offset(), topic.next_offset());
+    out.high_watermark = next as i64;
+    out.log_start = start as i64;
+    if offset < start as i64 || offset > next as i64 {
+        out.error_code = code::OFFSET_OUT_OF_RANGE;
+        return out;
+    }
+    let mut from = offset as u64;
+    let read_topic = topic.clone();
+    let read = blocking(move || loop {
+        match read_topic.read(from, usize::MAX, max_bytes) {
+            // Kafka offsets may jump (as in compacted topics): a range the log lost is
+            // skipped here and the batch's base offset shows the jump.
+            Err(LogError::Gap { next_offset, .. }) if next_offset > from => from = next_offset,
+            other => return other,
+        }
+    })
+    .await;
+    match read {
+        Some(Ok(fetched)) => {
+            out.count = fetched.records.len() as u64;
+            match encode_records(&fetched.records) {
+                Ok(bytes) => out.records = bytes,
+                Err(e) => {
+                    tracing::warn!(topic = %name, error = %e, "Could not encode records for a Kafka fetch.");
+                    out.error_code = code::UNKNOWN_SERVER_ERROR;
+                }
+            }
+        }
+        Some(Err(e)) => {
+            tracing::warn!(topic = %name, error = %e, "A Kafka fetch could not read the log.");
+            out.error_code = code::UNKNOWN_SERVER_ERROR;
+        }
+        None => out.error_code = code::UNKNOWN_SERVER_ERROR,
+    }
+    out
+}
+
+async fn fetch(shared: &Shared, request: FetchRequest, version: i16) -> FetchResponse {
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0).min(300_000));
+    let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+    let mut max_total = usize::try_from(request.max_bytes).unwrap_or(0).max(1);
+    loop {
+        let mut body = FetchResponse::default();
+        let mut total = 0usize;
+        let mut waits: Vec<(Topic, u64)> = Vec::new();
+        for t in &request.topics {
+            let name = t.topic.0.to_string();
+            let mut topic_out = FetchableTopicResponse::default();
+            topic_out.topic = t.topic.clone();
+            topic_out.topic_id = t.topic_id;
+            for p in &t.partitions {
+                let budget = usize::try_from(p.partition_max_bytes)
+                    .unwrap_or(0)
+                    .min(max_total.saturating_sub(total))
+                    .max(1);
+                let read = read_partition(shared, &name, p.partition, p.fetch_offset, budget).await;
+                total += read.records.len();
+                if read.count == 0 && read.error_code == code::NONE {
+                    if let Ok(topic) = shared.ctx.log.topic(&name) {
+                        waits.push((topic, p.fetch_offset.max(0) as u64));
+                    }
+                }
+                shared.counters.fetched.add(read.count);
+                let mut data = PartitionData::default();
+                data.partition_index = p.partition;
+                data.error_code = read.error_code;
+                data.high_watermark = read.high_watermark;
+                data.last_stable_offset = read.high_watermark;
+                if version >= 5 {
+                    data.log_start_offset = read.log_start;
+                }
+                data.aborted_transactions = Some(Vec::new());
+                data.records = Some(read.records);
+                topic_out.partitions.push(data);
+            }
+            body.responses.push(topic_out);
+        }
+        let now = tokio::time::Instant::now();
+        if total >= min_bytes.max(1) || now >= deadline || waits.is_empty() {
+            return body;
+        }
+        // Wait until one of the empty partitions has a record, or the deadline.
+        let remaining = deadline - now;
+        let mut set = tokio::task::JoinSet::new();
+        for (topic, offset) in waits {
+            set.spawn(async move { topic.wait_for(offset, remaining).await });
+        }
+        tokio::select! {
+            biased;
+            _ = shared.ctx.shutdown.requested() => return body,
+            _ = set.join_next() => {}
+        }
+        set.abort_all();
+        max_total = max_total.max(1);
+    }
+}
+
+/// The first stored offset whose timestamp is at or after `ts`, with its timestamp; or the
+/// offset and timestamp of the record with the largest timestamp when `ts` is -3.
+fn offset_for_time(topic: &Topic, ts: i64) -> Result<Option<(u64, i64)>, LogError> {
+    let mut offset = topic.start_offset();
+    let end = topic.next_offset();
+    let mut best: Option<(u64, i64)> = None;
+    while offset < end {
+        let fetched = match topic.read(offset, 1000, 4 << 20) {
+            Err(LogError::Gap { next_offset, .. }) if next_offset > offset => {
+                offset = next_offset;
+                continue;
+            }
+            other => other?,
+        };
+        if fetched.records.is_empty() {
+            break;
+        }
+        for r in &fetched.records {
+            let t = r.timestamp_ms as i64;
+            if ts == -3 {
+                if best.is_none_or(|(_, b)| t >= b) {
+                    best = Some((r.offset, t));
+                }
+            } else if t >= ts {
+                return Ok(Some((r.offset, t)));
+            }
+        }
+        offset = fetched.next_offset;
+    }
+    Ok(best)
+}
+
+async fn list_offsets(
+    shared: &Shared,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    let mut body = ListOffsetsResponse::default();
+    for t in request.topics {
+        let name = t.name.0.to_string();
+        let mut topic_out = ListOffsetsTopicResponse::default();
+        topic_out.name = t.name.clone();
+        for p in t.partitions {
+            let mut out = ListOffsetsPartitionResponse::default();
+            out.partition_index = p.partition_index;
+            out.timestamp = -1;
+            out.offset = -1;
+            if version >= 4 {
+                out.leader_epoch = 0;
+            }
+            if p.partition_index != 0 {
+                out.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+                topic_out.partitions.push(out);
+                continue;
+            }
+            match topic(shared, &name, false).await {
+                Err(e) => out.error_code = e,
+                Ok(topic) => match p.timestamp {
+                    -2 => out.offset = topic.start_offset() as i64,
+                    -1 => out.offset = topic.next_offset() as i64,
+                    ts if ts >= 0 || ts == -3 => {
+                        let found = blocking(move || offset_for_time(&topic, ts)).await;
+                        match found {
+                            Some(Ok(Some((offset, t)))) => {
+                                out.offset = offset as i64;
+                                out.timestamp = t;
+                            }
+                            Some(Ok(None)) => {}
+                            _ => out.error_code = code::UNKNOWN_SERVER_ERROR,
+                        }
+                    }
+                    _ => out.error_code = code::INVALID_REQUEST,
+                },
+            }
+            topic_out.partitions.push(out);
+        }
+        body.topics.push(topic_out);
+    }
+    body
+}
+
+fn find_coordinator(
+    shared: &Shared,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let mut body = FindCoordinatorResponse::default();
+    let (host, port) = (str_bytes(shared.advertised.0.clone()), shared.advertised.1);
+    if version >= 4 {
+        body.coordinators = request
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                let mut c = Coordinator::default();
+                c.key = key;
+                c.node_id = NODE;
+                c.host = host.clone();
+                c.port = port;
+                c
+            })
+            .collect();
+    } else {
+        body.node_id = NODE;
+        body.host = host;
+        body.port = port;
+    }
+    body
+}
+
+/// The state store's consumer name of a Kafka consumer group.
+fn group_consumer(group: &str) -> String {
+    format!("kafka-group:{group}")
+}
+
+async fn offset_commit(shared: &Shared, request: OffsetCommitRequest) -> OffsetCommitResponse {
+    let consumer = group_consumer(request.group_id.0.as_str());
+    let mut offsets = Vec::new();
+    let mut body = OffsetCommitResponse::default();
+    for t in &request.topics {
+        let mut topic_out = OffsetCommitResponseTopic::default();
+        topic_out.name = t.name.clone();
+        for p in &t.partitions {
+            let mut out = OffsetCommitResponsePartition::default();
+            out.partition_index = p.partition_index;
+            if p.partition_index != 0 || p.committed_offset < 0 {
+                out.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
+            } else {
+                offsets.push((t.name.0.to_string(), p.committed_offset as u64));
+            }
+            topic_out.partitions.push(out);
+        }
+        body.topics.push(topic_out);
+    }
+    let state = shared.ctx.state.clone();
+    let commit = crate::state::Commit {
+        consumer,
+        offsets,
+        namespace: String::new(),
+        ops: Vec::new(),
+    };
+    let stored = blocking(move || state.commit(&commit).and_then(|()| state.sync())).await;
+    if !matches!(stored, Some(Ok(()))) {
+        tracing::warn!(group = %request.group_id.0.as_str(), outcome = ?stored, "A Kafka group's offsets could not be stored.");
+        for t in &mut body.topics {
+            for p in &mut t.partitions {
+                if p.error_code == code::NONE {
+                    p.error_code = code::UNKNOWN_SERVER_ERROR;
+                }
+            }
+        }
+    }
+    body
+}
+
+async fn offset_fetch(shared: &Shared, request: OffsetFetchRequest) -> OffsetFetchResponse {
+    let consumer = group_consumer(request.group_id.0.as_str());
+    let state = shared.ctx.state.clone();
+    let stored = blocking(move || state.offsets(&consumer))
+        .await
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let mut body = OffsetFetchResponse::default();
+    let wanted: Vec<(TopicName, Vec<i32>)> = match request.topics {
+        Some(topics) => topics
+            .into_iter()
+            .map(|t| (t.name, t.partition_indexes))
+            .collect(),
+        None => stored
+            .iter()
+            .map(|(name, _)| (TopicName(str_bytes(name.clone())), vec![0]))
+            .collect(),
+    };
+    for (name, partitions) in wanted {
+        let mut topic_out = OffsetFetchResponseTopic::default();
+        let offset = stored
+            .iter()
+            .find(|(t, _)| t.as_str() == name.0.as_str())
+            .map(|(_, o)| *o);
+        topic_out.name = name;
+        for index in partitions {
+            let mut out = OffsetFetchResponsePartition::default();
+            out.partition_index = index;
+            out.metadata = Some(str_bytes(""));
+            out.committed_offset = match offset {
+                Some(o) if index == 0 => o as i64,
+                _ => -1,
+            };
+            topic_out.partitions.push(out);
+        }
+        body.topics.push(topic_out);
+    }
+    body
+}

@@ -1,0 +1,123 @@
+//! Kafka record batches ⇄ log records.
+//!
+//! In: every batch of a produce request (record batch v2, any codec the `kafka-protocol` crate
+//! decodes: none, gzip, snappy, lz4, zstd; the batch CRC is checked) becomes log records: key,
+//! value (a null value is stored as empty bytes), headers (a null header value as empty bytes),
+//! and the client's timestamp (CreateTime; none when the client sent -1).
+//! Out: stored records become one uncompressed v2 batch carrying the log's offsets and
+//! timestamps (CreateTime), whatever offset the fetch starts at.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record as KafkaRecord, RecordBatchDecoder, RecordBatchEncoder,
+    RecordEncodeOptions, TimestampType,
+};
+
+use super::handlers::code;
+use crate::log::{NewRecord, Record};
+
+/// The records of one partition of a produce request.
+pub(super) struct Incoming {
+    pub records: Vec<NewRecord>,
+}
+
+/// Decodes every batch in `bytes`; checks each record against `max_record_bytes`.
+pub(super) fn decode_batches(
+    mut bytes: Bytes,
+    max_record_bytes: usize,
+) -> Result<Incoming, (i16, String)> {
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| {
+        (
+            code::CORRUPT_MESSAGE,
+            format!("a record batch does not decode: {e}"),
+        )
+    })?;
+    let mut records = Vec::new();
+    for set in sets {
+        if set.version != 2 {
+            return Err((
+                code::CORRUPT_MESSAGE,
+                format!("record batch version {} (only v2 is accepted)", set.version),
+            ));
+        }
+        for r in set.records {
+            if r.transactional || r.control {
+                return Err((
+                    code::INVALID_RECORD,
+                    "transactional batches are not supported by this box".into(),
+                ));
+            }
+            let record = NewRecord {
+                key: r.key.map(|k| k.to_vec()),
+                value: r.value.map(|v| v.to_vec()).unwrap_or_default(),
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| {
+                        (
+                            name.to_string(),
+                            value.map(|v| v.to_vec()).unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+                timestamp_ms: u64::try_from(r.timestamp).ok(),
+            };
+            let size = record.payload_size();
+            if size > max_record_bytes {
+                return Err((
+                    code::MESSAGE_TOO_LARGE,
+                    format!(
+                        "a record of {size} bytes is larger than the box's `log.max_record_bytes` ({max_record_bytes})"
+                    ),
+                ));
+            }
+            records.push(record);
+        }
+    }
+    Ok(Incoming { records })
+}
+
+/// Encodes stored records as one uncompressed record batch v2 with their log offsets.
+pub(super) fn encode_records(records: &[Record]) -> Result<Bytes, String> {
+    if records.is_empty() {
+        return Ok(Bytes::new());
+    }
+    let kafka: Vec<KafkaRecord> = records
+        .iter()
+        .map(|r| KafkaRecord {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: r.offset as i64,
+            sequence: -1,
+            timestamp: r.timestamp_ms as i64,
+            key: r.key.as_ref().map(|k| Bytes::copy_from_slice(k)),
+            value: Some(Bytes::copy_from_slice(&r.value)),
+            headers: r
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        kafka_protocol::protocol::StrBytes::from_string(n.clone()),
+                        Some(Bytes::copy_from_slice(v)),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut out,
+        kafka.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(out.freeze())
+}
