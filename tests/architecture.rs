@@ -40,6 +40,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["kernel", "log", "state", "metrics", "mqtt_client"],
     ),
     ("plugins", &["kernel", "log", "state", "metrics"]),
+    // The Kafka listener: a component on the log and the state store (group offsets); produce
+    // is an ingest path, so it checks the store-event contracts.
+    ("kafka", &["kernel", "log", "state", "metrics", "contracts"]),
     ("forward", &["kernel", "log", "state", "metrics"]),
     // The mirror consumes from the cloud cluster the forwarder is configured for.
     (
@@ -90,6 +93,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "mirror",
             "simulate",
             "contracts",
+            "kafka",
         ],
     ),
     // Benchmarks start boxes and drive components directly; never the CLI or the API.

@@ -18,6 +18,7 @@ mod cli;
 mod exact_numbers;
 mod forward_kafka;
 mod ingest_contracts;
+mod kafka_listener;
 mod log_corruption;
 mod log_crash;
 mod log_disk_full;

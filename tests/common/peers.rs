@@ -356,6 +356,8 @@ pub struct Outpost {
     pub config: Option<PathBuf>,
     pub http_port: u16,
     pub mqtt_port: u16,
+    /// The Kafka listener's port (a free one, kept across restarts).
+    pub kafka_port: u16,
     child: Option<Child>,
     stderr: Arc<Mutex<Vec<String>>>,
     starts: u32,
@@ -398,6 +400,7 @@ impl Outpost {
             config: config.map(Path::to_path_buf),
             http_port,
             mqtt_port,
+            kafka_port: super::python::free_port(),
             child: None,
             stderr: Arc::new(Mutex::new(Vec::new())),
             starts: 0,
@@ -430,7 +433,10 @@ impl Outpost {
                 format!("127.0.0.1:{}", self.mqtt_port),
             )
             // Not the default 9092, which another box on the machine may hold.
-            .env("OUTPOST_KAFKA_LISTEN", "127.0.0.1:0")
+            .env(
+                "OUTPOST_KAFKA_LISTEN",
+                format!("127.0.0.1:{}", self.kafka_port),
+            )
             .env("OUTPOST_EDGE_ID", "edge-mqtt-test")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -512,6 +518,11 @@ impl Outpost {
     /// Everything the process (all its runs) wrote to stderr.
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// The Kafka bootstrap address of this box.
+    pub fn kafka_brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.kafka_port)
     }
 
     /// Runs the client command `outpost <args>` against this box; its stdout (panics when it

@@ -12,6 +12,7 @@
 //! | OffsetCommit | 2–8 | stores a group's offset in the state store (consumer `kafka-group:<group>`) and syncs it |
 //! | OffsetFetch | 1–7 | a group's stored offsets (-1 when none) |
 //! | FindCoordinator | 0–4 | node 0 coordinates every group |
+//! | JoinGroup, SyncGroup, Heartbeat, LeaveGroup | 2–9, 0–5, 0–4, 0–5 | the classic consumer-group protocol, coordinated in memory (`groups.rs`) |
 //! | ApiVersions | 0–3 | these ranges; records the client's software name and version |
 //!
 //! Errors are the protocol's codes per partition (`UNKNOWN_TOPIC_OR_PARTITION` for a partition
@@ -40,10 +41,11 @@ use kafka_protocol::messages::offset_fetch_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    TopicName,
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -52,7 +54,7 @@ use super::{frame, peek_header, Close, Shared};
 use crate::log::{LogError, Topic};
 
 /// The APIs served and their version ranges (what `ApiVersions` advertises).
-pub(super) const SUPPORTED: [(ApiKey, i16, i16); 8] = [
+pub(super) const SUPPORTED: [(ApiKey, i16, i16); 12] = [
     (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
@@ -60,6 +62,10 @@ pub(super) const SUPPORTED: [(ApiKey, i16, i16); 8] = [
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 2, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
 ];
 
@@ -75,6 +81,11 @@ pub(super) mod code {
     pub(crate) const INVALID_REQUEST: i16 = 42;
     pub(crate) const KAFKA_STORAGE_ERROR: i16 = 56;
     pub(crate) const INVALID_RECORD: i16 = 87;
+    pub(crate) const ILLEGAL_GENERATION: i16 = 22;
+    pub(crate) const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub(crate) const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub(crate) const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub(crate) const MEMBER_ID_REQUIRED: i16 = 79;
     pub(crate) const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
 
@@ -211,6 +222,31 @@ pub(super) async fn answer(
         ApiKey::OffsetFetch => {
             let request = decode!(OffsetFetchRequest);
             let body = offset_fetch(shared, request).await;
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::JoinGroup => {
+            let request = decode!(JoinGroupRequest);
+            let body = join_group(shared, request, version, client).await;
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::SyncGroup => {
+            let request = decode!(SyncGroupRequest);
+            let body = sync_group(shared, request, version).await;
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::Heartbeat => {
+            let request = decode!(HeartbeatRequest);
+            let mut body = HeartbeatResponse::default();
+            body.error_code = shared.groups.heartbeat(
+                request.group_id.0.as_str(),
+                request.member_id.as_str(),
+                request.generation_id,
+            );
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::LeaveGroup => {
+            let request = decode!(LeaveGroupRequest);
+            let body = leave_group(shared, request, version);
             respond(api, version, correlation_id, &body)
         }
         other => Err(Close::Protocol(format!("{other:?} is not served"))),
@@ -725,5 +761,137 @@ async fn offset_fetch(shared: &Shared, request: OffsetFetchRequest) -> OffsetFet
         }
         body.topics.push(topic_out);
     }
+    body
+}
+
+/// Shows the groups in the listener's status (`outpost status`, `/topics`).
+fn publish_groups(shared: &Shared) {
+    let groups: Vec<String> = shared
+        .groups
+        .describe()
+        .into_iter()
+        .map(|(name, state, members, generation)| {
+            format!("{name}: {state}, {members} members, generation {generation}")
+        })
+        .collect();
+    shared
+        .ctx
+        .sources
+        .update(super::STATUS_NAME, |s| s.set_info("groups", groups));
+}
+
+async fn join_group(
+    shared: &Shared,
+    request: JoinGroupRequest,
+    version: i16,
+    client: &str,
+) -> JoinGroupResponse {
+    let ms = |v: i32| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+    let join = super::groups::Join {
+        group: request.group_id.0.to_string(),
+        member_id: request.member_id.to_string(),
+        client_id: client.to_string(),
+        group_instance_id: request.group_instance_id.map(|i| i.to_string()),
+        protocol_type: request.protocol_type.to_string(),
+        protocols: request
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), p.metadata))
+            .collect(),
+        session_timeout: ms(request.session_timeout_ms),
+        // Before v1 there was no rebalance timeout: the session timeout served.
+        rebalance_timeout: ms(if request.rebalance_timeout_ms > 0 {
+            request.rebalance_timeout_ms
+        } else {
+            request.session_timeout_ms
+        }),
+        id_required: version >= 4,
+    };
+    let joined = shared.groups.join(join).await;
+    publish_groups(shared);
+    let mut body = JoinGroupResponse::default();
+    body.error_code = joined.error_code;
+    body.generation_id = joined.generation;
+    body.member_id = str_bytes(joined.member_id);
+    body.leader = str_bytes(joined.leader);
+    if version >= 7 {
+        body.protocol_type = joined.protocol_type.map(str_bytes);
+        body.protocol_name = joined.protocol.map(str_bytes);
+    } else {
+        body.protocol_name = Some(str_bytes(joined.protocol.unwrap_or_default()));
+    }
+    body.members = joined
+        .members
+        .into_iter()
+        .map(|(id, instance, metadata)| {
+            let mut m =
+                kafka_protocol::messages::join_group_response::JoinGroupResponseMember::default();
+            m.member_id = str_bytes(id);
+            if version >= 5 {
+                m.group_instance_id = instance.map(str_bytes);
+            }
+            m.metadata = metadata;
+            m
+        })
+        .collect();
+    body
+}
+
+async fn sync_group(shared: &Shared, request: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+    let assignments = request
+        .assignments
+        .into_iter()
+        .map(|a| (a.member_id.to_string(), a.assignment))
+        .collect();
+    let (error_code, assignment, protocol_type, protocol) = shared
+        .groups
+        .sync(
+            request.group_id.0.as_str(),
+            request.member_id.as_str(),
+            request.generation_id,
+            assignments,
+        )
+        .await;
+    publish_groups(shared);
+    let mut body = SyncGroupResponse::default();
+    body.error_code = error_code;
+    body.assignment = assignment;
+    if version >= 5 {
+        body.protocol_type = protocol_type.map(str_bytes);
+        body.protocol_name = protocol.map(str_bytes);
+    }
+    body
+}
+
+fn leave_group(shared: &Shared, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    let group = request.group_id.0.to_string();
+    let mut body = LeaveGroupResponse::default();
+    if version >= 3 {
+        let ids: Vec<String> = request
+            .members
+            .iter()
+            .map(|m| m.member_id.to_string())
+            .collect();
+        let codes = shared.groups.leave(&group, &ids);
+        body.members = request
+            .members
+            .into_iter()
+            .zip(codes)
+            .map(|(m, error_code)| {
+                let mut out =
+                    kafka_protocol::messages::leave_group_response::MemberResponse::default();
+                out.member_id = m.member_id;
+                out.group_instance_id = m.group_instance_id;
+                out.error_code = error_code;
+                out
+            })
+            .collect();
+    } else {
+        let codes = shared
+            .groups
+            .leave(&group, &[request.member_id.to_string()]);
+        body.error_code = codes.first().copied().unwrap_or(code::NONE);
+    }
+    publish_groups(shared);
     body
 }

@@ -24,10 +24,11 @@
 //! (acks 0, 1 and all; record batches v2 with gzip, snappy, lz4 or zstd; `max.message.bytes`
 //! is `log.max_record_bytes`; the store-event contracts apply as on HTTP and MQTT), Fetch (long
 //! poll on the log's own wait), ListOffsets (earliest, latest, by timestamp), FindCoordinator,
-//! OffsetCommit and OffsetFetch (group offsets in the state store, for consumers that assign
-//! their partitions). Not yet: consumer group membership (JoinGroup…), idempotent producers
+//! OffsetCommit and OffsetFetch (group offsets in the state store), and consumer groups
+//! (JoinGroup, SyncGroup, Heartbeat, LeaveGroup; `groups.rs`). Not yet: idempotent producers
 //! (InitProducerId), admin APIs, SASL and TLS — clients are told by `ApiVersions`.
 
+mod groups;
 mod handlers;
 mod records;
 
@@ -181,6 +182,8 @@ struct Shared {
     open: std::sync::atomic::AtomicUsize,
     /// Client software names and versions seen in ApiVersions (`name/version`), for status.
     clients: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The consumer groups this box coordinates.
+    groups: groups::Coordinator,
 }
 
 /// Runs the listener until shutdown: binds `config.listen` unless `bound` is given (retrying
@@ -233,6 +236,7 @@ pub async fn run(
         counters,
         open: Default::default(),
         clients: Default::default(),
+        groups: Default::default(),
     });
     let mut connections = JoinSet::new();
     loop {
@@ -432,4 +436,42 @@ fn frame(correlation_id: i32, header_version: i16, body: &[u8]) -> Bytes {
 fn peek_header(frame: &Bytes) -> (i16, i16, i32) {
     let mut b = frame.clone();
     (b.get_i16(), b.get_i16(), b.get_i32())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_validation_names_the_key() {
+        KafkaConfig::default().validate().unwrap();
+        for (change, key) in [
+            (
+                (|c: &mut KafkaConfig| c.listen = "anywhere".into()) as fn(&mut KafkaConfig),
+                "kafka.listen",
+            ),
+            (
+                |c| c.advertised = Some("no-port".into()),
+                "kafka.advertised",
+            ),
+            (|c| c.max_request_bytes = 10, "kafka.max_request_bytes"),
+            (|c| c.max_connections = 0, "kafka.max_connections"),
+        ] {
+            let mut c = KafkaConfig::default();
+            change(&mut c);
+            assert_eq!(c.validate().unwrap_err().0, key);
+        }
+    }
+
+    #[test]
+    fn clients_are_told_the_advertised_address_or_the_bound_one() {
+        let local: SocketAddr = "0.0.0.0:9092".parse().unwrap();
+        let mut c = KafkaConfig::default();
+        assert_eq!(advertised_address(&c, local), ("127.0.0.1".into(), 9092));
+        c.advertised = Some("outpost.local:19092".into());
+        assert_eq!(
+            advertised_address(&c, local),
+            ("outpost.local".into(), 19092)
+        );
+    }
 }

@@ -121,3 +121,50 @@ pub(super) fn encode_records(records: &[Record]) -> Result<Bytes, String> {
     .map_err(|e| e.to_string())?;
     Ok(out.freeze())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(offset: u64, value: &[u8]) -> Record {
+        Record {
+            offset,
+            timestamp_ms: 1_700_000_000_000 + offset,
+            key: Some(format!("k{offset}").into_bytes()),
+            value: value.to_vec(),
+            headers: vec![("h".into(), b"v".to_vec())],
+        }
+    }
+
+    #[test]
+    fn stored_records_go_out_with_their_log_offsets_and_come_back_as_the_same_records() {
+        let records = vec![stored(41, b"{\"a\":1}"), stored(42, b""), stored(43, b"x")];
+        let bytes = encode_records(&records).unwrap();
+        let mut again = bytes.clone();
+        let sets = RecordBatchDecoder::decode_all(&mut again).unwrap();
+        let offsets: Vec<i64> = sets
+            .iter()
+            .flat_map(|s| s.records.iter().map(|r| r.offset))
+            .collect();
+        assert_eq!(offsets, [41, 42, 43]);
+        let incoming = decode_batches(bytes, 1 << 20).unwrap();
+        for (back, orig) in incoming.records.iter().zip(&records) {
+            assert_eq!(back.key, orig.key);
+            assert_eq!(back.value, orig.value);
+            assert_eq!(back.headers, orig.headers);
+            assert_eq!(back.timestamp_ms, Some(orig.timestamp_ms));
+        }
+    }
+
+    #[test]
+    fn a_record_over_the_size_limit_or_a_broken_batch_is_refused_with_its_code() {
+        let bytes = encode_records(&[stored(0, &[7u8; 100])]).unwrap();
+        let (code, message) = decode_batches(bytes.clone(), 50).err().unwrap();
+        assert_eq!(code, code::MESSAGE_TOO_LARGE, "{message}");
+        let mut broken = bytes.to_vec();
+        let last = broken.len() - 1;
+        broken[last] ^= 0xff;
+        let (code, message) = decode_batches(Bytes::from(broken), 1 << 20).err().unwrap();
+        assert_eq!(code, code::CORRUPT_MESSAGE, "{message}");
+    }
+}

@@ -1,0 +1,579 @@
+//! The box's Kafka listener with real, independent clients against `outpost run`: Debian's
+//! kcat (librdkafka 2.0.x) and confluent-kafka (librdkafka 2.x) produce with every codec and
+//! consume what the log holds, at the log's offsets; a consumer group's committed offset
+//! survives a restart of the box; ListOffsets by timestamp finds the right record; Kafka
+//! records are ordinary log records (fraud-score scores payments produced over Kafka, and its
+//! verdicts are read back with a Kafka consumer); and bad frames close only their own
+//! connection.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::events::payment;
+use crate::common::peers::{http_produce, Outpost};
+use crate::common::python::{self, free_port};
+use crate::common::wait::wait_until;
+
+/// Debian's kcat, or `None` (printed) when it is missing and peers are not required.
+fn kcat(test: &str) -> Option<PathBuf> {
+    let path = PathBuf::from("/usr/bin/kcat");
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("OUTPOST_REQUIRE_PEERS").is_none(),
+        "{test}: kcat is missing; tests/run.sh installs Debian's kcat"
+    );
+    eprintln!("SKIPPED {test}: kcat is not installed");
+    None
+}
+
+fn start(dir: &Path, toml: &str) -> Outpost {
+    let config = dir.join("outpost.toml");
+    std::fs::write(&config, toml).unwrap();
+    Outpost::start(&dir.join("data"), Some(&config), free_port(), free_port())
+}
+
+/// Runs kcat with `args` (and `input` on stdin); its stdout. Panics when it fails.
+fn run_kcat(kcat: &Path, args: &[&str], input: &str) -> String {
+    let mut child = Command::new(kcat)
+        .args(args)
+        // Debian's librdkafka, not a build of the test's own dependencies.
+        .env_remove("LD_LIBRARY_PATH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kcat {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `tests/peers/kafka_client.py` with `args`; its stdout lines. Panics when it fails.
+fn kafka_client(python: &Path, args: &[&str]) -> Vec<String> {
+    let out = Command::new(python)
+        .arg(python::peer_script("kafka_client.py"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l.starts_with("DONE ")),
+        "kafka_client.py {args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(str::to_string).collect()
+}
+
+const NO_PLUGINS: &str = "[plugins]\nenabled = false\n";
+
+#[test]
+fn kcat_lists_produces_with_every_codec_and_consumes_exactly_what_the_log_holds() {
+    let Some(kcat) = kcat("kafka_listener") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let box_ = start(dir.path(), NO_PLUGINS);
+    let brokers = box_.kafka_brokers();
+    let b = brokers.as_str();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let input =
+            format!("{codec}-1:{{\"codec\": \"{codec}\", \"n\": 1}}\n{codec}-2:plain text\n");
+        run_kcat(
+            &kcat,
+            &["-b", b, "-P", "-t", "store.kafka", "-K:", "-z", codec],
+            &input,
+        );
+    }
+    let listing = run_kcat(&kcat, &["-b", b, "-L", "-t", "store.kafka"], "");
+    assert!(
+        listing.contains("topic \"store.kafka\" with 1 partitions"),
+        "{listing}"
+    );
+
+    let consumed = run_kcat(
+        &kcat,
+        &[
+            "-b",
+            b,
+            "-C",
+            "-t",
+            "store.kafka",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%o|%k|%s\n",
+        ],
+        "",
+    );
+    let expected: Vec<String> = ["none", "gzip", "snappy", "lz4", "zstd"]
+        .iter()
+        .flat_map(|c| {
+            [
+                format!("{c}-1|{{\"codec\": \"{c}\", \"n\": 1}}"),
+                format!("{c}-2|plain text"),
+            ]
+        })
+        .enumerate()
+        .map(|(i, kv)| format!("{i}|{kv}"))
+        .collect();
+    assert_eq!(consumed.lines().collect::<Vec<_>>(), expected);
+    // The same records, in the same order, are what the log holds.
+    let stored = box_.records("store.kafka");
+    let keys: Vec<&str> = stored.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    let expected_keys: Vec<&str> = expected
+        .iter()
+        .map(|l| l.split('|').nth(1).unwrap())
+        .collect();
+    assert_eq!(keys, expected_keys);
+    // From the middle of what one produce stored, and from the end backwards.
+    let tail = run_kcat(
+        &kcat,
+        &[
+            "-b",
+            b,
+            "-C",
+            "-t",
+            "store.kafka",
+            "-o",
+            "7",
+            "-e",
+            "-f",
+            "%o %k\n",
+        ],
+        "",
+    );
+    assert_eq!(tail, "7 lz4-2\n8 zstd-1\n9 zstd-2\n");
+    let last = run_kcat(
+        &kcat,
+        &[
+            "-b",
+            b,
+            "-C",
+            "-t",
+            "store.kafka",
+            "-o",
+            "-1",
+            "-e",
+            "-f",
+            "%o\n",
+        ],
+        "",
+    );
+    assert_eq!(last, "9\n");
+}
+
+#[test]
+fn a_groups_committed_offset_survives_a_restart_of_the_box() {
+    let Some(py) = python::python("kafka_listener") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut box_ = start(dir.path(), NO_PLUGINS);
+    let brokers = box_.kafka_brokers();
+    let acked = kafka_client(
+        &py,
+        &[
+            "produce",
+            "--brokers",
+            &brokers,
+            "--topic",
+            "till.events",
+            "--count",
+            "20",
+            "--compression",
+            "lz4",
+            "--acks",
+            "all",
+        ],
+    );
+    let offsets: Vec<&str> = acked
+        .iter()
+        .filter(|l| l.starts_with("ACK "))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(offsets.len(), 20);
+    assert_eq!(offsets[0], "ACK 0 0");
+    assert_eq!(offsets[19], "ACK 19 19");
+
+    let consume = |max: &str, idle: &str| {
+        kafka_client(
+            &py,
+            &[
+                "consume",
+                "--brokers",
+                &brokers,
+                "--topic",
+                "till.events",
+                "--group",
+                "tills",
+                "--max",
+                max,
+                "--idle",
+                idle,
+            ],
+        )
+    };
+    let first = consume("8", "10");
+    assert_eq!(first.last().unwrap(), "DONE 8");
+
+    box_.restart();
+    let rest = consume("100", "3");
+    let records: Vec<Value> = rest
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 12, "{rest:?}");
+    assert_eq!(records[0]["offset"], 8);
+    assert_eq!(records[0]["key"], "k8");
+    assert_eq!(records[0]["value"], "{\"i\": 8}");
+    assert_eq!(records[0]["headers"]["n"], "8");
+    assert_eq!(records[11]["offset"], 19);
+}
+
+/// Starts `kafka_client.py group` as member `name`; its output comes with `wait_with_output`.
+fn group_member(
+    python: &Path,
+    brokers: &str,
+    topics: &str,
+    name: &str,
+    max: u32,
+    idle_s: u32,
+) -> std::process::Child {
+    Command::new(python)
+        .arg(python::peer_script("kafka_client.py"))
+        .args([
+            "group",
+            "--brokers",
+            brokers,
+            "--topics",
+            topics,
+            "--group",
+            "stores",
+        ])
+        .args([
+            "--name",
+            name,
+            "--max",
+            &max.to_string(),
+            "--idle",
+            &idle_s.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The (topic, offset) of every record a member printed; panics unless it finished.
+fn member_records(child: std::process::Child) -> Vec<(String, u64)> {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l.starts_with("DONE ")),
+        "a group member failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("topic").is_some())
+        .map(|v| {
+            (
+                v["topic"].as_str().unwrap().to_string(),
+                v["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_consumer_group_of_three_shares_the_topics_and_takes_over_when_one_leaves() {
+    let Some(py) = python::python("kafka_listener") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let box_ = start(dir.path(), NO_PLUGINS);
+    let brokers = box_.kafka_brokers();
+    let topics = ["shelf.a", "shelf.b", "shelf.c"];
+    let produce = |start: &str| {
+        for t in topics {
+            kafka_client(
+                &py,
+                &[
+                    "produce",
+                    "--brokers",
+                    &brokers,
+                    "--topic",
+                    t,
+                    "--count",
+                    "10",
+                    "--start",
+                    start,
+                ],
+            );
+        }
+    };
+    produce("0");
+    let joined = topics.join(",");
+    // The first member leaves after ten records; the other two stay until the topics are
+    // quiet for 15 s, so they see the second batch produced after it left.
+    let first = group_member(&py, &brokers, &joined, "m1", 10, 60);
+    let others = [
+        group_member(&py, &brokers, &joined, "m2", 1000, 15),
+        group_member(&py, &brokers, &joined, "m3", 1000, 15),
+    ];
+    let mut all = member_records(first);
+    assert_eq!(all.len(), 10, "the first member read ten records: {all:?}");
+    produce("10");
+    for member in others {
+        all.extend(member_records(member));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for record in &all {
+        assert!(seen.insert(record.clone()), "{record:?} was read twice");
+    }
+    let expected: std::collections::BTreeSet<(String, u64)> = topics
+        .iter()
+        .flat_map(|t| (0..20).map(move |o| (t.to_string(), o)))
+        .collect();
+    assert_eq!(seen, expected);
+    let status = box_
+        .status("sources", "kafka")
+        .expect("the listener's status");
+    assert!(
+        status.to_string().contains("stores: "),
+        "the group is in the status: {status}"
+    );
+}
+
+#[test]
+fn list_offsets_by_timestamp_finds_the_first_record_at_or_after_it() {
+    let Some(kcat) = kcat("kafka_listener") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let box_ = start(dir.path(), NO_PLUGINS);
+    let b = box_.kafka_brokers();
+    // Three produces some milliseconds apart: the timestamps of offsets 0, 1, 2 increase.
+    for i in 0..3 {
+        run_kcat(&kcat, &["-b", &b, "-P", "-t", "times"], &format!("r{i}\n"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stored = box_.records("times");
+    let ts: Vec<u64> = stored
+        .iter()
+        .map(|r| r["ts_ms"].as_u64().unwrap())
+        .collect();
+    assert!(ts[0] < ts[1] && ts[1] < ts[2], "{ts:?}");
+    for (at, expect) in [
+        (ts[1], "1 r1\n2 r2\n"),
+        (ts[1] + 1, "2 r2\n"),
+        (ts[0] - 1000, "0 r0\n1 r1\n2 r2\n"),
+    ] {
+        let out = run_kcat(
+            &kcat,
+            &[
+                "-b",
+                &b,
+                "-C",
+                "-t",
+                "times",
+                "-o",
+                &format!("s@{at}"),
+                "-e",
+                "-f",
+                "%o %s\n",
+            ],
+            "",
+        );
+        assert_eq!(out, expect, "from timestamp {at}");
+    }
+}
+
+#[test]
+fn payments_produced_over_kafka_are_scored_and_the_verdicts_consumed_over_kafka() {
+    let Some(kcat) = kcat("kafka_listener") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let box_ = start(dir.path(), "");
+    let b = box_.kafka_brokers();
+    let blocklist = json!({"card_id": "card-stolen", "action": "add", "reason": "reported stolen"});
+    let body = json!({"records": [{"key": "card-stolen", "value": blocklist}]}).to_string();
+    assert!(matches!(
+        http_produce(box_.http_port, "ref.blocklist", &body),
+        Some((200, _))
+    ));
+    let payments: String = (0..5)
+        .map(|i| {
+            format!(
+                "card-stolen|{}\n",
+                payment(&format!("p-kafka-{i}"), "card-stolen")
+            )
+        })
+        .collect();
+    run_kcat(
+        &kcat,
+        &["-b", &b, "-P", "-t", "pos.payments", "-K|"],
+        &payments,
+    );
+
+    let scored = wait_until(
+        Duration::from_secs(60),
+        || {
+            run_kcat(
+                &kcat,
+                &[
+                    "-b",
+                    &b,
+                    "-C",
+                    "-t",
+                    "fraud.scores",
+                    "-o",
+                    "beginning",
+                    "-e",
+                    "-f",
+                    "%k %s\n",
+                ],
+                "",
+            )
+        },
+        |out| out.lines().count() >= 5,
+    )
+    .expect("fraud-score scored the five payments");
+    let last: Value =
+        serde_json::from_str(scored.lines().last().unwrap().split_once(' ').unwrap().1).unwrap();
+    assert_eq!(last["payment_id"], "p-kafka-4", "{scored}");
+    assert!(
+        last["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "blocklisted"),
+        "{scored}"
+    );
+    assert!(
+        scored.lines().all(|l| l.starts_with("card-stolen ")),
+        "{scored}"
+    );
+}
+
+#[test]
+fn a_bad_frame_closes_only_its_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let box_ = start(dir.path(), NO_PLUGINS);
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", box_.kafka_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    };
+    // An ApiVersions v3 request (flexible header: client id, no tags; body: software name and
+    // version as compact strings, no tags).
+    let api_versions = |version: i16| {
+        let mut body = Vec::new();
+        body.extend_from_slice(&18i16.to_be_bytes());
+        body.extend_from_slice(&version.to_be_bytes());
+        body.extend_from_slice(&7i32.to_be_bytes());
+        body.extend_from_slice(&4i16.to_be_bytes());
+        body.extend_from_slice(b"test");
+        if version >= 3 {
+            body.push(0);
+            body.extend_from_slice(&[5, b't', b'e', b's', b't', 2, b'1', 0]);
+        }
+        let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    };
+    let answer = |s: &mut TcpStream| -> Option<Vec<u8>> {
+        let mut size = [0u8; 4];
+        s.read_exact(&mut size).ok()?;
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        s.read_exact(&mut body).ok()?;
+        Some(body)
+    };
+    let closed = |s: &mut TcpStream| {
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            // A read timeout is an open connection; a reset is a closed one.
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+
+    let mut good = connect();
+    for bad in [
+        // A frame of 2 GiB.
+        vec![0x7f, 0xff, 0xff, 0xff],
+        // An unknown API key (9999).
+        [
+            &10i32.to_be_bytes()[..],
+            &9999i16.to_be_bytes(),
+            &0i16.to_be_bytes(),
+            &1i32.to_be_bytes(),
+            &[0xff, 0xff],
+        ]
+        .concat(),
+        // A Metadata request whose header does not decode (a client id longer than the frame).
+        [
+            &10i32.to_be_bytes()[..],
+            &3i16.to_be_bytes(),
+            &1i16.to_be_bytes(),
+            &1i32.to_be_bytes(),
+            &[0x7f, 0xff],
+        ]
+        .concat(),
+    ] {
+        let mut s = connect();
+        s.write_all(&bad).unwrap();
+        assert!(
+            closed(&mut s),
+            "the box answered {bad:02x?} instead of closing"
+        );
+        // The other connection is unaffected.
+        good.write_all(&api_versions(3)).unwrap();
+        let body = answer(&mut good).expect("an ApiVersions answer");
+        assert_eq!(&body[..4], &7i32.to_be_bytes(), "correlation id");
+    }
+    // An ApiVersions version the box does not know: version 0, UNSUPPORTED_VERSION (35), and
+    // the ranges to negotiate down with.
+    let mut s = connect();
+    s.write_all(&api_versions(9)).unwrap();
+    let body = answer(&mut s).expect("an answer to ApiVersions v9");
+    assert_eq!(&body[4..6], &35i16.to_be_bytes(), "{body:02x?}");
+    assert!(body.len() > 12, "the ranges are listed: {body:02x?}");
+
+    let log = wait_until(
+        Duration::from_secs(10),
+        || box_.stderr_text(),
+        |log| log.matches("Closed a Kafka client connection").count() >= 3,
+    )
+    .expect("three closed connections are logged");
+    assert!(
+        log.contains("larger than `kafka.max_request_bytes`"),
+        "{log}"
+    );
+    assert!(log.contains("unknown API key 9999"), "{log}");
+}
