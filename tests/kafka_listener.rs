@@ -577,3 +577,217 @@ fn a_bad_frame_closes_only_its_own_connection() {
     );
     assert!(log.contains("unknown API key 9999"), "{log}");
 }
+
+#[test]
+fn an_idempotent_producer_writes_every_record_once_across_a_kill_9_of_the_box() {
+    let Some(py) = python::python("kafka_listener") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut box_ = start(dir.path(), NO_PLUGINS);
+    const COUNT: usize = 5000;
+    // confluent-kafka with enable.idempotence and acks=all (tests/peers/kafka_produce.py).
+    let producer = Command::new(&py)
+        .arg(python::peer_script("kafka_produce.py"))
+        .args(["--brokers", &box_.kafka_brokers(), "--topic", "idem"])
+        .args(["--count", &COUNT.to_string(), "--rate", "2000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let next = |box_: &Outpost| {
+        box_.get("/topics")["topics"]
+            .as_array()
+            .and_then(|all| all.iter().find(|t| t["name"] == "idem").cloned())
+            .and_then(|t| t["next_offset"].as_u64())
+            .unwrap_or(0)
+    };
+    let midway = wait_until(Duration::from_secs(60), || next(&box_), |n| *n >= 200);
+    assert!(midway.is_ok(), "the producer got going: {midway:?}");
+    box_.kill9();
+    let at_kill = midway.unwrap();
+    assert!(
+        at_kill < COUNT as u64,
+        "the box was killed mid-stream ({at_kill} stored)"
+    );
+    box_.restart();
+    let out = producer.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("DONE {COUNT}")),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = box_.records("idem");
+    let mut keys: Vec<&str> = records.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    let total = keys.len();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), total, "a record was written twice");
+    assert_eq!(total, COUNT, "every acknowledged record is there once");
+    assert!(
+        records[0]["headers"]["kafka-producer"]
+            .as_str()
+            .is_some_and(|h| h.ends_with(".0.0")),
+        "{}",
+        records[0]
+    );
+}
+
+/// A connection that speaks the Kafka protocol request by request (the codec's client half).
+struct RawKafka {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl RawKafka {
+    fn connect(port: u16) -> RawKafka {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        RawKafka {
+            stream,
+            correlation: 0,
+        }
+    }
+
+    /// Sends `request` at `version` and decodes the answer.
+    fn call<Req>(&mut self, request: &Req, version: i16) -> Req::Response
+    where
+        Req: kafka_protocol::protocol::Request + kafka_protocol::protocol::Encodable,
+        Req::Response: kafka_protocol::protocol::Decodable,
+    {
+        use kafka_protocol::messages::{ApiKey, RequestHeader};
+        use kafka_protocol::protocol::{Decodable, Encodable};
+        self.correlation += 1;
+        let api = ApiKey::try_from(Req::KEY).unwrap();
+        let mut header = RequestHeader::default();
+        header.request_api_key = Req::KEY;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation;
+        header.client_id = Some(kafka_protocol::protocol::StrBytes::from_static_str("raw"));
+        let mut body = bytes::BytesMut::new();
+        header
+            .encode(&mut body, api.request_header_version(version))
+            .unwrap();
+        request.encode(&mut body, version).unwrap();
+        self.stream
+            .write_all(&(body.len() as i32).to_be_bytes())
+            .unwrap();
+        self.stream.write_all(&body).unwrap();
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).unwrap();
+        let mut answer = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut answer).unwrap();
+        let mut answer = bytes::Bytes::from(answer);
+        let header = kafka_protocol::messages::ResponseHeader::decode(
+            &mut answer,
+            api.response_header_version(version),
+        )
+        .unwrap();
+        assert_eq!(header.correlation_id, self.correlation);
+        Req::Response::decode(&mut answer, version).unwrap()
+    }
+}
+
+/// A Produce request (v9) of one idempotent batch of `count` records to partition 0.
+fn idempotent_produce(
+    topic: &str,
+    producer_id: i64,
+    first_seq: i32,
+    count: i32,
+) -> kafka_protocol::messages::ProduceRequest {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = (0..count)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: i64::from(i),
+            sequence: first_seq + i,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(bytes::Bytes::from(format!("seq-{}", first_seq + i))),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut batch = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut batch,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    let mut partition = PartitionProduceData::default();
+    partition.index = 0;
+    partition.records = Some(batch.freeze());
+    let mut data = TopicProduceData::default();
+    data.name = kafka_protocol::messages::TopicName(
+        kafka_protocol::protocol::StrBytes::from_string(topic.to_string()),
+    );
+    data.partition_data = vec![partition];
+    let mut request = kafka_protocol::messages::ProduceRequest::default();
+    request.acks = -1;
+    request.timeout_ms = 30_000;
+    request.topic_data = vec![data];
+    request
+}
+
+#[test]
+fn a_retried_idempotent_batch_is_answered_with_its_first_offset_and_stored_once_even_after_a_restart(
+) {
+    use kafka_protocol::messages::InitProducerIdRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let mut box_ = start(dir.path(), NO_PLUGINS);
+    let mut k = RawKafka::connect(box_.kafka_port);
+    let mut init = InitProducerIdRequest::default();
+    init.transactional_id = None;
+    init.transaction_timeout_ms = 60_000;
+    init.producer_id = kafka_protocol::messages::ProducerId(-1);
+    init.producer_epoch = -1;
+    let id = k.call(&init, 4);
+    assert_eq!(id.error_code, 0);
+    let pid = id.producer_id.0;
+    assert!(pid >= 0);
+    let produce = |k: &mut RawKafka, first: i32, count: i32| {
+        let answer = k.call(&idempotent_produce("retries", pid, first, count), 9);
+        let p = &answer.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    assert_eq!(produce(&mut k, 0, 3), (0, 0));
+    assert_eq!(produce(&mut k, 3, 2), (0, 3));
+    // The client did not get the last answer and sends the batch again: the same offset.
+    assert_eq!(produce(&mut k, 3, 2), (0, 3));
+
+    // A kill -9 loses the box's memory of the producer; the log still knows.
+    box_.restart();
+    let mut k = RawKafka::connect(box_.kafka_port);
+    assert_eq!(produce(&mut k, 3, 2), (0, 3), "a retry after the restart");
+    assert_eq!(produce(&mut k, 5, 1), (0, 5));
+    // A gap in the sequence is refused: OUT_OF_ORDER_SEQUENCE_NUMBER (45).
+    assert_eq!(produce(&mut k, 9, 1).0, 45);
+    let values: Vec<String> = box_
+        .records("retries")
+        .iter()
+        .map(|r| {
+            r["value"]
+                .as_str()
+                .map_or_else(|| r["value"].to_string(), str::to_string)
+        })
+        .collect();
+    assert_eq!(values.len(), 6, "{values:?}");
+    // A second producer gets another id, also after the restart.
+    let other = k.call(&init, 4);
+    assert_ne!(other.producer_id.0, pid);
+}

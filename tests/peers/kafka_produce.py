@@ -11,12 +11,14 @@ Options:
     --count N       number of records
     --start S       first index (default 0)
     --value V       a value template instead, `{i}` replaced by the index
+    --rate R        produce at most R records per second (default: as fast as possible)
                     (e.g. '{"card_id": "c{i}", "action": "add", "reason": "stolen"}')
 """
 
 import argparse
 import json
 import sys
+import time
 
 from confluent_kafka import Producer
 
@@ -28,6 +30,7 @@ def main():
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--value")
+    ap.add_argument("--rate", type=float, default=0)
     args = ap.parse_args()
 
     producer = Producer({
@@ -42,7 +45,12 @@ def main():
         if err is not None:
             failed.append(str(err))
 
+    began = time.monotonic()
     for i in range(args.start, args.start + args.count):
+        if args.rate > 0:
+            due = began + (i - args.start) / args.rate
+            while time.monotonic() < due:
+                producer.poll(min(0.05, max(0.0, due - time.monotonic())))
         if args.value is not None:
             value = args.value.replace("{i}", str(i))
         else:

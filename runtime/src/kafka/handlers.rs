@@ -13,6 +13,7 @@
 //! | OffsetFetch | 1–7 | a group's stored offsets (-1 when none) |
 //! | FindCoordinator | 0–4 | node 0 coordinates every group |
 //! | JoinGroup, SyncGroup, Heartbeat, LeaveGroup | 2–9, 0–5, 0–4, 0–5 | the classic consumer-group protocol, coordinated in memory (`groups.rs`) |
+//! | InitProducerId | 0–5 | a producer id for an idempotent producer (`producers.rs`: sequence numbers checked per producer and topic, rebuilt from the log after a restart); transactional ids are refused |
 //! | ApiVersions | 0–3 | these ranges; records the client's software name and version |
 //!
 //! Errors are the protocol's codes per partition (`UNKNOWN_TOPIC_OR_PARTITION` for a partition
@@ -42,19 +43,21 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
     FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
-    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
+    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse,
+    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
+    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, ProducerId,
     RequestHeader, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+use super::producers::{Producers, Verdict};
 use super::records::{decode_batches, encode_records, Incoming};
 use super::{frame, peek_header, Close, Shared};
 use crate::log::{LogError, Topic};
 
 /// The APIs served and their version ranges (what `ApiVersions` advertises).
-pub(super) const SUPPORTED: [(ApiKey, i16, i16); 12] = [
+pub(super) const SUPPORTED: [(ApiKey, i16, i16); 13] = [
     (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
@@ -66,6 +69,7 @@ pub(super) const SUPPORTED: [(ApiKey, i16, i16); 12] = [
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::InitProducerId, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
 ];
 
@@ -86,6 +90,9 @@ pub(super) mod code {
     pub(crate) const UNKNOWN_MEMBER_ID: i16 = 25;
     pub(crate) const REBALANCE_IN_PROGRESS: i16 = 27;
     pub(crate) const MEMBER_ID_REQUIRED: i16 = 79;
+    pub(crate) const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub(crate) const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub(crate) const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     pub(crate) const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
 
@@ -222,6 +229,11 @@ pub(super) async fn answer(
         ApiKey::OffsetFetch => {
             let request = decode!(OffsetFetchRequest);
             let body = offset_fetch(shared, request).await;
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::InitProducerId => {
+            let request = decode!(InitProducerIdRequest);
+            let body = init_producer_id(shared, request).await;
             respond(api, version, correlation_id, &body)
         }
         ApiKey::JoinGroup => {
@@ -403,15 +415,17 @@ async fn produce(shared: &Shared, request: ProduceRequest, version: i16) -> Prod
     body
 }
 
-/// Appends one partition's batches; (base offset, log start) or (error code, message).
+/// Appends one partition's batches; (base offset, log start) or (error code, message). An
+/// idempotent producer's batch is checked first (`producers.rs`): a duplicate is answered with
+/// the offset it was stored at and not appended again.
 async fn produce_partition(
     shared: &Shared,
     name: &str,
-    batches: Bytes,
+    bytes: Bytes,
 ) -> Result<(u64, u64), (i16, String)> {
-    let Incoming { records } = decode_batches(batches, shared.ctx.log.max_record_bytes())?;
+    let Incoming { batches } = decode_batches(bytes, shared.ctx.log.max_record_bytes())?;
     if let Some(contract) = shared.contracts.for_topic(name) {
-        for (i, r) in records.iter().enumerate() {
+        for (i, r) in batches.iter().flat_map(|(_, r)| r).enumerate() {
             contract
                 .check(&r.value)
                 .map_err(|e| (code::INVALID_RECORD, format!("record {i}: {e}")))?;
@@ -420,20 +434,86 @@ async fn produce_partition(
     let topic = topic(shared, name, true)
         .await
         .map_err(|error| (error, format!("topic {name:?} cannot be written")))?;
-    let count = records.len() as u64;
-    if count == 0 {
-        return Ok((topic.next_offset(), topic.start_offset()));
+    let mut base = None;
+    for (producer, mut records) in batches {
+        let count = records.len();
+        if count == 0 {
+            continue;
+        }
+        if let Some(batch) = producer {
+            let checked = {
+                let (topic, shared_producers) =
+                    (topic.clone(), std::sync::Arc::clone(&shared.producers));
+                blocking(move || shared_producers.check(&topic, batch, count)).await
+            };
+            match checked.ok_or((
+                code::UNKNOWN_SERVER_ERROR,
+                "the check did not finish".into(),
+            ))?? {
+                Verdict::Duplicate(offset) => {
+                    base.get_or_insert(offset);
+                    continue;
+                }
+                Verdict::Append => Producers::stamp(batch, &mut records),
+            }
+        }
+        let ack = topic.append_async(records).await.map_err(|e| {
+            let error = match e {
+                LogError::StorageFull(_) => code::KAFKA_STORAGE_ERROR,
+                LogError::RecordTooLarge { .. } => code::MESSAGE_TOO_LARGE,
+                _ => code::UNKNOWN_SERVER_ERROR,
+            };
+            (error, e.to_string())
+        })?;
+        if let Some(batch) = producer {
+            shared
+                .producers
+                .appended(name, batch, count, ack.first_offset);
+        }
+        shared.counters.produced.add(count as u64);
+        base.get_or_insert(ack.first_offset);
     }
-    let ack = topic.append_async(records).await.map_err(|e| {
-        let error = match e {
-            LogError::StorageFull(_) => code::KAFKA_STORAGE_ERROR,
-            LogError::RecordTooLarge { .. } => code::MESSAGE_TOO_LARGE,
-            _ => code::UNKNOWN_SERVER_ERROR,
-        };
-        (error, e.to_string())
-    })?;
-    shared.counters.produced.add(count);
-    Ok((ack.first_offset, topic.start_offset()))
+    Ok((
+        base.unwrap_or_else(|| topic.next_offset()),
+        topic.start_offset(),
+    ))
+}
+
+async fn init_producer_id(
+    shared: &Shared,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let mut body = InitProducerIdResponse::default();
+    if request.transactional_id.is_some() {
+        body.error_code = code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        body.producer_id = ProducerId(-1);
+        body.producer_epoch = -1;
+        tracing::warn!("A Kafka client asked for a transactional producer; transactions are not supported by this box.");
+        return body;
+    }
+    if request.producer_id.0 >= 0 && request.producer_epoch >= 0 {
+        // KIP-360: the same producer again, with its epoch bumped.
+        body.producer_id = request.producer_id;
+        body.producer_epoch = request.producer_epoch.saturating_add(1);
+        return body;
+    }
+    let (producers, state) = (
+        std::sync::Arc::clone(&shared.producers),
+        shared.ctx.state.clone(),
+    );
+    match blocking(move || producers.allocate(&state)).await {
+        Some(Ok(id)) => {
+            body.producer_id = ProducerId(id);
+            body.producer_epoch = 0;
+        }
+        other => {
+            tracing::warn!(outcome = ?other, "Could not hand out a Kafka producer id.");
+            body.error_code = code::UNKNOWN_SERVER_ERROR;
+            body.producer_id = ProducerId(-1);
+            body.producer_epoch = -1;
+        }
+    }
+    body
 }
 
 /// One partition's part of a fetch: the error code, the records' bytes, their count, the

@@ -25,11 +25,13 @@
 //! is `log.max_record_bytes`; the store-event contracts apply as on HTTP and MQTT), Fetch (long
 //! poll on the log's own wait), ListOffsets (earliest, latest, by timestamp), FindCoordinator,
 //! OffsetCommit and OffsetFetch (group offsets in the state store), and consumer groups
-//! (JoinGroup, SyncGroup, Heartbeat, LeaveGroup; `groups.rs`). Not yet: idempotent producers
-//! (InitProducerId), admin APIs, SASL and TLS — clients are told by `ApiVersions`.
+//! (JoinGroup, SyncGroup, Heartbeat, LeaveGroup; `groups.rs`), idempotent producers
+//! (InitProducerId; `producers.rs`). Not yet: transactions, admin APIs, SASL and TLS — clients
+//! are told by `ApiVersions`.
 
 mod groups;
 mod handlers;
+mod producers;
 mod records;
 
 use std::net::SocketAddr;
@@ -184,6 +186,8 @@ struct Shared {
     clients: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// The consumer groups this box coordinates.
     groups: groups::Coordinator,
+    /// Idempotent producers' ids and sequences.
+    producers: Arc<producers::Producers>,
 }
 
 /// Runs the listener until shutdown: binds `config.listen` unless `bound` is given (retrying
@@ -237,6 +241,7 @@ pub async fn run(
         open: Default::default(),
         clients: Default::default(),
         groups: Default::default(),
+        producers: Default::default(),
     });
     let mut connections = JoinSet::new();
     loop {

@@ -14,11 +14,13 @@ use kafka_protocol::records::{
 };
 
 use super::handlers::code;
+use super::producers::Batch;
 use crate::log::{NewRecord, Record};
 
-/// The records of one partition of a produce request.
+/// The records of one partition of a produce request, batch by batch: each with its
+/// idempotent producer's id, epoch and first sequence when it has one.
 pub(super) struct Incoming {
-    pub records: Vec<NewRecord>,
+    pub batches: Vec<(Option<Batch>, Vec<NewRecord>)>,
 }
 
 /// Decodes every batch in `bytes`; checks each record against `max_record_bytes`.
@@ -32,8 +34,16 @@ pub(super) fn decode_batches(
             format!("a record batch does not decode: {e}"),
         )
     })?;
-    let mut records = Vec::new();
+    let mut batches = Vec::new();
     for set in sets {
+        let mut records = Vec::new();
+        let producer = set.records.first().and_then(|r| {
+            (r.producer_id >= 0 && r.sequence >= 0).then_some(Batch {
+                producer_id: r.producer_id,
+                epoch: r.producer_epoch,
+                first_seq: r.sequence,
+            })
+        });
         if set.version != 2 {
             return Err((
                 code::CORRUPT_MESSAGE,
@@ -73,8 +83,9 @@ pub(super) fn decode_batches(
             }
             records.push(record);
         }
+        batches.push((producer, records));
     }
-    Ok(Incoming { records })
+    Ok(Incoming { batches })
 }
 
 /// Encodes stored records as one uncompressed record batch v2 with their log offsets.
@@ -148,7 +159,12 @@ mod tests {
             .collect();
         assert_eq!(offsets, [41, 42, 43]);
         let incoming = decode_batches(bytes, 1 << 20).unwrap();
-        for (back, orig) in incoming.records.iter().zip(&records) {
+        assert!(incoming
+            .batches
+            .iter()
+            .all(|(producer, _)| producer.is_none()));
+        let back: Vec<&NewRecord> = incoming.batches.iter().flat_map(|(_, r)| r).collect();
+        for (back, orig) in back.iter().zip(&records) {
             assert_eq!(back.key, orig.key);
             assert_eq!(back.value, orig.value);
             assert_eq!(back.headers, orig.headers);
