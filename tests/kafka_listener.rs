@@ -791,3 +791,34 @@ fn a_retried_idempotent_batch_is_answered_with_its_first_offset_and_stored_once_
     let other = k.call(&init, 4);
     assert_ne!(other.producer_id.0, pid);
 }
+
+#[test]
+fn kafka_python_a_second_implementation_of_the_protocol_produces_and_consumes_in_a_group() {
+    let Some(py) = python::python("kafka_listener") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let box_ = start(dir.path(), NO_PLUGINS);
+    let out = Command::new(&py)
+        .arg(python::peer_script("kafka_python_client.py"))
+        .args(["--brokers", &box_.kafka_brokers(), "--topic", "pure.python"])
+        .args(["--count", "25", "--group", "kp"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("DONE 25"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (i, r) in read.iter().enumerate() {
+        assert_eq!(r["offset"], i as u64);
+        assert_eq!(r["value"], format!("v{i}"));
+    }
+    assert_eq!(box_.records("pure.python").len(), 25);
+}

@@ -83,7 +83,7 @@ export OUTPOST_REQUIRE_GUESTS=1
 # Created here by the Modbus tests (pymodbus; pyserial for RTU over a pseudo terminal); other
 # peers add their packages to `py_pkgs`. pip only downloads what is missing.
 venv="$OUTPOST_CACHE_DIR/venv"
-py_pkgs=("pymodbus>=3.16,<4" "pyserial>=3.5" "confluent-kafka>=2.6,<3" "paho-mqtt>=2.1,<3" "asyncua>=1.1,<2" "mfusepy>=3.1,<4")
+py_pkgs=("pymodbus>=3.16,<4" "pyserial>=3.5" "confluent-kafka>=2.6,<3" "kafka-python>=2.0.2,<3" "paho-mqtt>=2.1,<3" "asyncua>=1.1,<2" "mfusepy>=3.1,<4")
 if [ ! -x "$venv/bin/python" ]; then
   if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
     log "installing Debian package: python3-venv"
