@@ -822,3 +822,70 @@ fn kafka_python_a_second_implementation_of_the_protocol_produces_and_consumes_in
     }
     assert_eq!(box_.records("pure.python").len(), 25);
 }
+
+#[test]
+fn the_admin_client_creates_topics_reads_their_configs_and_lists_groups() {
+    let Some(py) = python::python("kafka_listener") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let box_ = start(dir.path(), NO_PLUGINS);
+    let brokers = box_.kafka_brokers();
+    // A group with a committed offset, for the listing.
+    kafka_client(
+        &py,
+        &[
+            "produce",
+            "--brokers",
+            &brokers,
+            "--topic",
+            "audit.src",
+            "--count",
+            "2",
+        ],
+    );
+    kafka_client(
+        &py,
+        &[
+            "consume",
+            "--brokers",
+            &brokers,
+            "--topic",
+            "audit.src",
+            "--group",
+            "auditors",
+            "--max",
+            "2",
+        ],
+    );
+    let lines = kafka_client(
+        &py,
+        &["admin", "--brokers", &brokers, "--topic", "made.by.admin"],
+    );
+    let report: Value =
+        serde_json::from_str(lines.iter().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(report["created"], json!(["made.by.admin"]), "{report}");
+    assert_eq!(
+        report["refused"],
+        json!([
+            ["made.by.admin.wide", "INVALID_PARTITIONS"],
+            ["made.by.admin", "TOPIC_ALREADY_EXISTS"]
+        ]),
+        "{report}"
+    );
+    assert_eq!(report["configs"]["cleanup.policy"], "delete", "{report}");
+    assert!(report["configs"]["retention.ms"].is_string(), "{report}");
+    assert_eq!(report["groups"], json!(["auditors"]), "{report}");
+    assert!(
+        report["described"]["auditors"]
+            .as_str()
+            .is_some_and(|s| s.contains("EMPTY")),
+        "{report}"
+    );
+    assert_eq!(report["deleted"], "TOPIC_DELETION_DISABLED", "{report}");
+    assert!(box_.get("/topics")["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "made.by.admin"));
+}

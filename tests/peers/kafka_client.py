@@ -13,6 +13,11 @@
         {"topic", "offset", "value"}, committing each synchronously; leaves the group (close)
         after M records or when nothing arrived for --idle seconds, then prints `DONE <count>`.
 
+    kafka_client.py admin --brokers B --topic T
+        With the AdminClient: creates T (1 partition), tries T.wide (3 partitions) and T again,
+        describes T's configs, lists and describes the consumer groups, tries to delete T;
+        prints one JSON object of what happened and `DONE 1`.
+
     kafka_client.py consume --brokers B --topic T --group G --max N [--idle S]
         A consumer of group G that assigns partition 0 itself (no group membership), starts
         at the group's committed offset (the beginning when none), reads at most N records,
@@ -154,6 +159,33 @@ def group(args):
     print(f"DONE {got}", flush=True)
 
 
+def admin(args):
+    from confluent_kafka.admin import AdminClient, NewTopic, ConfigResource, ResourceType
+
+    a = AdminClient({"bootstrap.servers": args.brokers})
+    out = {}
+    for name, partitions in [(args.topic, 1), (args.topic + ".wide", 3), (args.topic, 1)]:
+        f = a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name]
+        try:
+            f.result(30)
+            out.setdefault("created", []).append(name)
+        except Exception as e:  # the KafkaException carries the broker's error
+            out.setdefault("refused", []).append([name, e.args[0].name()])
+    res = ConfigResource(ResourceType.TOPIC, args.topic)
+    configs = a.describe_configs([res])[res].result(30)
+    out["configs"] = {k: v.value for k, v in configs.items()}
+    out["groups"] = sorted(g.group_id for g in a.list_consumer_groups().result(30).valid)
+    described = a.describe_consumer_groups(out["groups"])
+    out["described"] = {g: str(f.result(30).state) for g, f in described.items()}
+    try:
+        a.delete_topics([args.topic])[args.topic].result(30)
+        out["deleted"] = True
+    except Exception as e:
+        out["deleted"] = e.args[0].name()
+    print(json.dumps(out), flush=True)
+    print("DONE 1", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="command", required=True)
@@ -178,8 +210,13 @@ def main():
     g.add_argument("--name", required=True)
     g.add_argument("--max", type=int, required=True)
     g.add_argument("--idle", type=float, default=10)
+    a = sub.add_parser("admin")
+    a.add_argument("--brokers", required=True)
+    a.add_argument("--topic", required=True)
     args = ap.parse_args()
-    if args.command == "produce":
+    if args.command == "admin":
+        admin(args)
+    elif args.command == "produce":
         produce(args)
     elif args.command == "group":
         group(args)

@@ -51,6 +51,7 @@ struct Member {
     /// Joined (again) during the rebalance under way.
     rejoined: bool,
     group_instance_id: Option<String>,
+    client_id: String,
 }
 
 #[derive(Debug)]
@@ -275,6 +276,7 @@ impl Coordinator {
                     last_seen: now,
                     rejoined: true,
                     group_instance_id: join.group_instance_id,
+                    client_id: join.client_id.clone(),
                 },
             );
             group.settle(now);
@@ -456,22 +458,77 @@ impl Coordinator {
         codes
     }
 
+    /// One group as DescribeGroups shows it, if the box coordinates it.
+    pub(super) fn describe_group(&self, group_id: &str) -> Option<GroupView> {
+        let groups = lock(&self.groups);
+        let g = groups.get(group_id)?;
+        Some(GroupView {
+            state: phase_name(g.phase),
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol: g.protocol.clone().unwrap_or_default(),
+            members: g
+                .members
+                .iter()
+                .map(|(id, m)| MemberView {
+                    member_id: id.clone(),
+                    group_instance_id: m.group_instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    metadata: g
+                        .protocol
+                        .as_ref()
+                        .and_then(|p| m.protocols.iter().find(|(n, _)| n == p))
+                        .map(|(_, md)| md.clone())
+                        .unwrap_or_default(),
+                    assignment: g.assignments.get(id).cloned().unwrap_or_default(),
+                })
+                .collect(),
+        })
+    }
+
     /// (group, state, members) of every group, for status and DescribeGroups.
     pub(super) fn describe(&self) -> Vec<(String, &'static str, usize, i32)> {
         let groups = lock(&self.groups);
         let mut out: Vec<_> = groups
             .iter()
             .map(|(name, g)| {
-                let state = match g.phase {
-                    Phase::Empty => "Empty",
-                    Phase::Preparing => "PreparingRebalance",
-                    Phase::Completing => "CompletingRebalance",
-                    Phase::Stable => "Stable",
-                };
-                (name.clone(), state, g.members.len(), g.generation)
+                (
+                    name.clone(),
+                    phase_name(g.phase),
+                    g.members.len(),
+                    g.generation,
+                )
             })
             .collect();
         out.sort();
         out
     }
+}
+
+/// Kafka's name of a group state.
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Empty => "Empty",
+        Phase::Preparing => "PreparingRebalance",
+        Phase::Completing => "CompletingRebalance",
+        Phase::Stable => "Stable",
+    }
+}
+
+/// A group as DescribeGroups shows it.
+#[derive(Debug)]
+pub(super) struct GroupView {
+    pub(super) state: &'static str,
+    pub(super) protocol_type: String,
+    pub(super) protocol: String,
+    pub(super) members: Vec<MemberView>,
+}
+
+/// A member as DescribeGroups shows it.
+#[derive(Debug)]
+pub(super) struct MemberView {
+    pub(super) member_id: String,
+    pub(super) group_instance_id: Option<String>,
+    pub(super) client_id: String,
+    pub(super) metadata: Bytes,
+    pub(super) assignment: Bytes,
 }

@@ -14,6 +14,7 @@
 //! | FindCoordinator | 0–4 | node 0 coordinates every group |
 //! | JoinGroup, SyncGroup, Heartbeat, LeaveGroup | 2–9, 0–5, 0–4, 0–5 | the classic consumer-group protocol, coordinated in memory (`groups.rs`) |
 //! | InitProducerId | 0–5 | a producer id for an idempotent producer (`producers.rs`: sequence numbers checked per producer and topic, rebuilt from the log after a restart); transactional ids are refused |
+//! | CreateTopics, DeleteTopics, DescribeConfigs, DescribeCluster, ListGroups, DescribeGroups | 2–7, 1–6, 1–4, 0–1, 0–4, 0–5 | what tools need (`admin.rs`); topics are not deleted (`TOPIC_DELETION_DISABLED`) |
 //! | ApiVersions | 0–3 | these ranges; records the client's software name and version |
 //!
 //! Errors are the protocol's codes per partition (`UNKNOWN_TOPIC_OR_PARTITION` for a partition
@@ -41,13 +42,15 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
-    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, LeaveGroupResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse, ProducerId,
-    RequestHeader, SyncGroupRequest, SyncGroupResponse, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest,
+    DeleteTopicsRequest, DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
+    HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ProduceRequest, ProduceResponse, ProducerId, RequestHeader, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
@@ -57,7 +60,7 @@ use super::{frame, peek_header, Close, Shared};
 use crate::log::{LogError, Topic};
 
 /// The APIs served and their version ranges (what `ApiVersions` advertises).
-pub(super) const SUPPORTED: [(ApiKey, i16, i16); 13] = [
+pub(super) const SUPPORTED: [(ApiKey, i16, i16); 19] = [
     (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
@@ -70,6 +73,12 @@ pub(super) const SUPPORTED: [(ApiKey, i16, i16); 13] = [
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
 ];
 
@@ -93,13 +102,18 @@ pub(super) mod code {
     pub(crate) const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub(crate) const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub(crate) const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+    pub(crate) const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub(crate) const INVALID_PARTITIONS: i16 = 37;
+    pub(crate) const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub(crate) const POLICY_VIOLATION: i16 = 44;
+    pub(crate) const TOPIC_DELETION_DISABLED: i16 = 73;
     pub(crate) const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
 
 /// The one broker's id.
-const NODE: BrokerId = BrokerId(0);
+pub(super) const NODE: BrokerId = BrokerId(0);
 /// The cluster id Metadata names.
-const CLUSTER_ID: &str = "outpost";
+pub(super) const CLUSTER_ID: &str = "outpost";
 
 fn range_of(api: ApiKey) -> Option<(i16, i16)> {
     SUPPORTED
@@ -112,7 +126,7 @@ fn protocol(what: &str, e: impl std::fmt::Display) -> Close {
     Close::Protocol(format!("{what}: {e}"))
 }
 
-fn str_bytes(s: impl Into<String>) -> StrBytes {
+pub(super) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
@@ -229,6 +243,36 @@ pub(super) async fn answer(
         ApiKey::OffsetFetch => {
             let request = decode!(OffsetFetchRequest);
             let body = offset_fetch(shared, request).await;
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::CreateTopics => {
+            let request = decode!(CreateTopicsRequest);
+            let body = super::admin::create_topics(shared, request, version).await;
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::DeleteTopics => {
+            let request = decode!(DeleteTopicsRequest);
+            let body = super::admin::delete_topics(request, version);
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::DescribeConfigs => {
+            let request = decode!(DescribeConfigsRequest);
+            let body = super::admin::describe_configs(shared, request, version);
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::DescribeCluster => {
+            let _request = decode!(DescribeClusterRequest);
+            let body = super::admin::describe_cluster(shared);
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::ListGroups => {
+            let _request = decode!(ListGroupsRequest);
+            let body = super::admin::list_groups(shared, version);
+            respond(api, version, correlation_id, &body)
+        }
+        ApiKey::DescribeGroups => {
+            let request = decode!(DescribeGroupsRequest);
+            let body = super::admin::describe_groups(shared, request, version);
             respond(api, version, correlation_id, &body)
         }
         ApiKey::InitProducerId => {
@@ -759,9 +803,12 @@ fn find_coordinator(
     body
 }
 
+/// The prefix of a Kafka consumer group's consumer name in the state store.
+pub(super) const GROUP_PREFIX: &str = "kafka-group:";
+
 /// The state store's consumer name of a Kafka consumer group.
 fn group_consumer(group: &str) -> String {
-    format!("kafka-group:{group}")
+    format!("{GROUP_PREFIX}{group}")
 }
 
 async fn offset_commit(shared: &Shared, request: OffsetCommitRequest) -> OffsetCommitResponse {

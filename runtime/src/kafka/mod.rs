@@ -26,9 +26,10 @@
 //! poll on the log's own wait), ListOffsets (earliest, latest, by timestamp), FindCoordinator,
 //! OffsetCommit and OffsetFetch (group offsets in the state store), and consumer groups
 //! (JoinGroup, SyncGroup, Heartbeat, LeaveGroup; `groups.rs`), idempotent producers
-//! (InitProducerId; `producers.rs`). Not yet: transactions, admin APIs, SASL and TLS — clients
-//! are told by `ApiVersions`.
+//! (InitProducerId; `producers.rs`), and the admin APIs tools need (`admin.rs`). Not yet:
+//! transactions, SASL and TLS — clients are told by `ApiVersions`.
 
+mod admin;
 mod groups;
 mod handlers;
 mod producers;
