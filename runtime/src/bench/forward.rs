@@ -59,7 +59,7 @@ use crate::log::{Log, LogConfig, NewRecord};
 use crate::state::StateStore;
 
 /// The confluent-kafka side, compiled in so the benchmark runs from the binary alone.
-const SCRIPT: &str = include_str!("../../../tests/peers/kafka_bench.py");
+pub(super) const SCRIPT: &str = include_str!("../../../tests/peers/kafka_bench.py");
 /// The local topic drained.
 const LOCAL_TOPIC: &str = "bench.forward";
 const EDGE: &str = "bench-edge";
@@ -176,7 +176,7 @@ fn bench_value(i: u64, size: usize) -> Vec<u8> {
     v
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(super) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     match xs.len() {
         0 => 0.0,
@@ -186,13 +186,13 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// A tansu broker for one repeat; killed on drop.
-struct Broker {
+pub(super) struct Broker {
     child: Option<Child>,
-    brokers: String,
+    pub(super) brokers: String,
 }
 
 impl Broker {
-    fn start(bin: &Path, dir: &Path, storage: &str) -> anyhow::Result<Broker> {
+    pub(super) fn start(bin: &Path, dir: &Path, storage: &str) -> anyhow::Result<Broker> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let url = format!("tcp://127.0.0.1:{port}");
@@ -243,7 +243,11 @@ impl Drop for Broker {
 }
 
 /// Runs `kafka_bench.py` and parses the JSON it prints.
-fn python_json(python: &Path, script: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+pub(super) fn python_json(
+    python: &Path,
+    script: &Path,
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
     let out = Command::new(python)
         .arg(script)
         .args(args)
@@ -255,9 +259,10 @@ fn python_json(python: &Path, script: &Path, args: &[&str]) -> anyhow::Result<se
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
         bail!(
-            "kafka_bench.py {} failed ({}): {}",
+            "kafka_bench.py {} failed ({}): {} {}",
             args.first().copied().unwrap_or(""),
             out.status,
+            stdout.trim(),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }

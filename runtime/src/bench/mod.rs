@@ -3,6 +3,8 @@
 //!
 //! - [`forward`]: `outpost bench forward`, draining a backlog to Kafka against librdkafka
 //!   producing the same records directly (confluent-kafka).
+//! - [`kafka`]: `outpost bench kafka`, the Kafka listener under confluent-kafka's producer and
+//!   consumer, against the same producer on tansu.
 //! - [`log`]: `outpost bench log`, the log's append throughput against plain
 //!   `write`+`fdatasync` at the same batch cadence.
 //! - [`mqtt`]: `outpost bench mqtt`, QoS 1 ingest through the embedded broker (messages/s and
@@ -23,6 +25,7 @@ pub enum BenchError {
 }
 
 pub mod forward;
+pub mod kafka;
 pub mod log;
 pub mod mqtt;
 pub mod plugins;

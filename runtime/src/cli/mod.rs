@@ -77,6 +77,9 @@ pub enum BenchCommand {
     /// Drain a backlog to a Kafka broker against librdkafka producing the same records
     /// directly (confluent-kafka), at the same batching, compression and acks.
     Forward(crate::bench::forward::ForwardBenchArgs),
+    /// The Kafka listener under a confluent-kafka producer (acks=all, zstd) and consumer,
+    /// against the same producer on tansu; records/s, server CPU per record, records per fsync.
+    Kafka(crate::bench::kafka::KafkaBenchArgs),
 }
 
 /// Arguments of `outpost run`. Precedence: these flags, then OUTPOST_* variables, then the
@@ -337,6 +340,9 @@ pub fn execute(
         }
         Command::Bench(BenchCommand::Mqtt(args)) => {
             crate::bench::mqtt::run(&args, output).map_err(CliError::Bench)
+        }
+        Command::Bench(BenchCommand::Kafka(args)) => {
+            crate::bench::kafka::run(&args, output).map_err(CliError::Bench)
         }
         Command::Bench(BenchCommand::Forward(args)) => {
             crate::bench::forward::run(&args, output).map_err(CliError::Bench)
