@@ -889,3 +889,47 @@ fn the_admin_client_creates_topics_reads_their_configs_and_lists_groups() {
         .iter()
         .any(|t| t["name"] == "made.by.admin"));
 }
+
+#[test]
+fn the_kafka_benchmark_runs_short_and_reports_every_figure() {
+    let Some(py) = python::python("kafka_listener") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
+    cmd.args([
+        "bench",
+        "kafka",
+        "--records",
+        "3000",
+        "--repeats",
+        "1",
+        "--json",
+    ])
+    .arg("--python")
+    .arg(&py)
+    .arg("--dir")
+    .arg(dir.path())
+    .env_remove("OUTPOST_TANSU");
+    if let Some(tansu) = crate::common::kafka::tansu_binary("kafka bench") {
+        cmd.arg("--tansu").arg(tansu);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "outpost bench kafka failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    eprintln!("bench report: {report}");
+    for figure in [
+        "median_outpost_records_per_sec",
+        "median_server_cpu_us_per_record",
+        "median_records_per_fsync",
+        "median_fetch_records_per_sec",
+    ] {
+        assert!(report[figure].as_f64().unwrap() > 0.0, "{figure}: {report}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
