@@ -933,3 +933,53 @@ fn the_kafka_benchmark_runs_short_and_reports_every_figure() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// kafkajs's `node_modules` (tests/run.sh installs it), or `None` (printed) when missing and
+/// peers are not required.
+fn kafkajs(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("OUTPOST_NODE_MODULES").filter(|v| !v.is_empty()) {
+        Some(dir) if Path::new(&dir).join("kafkajs").exists() => Some(PathBuf::from(dir)),
+        _ => {
+            assert!(
+                std::env::var_os("OUTPOST_REQUIRE_PEERS").is_none(),
+                "{test}: OUTPOST_NODE_MODULES does not hold kafkajs; tests/run.sh installs it"
+            );
+            eprintln!("SKIPPED {test}: kafkajs is not installed (OUTPOST_NODE_MODULES)");
+            None
+        }
+    }
+}
+
+#[test]
+fn kafkajs_a_third_implementation_of_the_protocol_produces_and_consumes_in_a_group() {
+    let Some(modules) = kafkajs("kafka_listener") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let box_ = start(dir.path(), NO_PLUGINS);
+    let out = Command::new("node")
+        .arg(python::peer_script("kafkajs_client.js"))
+        .args([&box_.kafka_brokers(), "from.node", "30", "signage"])
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("DONE 30"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut offsets: Vec<u64> = read.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..30).collect::<Vec<u64>>());
+    for r in &read {
+        let i = r["offset"].as_u64().unwrap();
+        assert_eq!(r["value"], format!("v{i}"));
+        assert_eq!(r["n"], i.to_string());
+    }
+}

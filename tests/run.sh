@@ -53,8 +53,11 @@ command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 # libfuse 3 (through mfusepy, in the venv below); fuse3 brings fusermount3 and /etc/fuse.conf.
 ldconfig -p 2>/dev/null | grep -c 'libfuse3\.so\.3' >/dev/null || need_pkgs+=(libfuse3-3)
 command -v fusermount3 >/dev/null 2>&1 || need_pkgs+=(fuse3)
-# Kafka listener tests: Debian's kcat (librdkafka 2.0.x) is one of the real clients.
+# Kafka listener tests: Debian's kcat (librdkafka 2.0.x) is one of the real clients; Node runs
+# kafkajs, another.
 command -v kcat >/dev/null 2>&1 || need_pkgs+=(kcat)
+command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_pkgs[*]}"
   sudo_cmd=()
@@ -100,6 +103,15 @@ log "python peers: pip install ${py_pkgs[*]}"
 # Peer tests fail (rather than skip) when a peer cannot be started.
 export OUTPOST_PYTHON="$venv/bin/python"
 export OUTPOST_REQUIRE_PEERS=1
+
+# --- Node peers: kafkajs, a third implementation of the Kafka protocol (npm) ------------------
+node_dir="$OUTPOST_CACHE_DIR/node"
+if [ ! -d "$node_dir/node_modules/kafkajs" ]; then
+  log "node peers: npm install kafkajs"
+  mkdir -p "$node_dir"
+  npm install --silent --no-audit --no-fund --prefix "$node_dir" "kafkajs@2"
+fi
+export OUTPOST_NODE_MODULES="$node_dir/node_modules"
 
 # --- Kafka broker for the forwarding tests (tansu) --------------------------------------------
 # tansu (crates.io) is a Kafka-compatible broker; tests/forward_*.rs start it and check what
