@@ -233,6 +233,16 @@ fn a_groups_committed_offset_survives_a_restart_of_the_box() {
     };
     let first = consume("8", "10");
     assert_eq!(first.last().unwrap(), "DONE 8");
+    // The listener's status shows the group and its lag: 12 records after its commit.
+    let status = box_
+        .status("sources", "kafka")
+        .expect("the listener's status");
+    assert!(
+        status["details"]["groups"]
+            .to_string()
+            .contains("tills: Empty, 0 members, lag 12 (till.events 12)"),
+        "{status}"
+    );
 
     box_.restart();
     let rest = consume("100", "3");

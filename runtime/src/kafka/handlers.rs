@@ -838,6 +838,7 @@ async fn offset_commit(shared: &Shared, request: OffsetCommitRequest) -> OffsetC
         ops: Vec::new(),
     };
     let stored = blocking(move || state.commit(&commit).and_then(|()| state.sync())).await;
+    publish_groups(shared);
     if !matches!(stored, Some(Ok(()))) {
         tracing::warn!(group = %request.group_id.0.as_str(), outcome = ?stored, "A Kafka group's offsets could not be stored.");
         for t in &mut body.topics {
@@ -891,20 +892,51 @@ async fn offset_fetch(shared: &Shared, request: OffsetFetchRequest) -> OffsetFet
     body
 }
 
-/// Shows the groups in the listener's status (`outpost status`, `/topics`).
-fn publish_groups(shared: &Shared) {
-    let groups: Vec<String> = shared
-        .groups
-        .describe()
-        .into_iter()
-        .map(|(name, state, members, generation)| {
-            format!("{name}: {state}, {members} members, generation {generation}")
+/// Shows every group in the listener's status (`outpost status`, `/topics`): its state,
+/// members, generation and lag (records of each topic after its committed offset), and the
+/// total lag as the gauge `outpost_source_group_lag_records`.
+pub(super) fn publish_groups(shared: &Shared) {
+    let committed = shared.ctx.state.all_offsets().unwrap_or_default();
+    let live = shared.groups.describe();
+    let mut names: Vec<String> = live.iter().map(|(name, ..)| name.clone()).collect();
+    names.extend(
+        committed
+            .iter()
+            .filter_map(|(consumer, ..)| consumer.strip_prefix(GROUP_PREFIX).map(str::to_string)),
+    );
+    names.sort();
+    names.dedup();
+    let mut total = 0u64;
+    let lines: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let consumer = group_consumer(name);
+            let mut lags = Vec::new();
+            let mut lag = 0u64;
+            for (_, topic, offset) in committed.iter().filter(|(c, ..)| *c == consumer) {
+                let end = shared.ctx.log.topic(topic).map_or(0, |t| t.next_offset());
+                let behind = end.saturating_sub(*offset);
+                lag += behind;
+                lags.push(format!("{topic} {behind}"));
+            }
+            total += lag;
+            let membership = live.iter().find(|(n, ..)| n == name).map_or(
+                "Empty, 0 members".to_string(),
+                |(_, state, members, generation)| {
+                    format!("{state}, {members} members, generation {generation}")
+                },
+            );
+            format!("{name}: {membership}, lag {lag} ({})", lags.join(", "))
         })
         .collect();
-    shared
-        .ctx
-        .sources
-        .update(super::STATUS_NAME, |s| s.set_info("groups", groups));
+    shared.ctx.sources.update(super::STATUS_NAME, |s| {
+        s.set_info("groups", lines);
+        s.set_gauge(
+            "group_lag_records",
+            "Records after the Kafka consumer groups' committed offsets, summed over groups and topics.",
+            total as f64,
+        );
+    });
 }
 
 async fn join_group(

@@ -245,11 +245,18 @@ pub async fn run(
         producers: Default::default(),
     });
     let mut connections = JoinSet::new();
+    // The groups' lag moves with every append: refreshed in the status every few seconds.
+    let mut lag_tick = tokio::time::interval(Duration::from_secs(5));
+    lag_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.requested() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = lag_tick.tick() => {
+                handlers::publish_groups(&shared);
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
