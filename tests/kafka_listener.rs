@@ -65,6 +65,21 @@ fn run_kcat(kcat: &Path, args: &[&str], input: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The JSON lines a peer printed, once it succeeded and printed `done`; panics otherwise.
+fn records_printed(out: &std::process::Output, done: &str) -> Vec<Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(done),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Runs `tests/peers/kafka_client.py` with `args`; its stdout lines. Panics when it fails.
 fn kafka_client(python: &Path, args: &[&str]) -> Vec<String> {
     let out = Command::new(python)
@@ -815,17 +830,7 @@ fn kafka_python_a_second_implementation_of_the_protocol_produces_and_consumes_in
         .args(["--count", "25", "--group", "kp"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("DONE 25"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let read: Vec<Value> = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let read = records_printed(&out, "DONE 25");
     for (i, r) in read.iter().enumerate() {
         assert_eq!(r["offset"], i as u64);
         assert_eq!(r["value"], format!("v{i}"));
@@ -973,17 +978,7 @@ fn kafkajs_a_third_implementation_of_the_protocol_produces_and_consumes_in_a_gro
         .env("NODE_PATH", &modules)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("DONE 30"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let read: Vec<Value> = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let read = records_printed(&out, "DONE 30");
     let mut offsets: Vec<u64> = read.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
     offsets.sort_unstable();
     assert_eq!(offsets, (0..30).collect::<Vec<u64>>());

@@ -222,22 +222,8 @@ pub(super) fn describe_cluster(shared: &Shared) -> DescribeClusterResponse {
 
 /// Every group: those the box coordinates and those with offsets in the state store.
 fn group_names(shared: &Shared) -> Vec<String> {
-    let mut names: Vec<String> = shared
-        .groups
-        .describe()
-        .into_iter()
-        .map(|(name, ..)| name)
-        .collect();
-    if let Ok(all) = shared.ctx.state.all_offsets() {
-        names.extend(all.into_iter().filter_map(|(consumer, _, _)| {
-            consumer
-                .strip_prefix(super::handlers::GROUP_PREFIX)
-                .map(str::to_string)
-        }));
-    }
-    names.sort();
-    names.dedup();
-    names
+    let committed = shared.ctx.state.all_offsets().unwrap_or_default();
+    super::handlers::group_names(&shared.groups.describe(), &committed)
 }
 
 pub(super) fn list_groups(shared: &Shared, version: i16) -> ListGroupsResponse {

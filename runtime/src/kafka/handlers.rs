@@ -55,7 +55,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use super::producers::{Producers, Verdict};
-use super::records::{decode_batches, encode_records, Incoming};
+use super::records::{decode_batches, encode_records, read_over_gaps, scan, Incoming};
 use super::{frame, peek_header, Close, Shared};
 use crate::log::{LogError, Topic};
 
@@ -561,13 +561,14 @@ async fn init_producer_id(
 }
 
 /// One partition's part of a fetch: the error code, the records' bytes, their count, the
-/// topic's ends.
+/// topic's ends, and the topic itself when it was read (a long poll waits on it).
 struct PartitionRead {
     error_code: i16,
     records: Bytes,
     count: u64,
     high_watermark: i64,
     log_start: i64,
+    topic: Option<Topic>,
 }
 
 async fn read_partition(
@@ -583,6 +584,7 @@ async fn read_partition(
         count: 0,
         high_watermark: -1,
         log_start: -1,
+        topic: None,
     };
     if partition_index != 0 {
         out.error_code = code::UNKNOWN_TOPIC_OR_PARTITION;
@@ -602,17 +604,9 @@ async fn read_partition(
         out.error_code = code::OFFSET_OUT_OF_RANGE;
         return out;
     }
-    let mut from = offset as u64;
     let read_topic = topic.clone();
-    let read = blocking(move || loop {
-        match read_topic.read(from, usize::MAX, max_bytes) {
-            // Kafka offsets may jump (as in compacted topics): a range the log lost is
-            // skipped here and the batch's base offset shows the jump.
-            Err(LogError::Gap { next_offset, .. }) if next_offset > from => from = next_offset,
-            other => return other,
-        }
-    })
-    .await;
+    let read =
+        blocking(move || read_over_gaps(&read_topic, offset as u64, usize::MAX, max_bytes)).await;
     match read {
         Some(Ok(fetched)) => {
             out.count = fetched.records.len() as u64;
@@ -630,6 +624,7 @@ async fn read_partition(
         }
         None => out.error_code = code::UNKNOWN_SERVER_ERROR,
     }
+    out.topic = Some(topic);
     out
 }
 
@@ -637,7 +632,7 @@ async fn fetch(shared: &Shared, request: FetchRequest, version: i16) -> FetchRes
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0).min(300_000));
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
-    let mut max_total = usize::try_from(request.max_bytes).unwrap_or(0).max(1);
+    let max_total = usize::try_from(request.max_bytes).unwrap_or(0).max(1);
     loop {
         let mut body = FetchResponse::default();
         let mut total = 0usize;
@@ -654,10 +649,8 @@ async fn fetch(shared: &Shared, request: FetchRequest, version: i16) -> FetchRes
                     .max(1);
                 let read = read_partition(shared, &name, p.partition, p.fetch_offset, budget).await;
                 total += read.records.len();
-                if read.count == 0 && read.error_code == code::NONE {
-                    if let Ok(topic) = shared.ctx.log.topic(&name) {
-                        waits.push((topic, p.fetch_offset.max(0) as u64));
-                    }
+                if let (0, code::NONE, Some(topic)) = (read.count, read.error_code, read.topic) {
+                    waits.push((topic, p.fetch_offset.max(0) as u64));
                 }
                 shared.counters.fetched.add(read.count);
                 let mut data = PartitionData::default();
@@ -690,40 +683,28 @@ async fn fetch(shared: &Shared, request: FetchRequest, version: i16) -> FetchRes
             _ = set.join_next() => {}
         }
         set.abort_all();
-        max_total = max_total.max(1);
     }
 }
 
 /// The first stored offset whose timestamp is at or after `ts`, with its timestamp; or the
 /// offset and timestamp of the record with the largest timestamp when `ts` is -3.
 fn offset_for_time(topic: &Topic, ts: i64) -> Result<Option<(u64, i64)>, LogError> {
-    let mut offset = topic.start_offset();
-    let end = topic.next_offset();
-    let mut best: Option<(u64, i64)> = None;
-    while offset < end {
-        let fetched = match topic.read(offset, 1000, 4 << 20) {
-            Err(LogError::Gap { next_offset, .. }) if next_offset > offset => {
-                offset = next_offset;
-                continue;
+    let mut found: Option<(u64, i64)> = None;
+    scan(topic, topic.start_offset(), |r| {
+        let t = r.timestamp_ms as i64;
+        if ts == -3 {
+            if found.is_none_or(|(_, b)| t >= b) {
+                found = Some((r.offset, t));
             }
-            other => other?,
-        };
-        if fetched.records.is_empty() {
-            break;
+            true
+        } else if t >= ts {
+            found = Some((r.offset, t));
+            false
+        } else {
+            true
         }
-        for r in &fetched.records {
-            let t = r.timestamp_ms as i64;
-            if ts == -3 {
-                if best.is_none_or(|(_, b)| t >= b) {
-                    best = Some((r.offset, t));
-                }
-            } else if t >= ts {
-                return Ok(Some((r.offset, t)));
-            }
-        }
-        offset = fetched.next_offset;
-    }
-    Ok(best)
+    })?;
+    Ok(found)
 }
 
 async fn list_offsets(
@@ -892,12 +873,12 @@ async fn offset_fetch(shared: &Shared, request: OffsetFetchRequest) -> OffsetFet
     body
 }
 
-/// Shows every group in the listener's status (`outpost status`, `/topics`): its state,
-/// members, generation and lag (records of each topic after its committed offset), and the
-/// total lag as the gauge `outpost_source_group_lag_records`.
-pub(super) fn publish_groups(shared: &Shared) {
-    let committed = shared.ctx.state.all_offsets().unwrap_or_default();
-    let live = shared.groups.describe();
+/// Every group: those the box coordinates (`live`, from `groups.describe()`) and those with
+/// offsets in the state store (`committed`, from `all_offsets()`), by name.
+pub(super) fn group_names(
+    live: &[(String, &'static str, usize, i32)],
+    committed: &[(String, String, u64)],
+) -> Vec<String> {
     let mut names: Vec<String> = live.iter().map(|(name, ..)| name.clone()).collect();
     names.extend(
         committed
@@ -906,6 +887,16 @@ pub(super) fn publish_groups(shared: &Shared) {
     );
     names.sort();
     names.dedup();
+    names
+}
+
+/// Shows every group in the listener's status (`outpost status`, `/topics`): its state,
+/// members, generation and lag (records of each topic after its committed offset), and the
+/// total lag as the gauge `outpost_source_group_lag_records`.
+pub(super) fn publish_groups(shared: &Shared) {
+    let committed = shared.ctx.state.all_offsets().unwrap_or_default();
+    let live = shared.groups.describe();
+    let names = group_names(&live, &committed);
     let mut total = 0u64;
     let lines: Vec<String> = names
         .iter()

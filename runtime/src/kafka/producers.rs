@@ -207,36 +207,25 @@ fn parse(value: &[u8]) -> Option<(i64, i16, i32)> {
 
 /// The progress of `producer_id` on `topic` from the headers of its last records.
 fn recover(topic: &Topic, producer_id: i64) -> Result<Option<Progress>, LogError> {
-    let end = topic.next_offset();
-    let mut offset = end
+    let from = topic
+        .next_offset()
         .saturating_sub(RECOVERY_WINDOW)
         .max(topic.start_offset());
     let mut found: Option<Progress> = None;
-    while offset < end {
-        let fetched = match topic.read(offset, 10_000, 16 << 20) {
-            Err(LogError::Gap { next_offset, .. }) if next_offset > offset => {
-                offset = next_offset;
-                continue;
-            }
-            other => other?,
-        };
-        if fetched.records.is_empty() {
-            break;
+    super::records::scan(topic, from, |r| {
+        let ours = r
+            .headers
+            .iter()
+            .find(|(n, _)| n == HEADER)
+            .and_then(|(_, value)| parse(value))
+            .filter(|(id, ..)| *id == producer_id);
+        if let Some((_, epoch, seq)) = ours {
+            found
+                .get_or_insert_with(Progress::default)
+                .note(epoch, seq, r.offset);
         }
-        for r in &fetched.records {
-            let Some((_, value)) = r.headers.iter().find(|(n, _)| n == HEADER) else {
-                continue;
-            };
-            if let Some((id, epoch, seq)) = parse(value) {
-                if id == producer_id {
-                    found
-                        .get_or_insert_with(Progress::default)
-                        .note(epoch, seq, r.offset);
-                }
-            }
-        }
-        offset = fetched.next_offset;
-    }
+        true
+    })?;
     Ok(found)
 }
 

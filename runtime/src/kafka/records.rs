@@ -15,7 +15,7 @@ use kafka_protocol::records::{
 
 use super::handlers::code;
 use super::producers::Batch;
-use crate::log::{NewRecord, Record};
+use crate::log::{Fetch, LogError, NewRecord, Record, Topic};
 
 /// The records of one partition of a produce request, batch by batch: each with its
 /// idempotent producer's id, epoch and first sequence when it has one.
@@ -86,6 +86,44 @@ pub(super) fn decode_batches(
         batches.push((producer, records));
     }
     Ok(Incoming { batches })
+}
+
+/// Reads `topic` from `offset` as a Kafka reader does: a range the log lost or found damaged
+/// is stepped over (Kafka offsets may jump, as in compacted topics; the next batch's base
+/// offset shows the jump). Blocking.
+pub(super) fn read_over_gaps(
+    topic: &Topic,
+    mut offset: u64,
+    max_records: usize,
+    max_bytes: usize,
+) -> Result<Fetch, LogError> {
+    loop {
+        match topic.read(offset, max_records, max_bytes) {
+            Err(LogError::Gap { next_offset, .. }) if next_offset > offset => offset = next_offset,
+            other => return other,
+        }
+    }
+}
+
+/// Calls `visit` on every stored record of `topic` from `offset` to the current end, in
+/// order, over gaps, until it returns `false`. Blocking.
+pub(super) fn scan(
+    topic: &Topic,
+    mut offset: u64,
+    mut visit: impl FnMut(&Record) -> bool,
+) -> Result<(), LogError> {
+    let end = topic.next_offset();
+    while offset < end {
+        let fetched = read_over_gaps(topic, offset, 10_000, 16 << 20)?;
+        if fetched.records.is_empty() {
+            break;
+        }
+        if !fetched.records.iter().all(&mut visit) {
+            break;
+        }
+        offset = fetched.next_offset;
+    }
+    Ok(())
 }
 
 /// Encodes stored records as one uncompressed record batch v2 with their log offsets.
